@@ -1,0 +1,3 @@
+"""CallCov auth sidecar: API-key authentication reverse proxy."""
+
+__version__ = "0.1.0"

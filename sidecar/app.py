@@ -1,0 +1,215 @@
+"""Wiring: build every component from the config once, and dispatch requests.
+
+``/api/v1/api-keys`` goes to the keys API; everything else to the gateway. The
+app owns the lifespan of the Redis client, the upstream pool and the background
+tasks (revocation feed, last-used flushing).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import MutableMapping
+from typing import Any
+
+from redis.asyncio import Redis
+
+from sidecar import accesslog
+from sidecar.authn import Authenticator
+from sidecar.config import Config
+from sidecar.errors import SidecarError
+from sidecar.gateway import Gateway
+from sidecar.headers import HeaderRules, request_id
+from sidecar.jwt_auth import JwtVerifier
+from sidecar.keycache import KeyCache
+from sidecar.keyhash import KeyHasher
+from sidecar.keys_api import PREFIX as KEYS_PREFIX
+from sidecar.keys_api import KeysApi
+from sidecar.metrics import Metrics
+from sidecar.observe import RequestRecord
+from sidecar.paths import PrefixMatcher, normalise
+from sidecar.proxy import ClientGone, Receive, Send, UpstreamClient
+from sidecar.ratelimit import RateLimiter
+from sidecar.redis_conn import connect
+from sidecar.revocations import RevocationListener
+from sidecar.store import KeyStore
+from sidecar.usage import UsageTracker
+
+log = logging.getLogger("sidecar")
+
+
+class Sidecar:
+    """The public ASGI app."""
+
+    def __init__(self, config: Config, redis_url: str, metrics: Metrics | None = None) -> None:
+        self.config = config
+        keys = config.auth.api_keys
+        self.redis: Redis = connect(redis_url, config.redis)
+        hasher = KeyHasher(keys.hash_secret.get_secret_value().encode())
+        self.store = KeyStore(self.redis, hasher, keys.max_active_per_user)
+        self.cache = KeyCache(
+            ttl=keys.cache_ttl_seconds,
+            max_entries=keys.cache_max_entries,
+            negative_ttl=keys.negative_cache_ttl_seconds,
+            stale_window=keys.stale_window_seconds,
+        )
+        self.usage = UsageTracker(self.store, keys.last_used_flush_seconds)
+        self.authenticator = Authenticator(
+            store=self.store,
+            hasher=hasher,
+            cache=self.cache,
+            jwt_verifier=JwtVerifier(config.auth.jwt),
+            usage=self.usage,
+            retry_after=config.redis.retry_after_seconds,
+        )
+        self.metrics = metrics or Metrics()
+        self.listener = RevocationListener(
+            self.redis, self.cache, on_message=self.metrics.revocations.inc
+        )
+        self.upstream = UpstreamClient(config.upstream, config.server.max_body_bytes)
+        self.keys_api = KeysApi(self.authenticator, self.store)
+        self.gateway = Gateway(
+            rules=HeaderRules(config),
+            public_paths=PrefixMatcher(config.auth.public_paths),
+            authenticator=self.authenticator,
+            limiter=RateLimiter(),
+            upstream=self.upstream,
+        )
+        self._owned = PrefixMatcher((KEYS_PREFIX,))
+        self._access_log = config.logging.access_log
+        self._tasks: list[asyncio.Task[None]] = []
+        self._register_callback_metrics()
+
+    def _register_callback_metrics(self) -> None:
+        auth = self.authenticator
+        self.metrics.count_from(
+            "sidecar_key_cache",
+            "API-key cache lookups",
+            lambda: {"hit": auth.cache_hits, "miss": auth.cache_misses},
+            "result",
+        )
+        self.metrics.count_from(
+            "sidecar_redis_errors",
+            "Redis operations that failed",
+            lambda: {"key_store": self.store.errors},
+            "component",
+        )
+
+    async def startup(self) -> None:
+        await self.upstream.start()
+        self._tasks = [
+            asyncio.create_task(self.listener.run(), name="revocations"),
+            asyncio.create_task(self.usage.run(), name="last-used"),
+        ]
+
+    async def shutdown(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self.upstream.close()
+        await self.redis.aclose()
+
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+        elif kind == "websocket":
+            await send({"type": "websocket.close", "code": 1003})
+
+    async def _http(self, scope: MutableMapping[str, Any], receive: Receive, send: Send) -> None:
+        loop = asyncio.get_running_loop()
+        incoming_id = next((v for n, v in scope["headers"] if n.lower() == b"x-request-id"), None)
+        rid = request_id(incoming_id)
+        normalised = normalise(scope["path"])
+        client = scope.get("client")
+        record = RequestRecord(
+            method=scope["method"],
+            path=normalised,
+            route="proxy",
+            request_id=rid.decode(),
+            client=client[0] if client else None,
+            started=loop.time(),
+        )
+        self.metrics.in_flight.inc()
+        started = _Started(send, rid, record)
+        try:
+            if self._owned.matches(normalised):
+                record.route = "api_keys"
+                owned_scope = dict(scope, path=KEYS_PREFIX + normalised[len(KEYS_PREFIX) :])
+                await self.keys_api.app(owned_scope, receive, started)
+            else:
+                await self.gateway.handle(
+                    scope, receive, started, normalised=normalised, request_id=rid, record=record
+                )
+        except SidecarError as exc:
+            record.status = exc.status
+            if not started.sent:
+                await _send_error(send, exc, rid)
+        except ClientGone:
+            record.status = 499
+        except Exception:
+            log.exception("unhandled error on %s %s", record.method, record.path)
+            record.status = 500
+            if not started.sent:
+                await _send_error(send, SidecarError(), rid)
+        finally:
+            self.metrics.in_flight.dec()
+            record.duration = loop.time() - record.started
+            self.metrics.observe(record)
+            if self._access_log:
+                accesslog.log_request(record)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+class _Started:
+    """Wraps ``send``: remembers whether the response began, adds X-Request-ID to
+    responses the sidecar makes itself, and records their status."""
+
+    __slots__ = ("_record", "_request_id", "_send", "sent")
+
+    def __init__(self, send: Send, rid: bytes, record: RequestRecord) -> None:
+        self._send = send
+        self._request_id = rid
+        self._record = record
+        self.sent = False
+
+    async def __call__(self, message: MutableMapping[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            self.sent = True
+            headers = list(message.get("headers", []))
+            if not any(n.lower() == b"x-request-id" for n, _ in headers):
+                headers.append((b"x-request-id", self._request_id))
+            message = dict(message, headers=headers)
+            self._record.status = message["status"]
+        await self._send(message)
+
+
+async def _send_error(send: Send, exc: SidecarError, rid: bytes) -> None:
+    body = exc.body()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"x-request-id", rid),
+        *exc.headers(),
+    ]
+    await send({"type": "http.response.start", "status": exc.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

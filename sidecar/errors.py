@@ -1,0 +1,107 @@
+"""The sidecar's exception tree, and the one table that maps it to HTTP responses.
+
+    SidecarError
+    ├── NotAuthenticated        401  credentials missing, malformed, unknown, revoked, expired
+    ├── KeyLimitReached         400  the user already has the maximum of active keys
+    ├── KeyNotFound             404  unknown id, or another user's key
+    ├── RequestInvalid          422  FastAPI-shaped validation errors
+    ├── PayloadTooLarge         413  request body over server.max_body_bytes
+    ├── RateLimited             429  over the matching rate-limit rule
+    ├── StoreUnavailable        503  Redis could not be reached (with Retry-After)
+    ├── UpstreamUnavailable     502  upstream refused or unreachable
+    └── UpstreamTimeout         504  upstream did not answer in time
+
+Third-party exceptions (redis, aiohttp, PyJWT) are translated where they are raised.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+UNAUTHENTICATED_DETAIL = "Could not validate credentials"
+
+
+class SidecarError(Exception):
+    status = 500
+    detail: Any = "Internal server error"
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        return []
+
+    def body(self) -> bytes:
+        return orjson.dumps({"detail": self.detail})
+
+
+class NotAuthenticated(SidecarError):
+    status = 401
+    detail = UNAUTHENTICATED_DETAIL
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason  # machine-readable, for logs and metrics; never sent
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        return [(b"www-authenticate", b"Bearer")]
+
+
+class KeyLimitReached(SidecarError):
+    status = 400
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(limit)
+        self.detail = f"Maximum number of API keys ({limit}) reached. Please expire unused keys."
+
+
+class KeyNotFound(SidecarError):
+    status = 404
+    detail = "API key not found"
+
+
+class RequestInvalid(SidecarError):
+    status = 422
+
+    def __init__(self, errors: list[dict[str, Any]]) -> None:
+        super().__init__("request validation failed")
+        self.detail = errors
+
+
+class PayloadTooLarge(SidecarError):
+    status = 413
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(limit)
+        self.detail = f"Request body exceeds the maximum of {limit} bytes"
+
+
+class RateLimited(SidecarError):
+    status = 429
+    detail = "Rate limit exceeded"
+
+    def __init__(self, retry_after: int, rate_headers: list[tuple[bytes, bytes]]) -> None:
+        super().__init__(retry_after)
+        self.retry_after = retry_after
+        self.rate_headers = rate_headers
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        return [(b"retry-after", str(self.retry_after).encode()), *self.rate_headers]
+
+
+class StoreUnavailable(SidecarError):
+    status = 503
+    detail = "Authentication store unavailable, retry later"
+    retry_after = 5
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        return [(b"retry-after", str(self.retry_after).encode())]
+
+
+class UpstreamUnavailable(SidecarError):
+    status = 502
+    detail = "Upstream unavailable"
+
+
+class UpstreamTimeout(SidecarError):
+    status = 504
+    detail = "Upstream timed out"

@@ -1,0 +1,129 @@
+"""Every request the sidecar does not own: authenticate, rate-limit, forward.
+
+Raw ASGI (no Starlette response machinery) because this is the hot path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import MutableMapping
+from typing import Any
+
+from sidecar.authn import JWT, Authenticator, Identity, credential_from
+from sidecar.errors import NotAuthenticated, StoreUnavailable
+from sidecar.headers import HeaderRules, Headers
+from sidecar.keyformat import looks_like_api_key
+from sidecar.observe import RequestRecord
+from sidecar.paths import PrefixMatcher, upstream_path
+from sidecar.proxy import Exchange, Receive, Send, UpstreamClient
+from sidecar.ratelimit import RateLimiter
+
+
+class Gateway:
+    def __init__(
+        self,
+        *,
+        rules: HeaderRules,
+        public_paths: PrefixMatcher,
+        authenticator: Authenticator,
+        limiter: RateLimiter,
+        upstream: UpstreamClient,
+    ) -> None:
+        self._rules = rules
+        self._public = public_paths
+        self._auth = authenticator
+        self._limiter = limiter
+        self._upstream = upstream
+
+    async def handle(
+        self,
+        scope: MutableMapping[str, Any],
+        receive: Receive,
+        send: Send,
+        *,
+        normalised: str,
+        request_id: bytes,
+        record: RequestRecord,
+    ) -> None:
+        incoming: Headers = scope["headers"]
+        api_key = authorization = None
+        content_length: int | None = None
+        chunked = False
+        for name, value in incoming:
+            lowered = name.lower()
+            if lowered == b"x-api-key":
+                api_key = value
+            elif lowered == b"authorization":
+                authorization = value
+            elif lowered == b"content-length":
+                content_length = int(value) if value.isdigit() else None
+            elif lowered == b"transfer-encoding":
+                chunked = True
+        method: str = scope["method"]
+        response_headers: Headers = [(b"x-request-id", request_id)]
+        identity: Identity | None = None
+        if self._public.matches(normalised):
+            record.route = "public"
+        else:
+            identity = await self._authenticate(api_key, authorization, record)
+            response_headers += await self._limiter.admit(identity.user_id, method, normalised)
+        outgoing = self._rules.upstream_request(
+            incoming,
+            forward_authorization=_is_jwt(authorization)
+            and (identity is None or identity.method == JWT),
+            client=record.client,
+            scheme=scope.get("scheme", "http"),
+            request_id=request_id,
+        )
+        if identity is not None:
+            outgoing.append((self._rules.user_id, identity.user_id.encode()))
+            outgoing.append((self._rules.auth_method, identity.method.encode()))
+            if identity.key_id is not None:
+                outgoing.append((self._rules.key_id, identity.key_id.encode()))
+        exchange = Exchange(extra_response_headers=response_headers)
+        try:
+            await self._upstream.forward(
+                method=method,
+                path=upstream_path(scope["raw_path"] or b"/", scope["path"], normalised),
+                query=scope["query_string"],
+                headers=outgoing,
+                content_length=content_length,
+                chunked=chunked,
+                receive=receive,
+                send=send,
+                exchange=exchange,
+            )
+        finally:
+            record.status = exchange.status
+            record.bytes_in = exchange.bytes_in
+            record.bytes_out = exchange.bytes_out
+            record.upstream_seconds = exchange.upstream_seconds or None
+
+    async def _authenticate(
+        self, api_key: bytes | None, authorization: bytes | None, record: RequestRecord
+    ) -> Identity:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            credential = credential_from(api_key, authorization)
+            record.auth_method = credential.kind
+            identity = await self._auth.authenticate(credential)
+        except NotAuthenticated as exc:
+            record.auth_outcome = exc.reason
+            raise
+        except StoreUnavailable:
+            record.auth_outcome = "store_unavailable"
+            raise
+        finally:
+            record.auth_seconds = loop.time() - started
+        record.auth_outcome = "ok"
+        record.user_id = identity.user_id
+        record.key_prefix = identity.key_prefix
+        return identity
+
+
+def _is_jwt(authorization: bytes | None) -> bool:
+    if authorization is None:
+        return False
+    _, _, token = authorization.strip().partition(b" ")
+    return not looks_like_api_key(token.strip().decode("latin-1"))

@@ -1,0 +1,115 @@
+"""Header rules, compiled once from config: what is stripped, what is injected."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import uuid
+from collections.abc import Iterable
+
+from sidecar.config import Config
+
+Headers = list[tuple[bytes, bytes]]
+
+# RFC 9110 §7.6.1 connection-specific fields, plus legacy ones proxies must not pass on.
+HOP_BY_HOP = frozenset(
+    {
+        b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
+        b"transfer-encoding", b"upgrade", b"proxy-authorization", b"proxy-authenticate",
+    }
+)  # fmt: skip
+_FORWARDED = frozenset(
+    {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded"}
+)
+_REQUEST_ID_SHAPE = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
+
+
+def canonical(name: bytes) -> bytes:
+    """Header names that a server might treat as the same: case and ``_`` vs ``-``."""
+    return name.lower().replace(b"_", b"-")
+
+
+def connection_listed(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
+    listed: set[bytes] = set()
+    for name, value in headers:
+        if name.lower() == b"connection":
+            listed.update(canonical(t.strip()) for t in value.split(b",") if t.strip())
+    return frozenset(listed)
+
+
+def request_id(incoming: bytes | None) -> bytes:
+    if incoming is not None and _REQUEST_ID_SHAPE.fullmatch(incoming):
+        return incoming
+    return uuid.uuid4().hex.encode()
+
+
+class HeaderRules:
+    def __init__(self, config: Config) -> None:
+        names = config.identity.headers
+        self.user_id = names.user_id.encode().lower()
+        self.auth_method = names.auth_method.encode().lower()
+        self.key_id = names.key_id.encode().lower()
+        identity = {canonical(n) for n in (self.user_id, self.auth_method, self.key_id)}
+        self._always_dropped = frozenset(
+            HOP_BY_HOP | identity | _FORWARDED | {b"x-api-key", b"host", b"x-request-id"}
+        )
+        self._forward_authorization = config.upstream.forward_authorization
+        self._trusted = tuple(
+            ipaddress.ip_network(p, strict=False) for p in config.server.trusted_proxies
+        )
+
+    def upstream_request(
+        self,
+        incoming: Headers,
+        *,
+        forward_authorization: bool,
+        client: str | None,
+        scheme: str,
+        request_id: bytes,
+    ) -> Headers:
+        """The headers to send upstream: end-to-end ones, then forwarding and request id.
+
+        Identity headers are not added here; the caller appends them once known.
+        """
+        dropped = self._always_dropped | connection_listed(incoming)
+        keep_authorization = forward_authorization and self._forward_authorization
+        out: Headers = []
+        host = b""
+        prior_for: list[bytes] = []
+        trusted = self._is_trusted(client)
+        prior_proto = prior_host = None
+        for name, value in incoming:
+            key = canonical(name)
+            if key == b"host":
+                host = value
+            elif trusted and key == b"x-forwarded-for":
+                prior_for.append(value)
+            elif trusted and key == b"x-forwarded-proto":
+                prior_proto = value
+            elif trusted and key == b"x-forwarded-host":
+                prior_host = value
+            if key in dropped or (key == b"authorization" and not keep_authorization):
+                continue
+            out.append((name, value))
+        chain = [*prior_for, client.encode()] if client else prior_for
+        if chain:
+            out.append((b"x-forwarded-for", b", ".join(chain)))
+        out.append((b"x-forwarded-proto", prior_proto or scheme.encode()))
+        if prior_host or host:
+            out.append((b"x-forwarded-host", prior_host or host))
+        out.append((b"x-request-id", request_id))
+        return out
+
+    @staticmethod
+    def downstream_response(upstream: Iterable[tuple[bytes, bytes]]) -> Headers:
+        listed = connection_listed(upstream)
+        return [(n, v) for n, v in upstream if canonical(n) not in HOP_BY_HOP | listed]
+
+    def _is_trusted(self, client: str | None) -> bool:
+        if not self._trusted or client is None:
+            return False
+        try:
+            address = ipaddress.ip_address(client)
+        except ValueError:
+            return False
+        return any(address in network for network in self._trusted)

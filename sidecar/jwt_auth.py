@@ -1,0 +1,84 @@
+"""JWT verification (PyJWT) with an explicit algorithm allow-list, and dev-token minting.
+
+The token's ``alg`` is checked against the allow-list before any key is chosen;
+``none`` is never allowed and HS*/asymmetric families are never mixed (config
+validation enforces that), so algorithm confusion cannot happen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import jwt
+import jwt.types
+
+from sidecar.config import HMAC_ALGORITHMS, JwtConfig
+from sidecar.errors import NotAuthenticated
+from sidecar.keyformat import looks_like_api_key
+
+
+class JwtVerifier:
+    def __init__(self, settings: JwtConfig) -> None:
+        self._algorithms = list(settings.algorithms)
+        self._allowed = frozenset(settings.algorithms)
+        self._claim = settings.user_id_claim
+        self._issuer = settings.issuer
+        self._audience = settings.audience
+        self._leeway = settings.leeway_seconds
+        self._static_key: Any = None
+        self._jwks: jwt.PyJWKClient | None = None
+        if self._allowed & HMAC_ALGORITHMS:
+            assert settings.secret is not None, "validated by config"
+            self._static_key = settings.secret.get_secret_value().encode()
+        elif settings.public_key_file:
+            self._static_key = Path(settings.public_key_file).read_bytes()
+        elif settings.jwks_url:
+            self._jwks = jwt.PyJWKClient(settings.jwks_url, cache_keys=True, lifespan=300)
+        self._options: jwt.types.Options = {
+            "require": ["exp"],
+            "verify_aud": bool(settings.audience),
+        }
+
+    async def user_id(self, token: str) -> str:
+        """The verified token's user id; raise NotAuthenticated("jwt_invalid") otherwise."""
+        if looks_like_api_key(token):
+            raise NotAuthenticated("jwt_invalid")
+        try:
+            header = jwt.get_unverified_header(token)
+            if header.get("alg") not in self._allowed:
+                raise NotAuthenticated("jwt_invalid")
+            key = self._static_key
+            if self._jwks is not None:
+                key = (await asyncio.to_thread(self._jwks.get_signing_key_from_jwt, token)).key
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=self._algorithms,
+                issuer=self._issuer,
+                audience=self._audience,
+                leeway=self._leeway,
+                options=self._options,
+            )
+        except (jwt.PyJWTError, ValueError) as exc:
+            raise NotAuthenticated("jwt_invalid") from exc
+        subject = claims.get(self._claim)
+        if not isinstance(subject, (str, int)) or isinstance(subject, bool) or subject == "":
+            raise NotAuthenticated("jwt_invalid")
+        return str(subject)
+
+
+def mint(settings: JwtConfig, subject: str, ttl_seconds: int = 1800) -> str:
+    """A development token signed with the configured HS* secret."""
+    algorithm = next((a for a in settings.algorithms if a in HMAC_ALGORITHMS), None)
+    if algorithm is None or settings.secret is None:
+        raise ValueError("minting needs an HS* algorithm and auth.jwt.secret in the config")
+    now = int(time.time())
+    claims: dict[str, Any] = {settings.user_id_claim: subject, "iat": now, "exp": now + ttl_seconds}
+    if settings.issuer:
+        claims["iss"] = settings.issuer
+    if settings.audience:
+        claims["aud"] = settings.audience
+    return jwt.encode(claims, settings.secret.get_secret_value(), algorithm=algorithm)

@@ -1,0 +1,102 @@
+"""An in-process, bounded cache of verified keys, keyed by the key's HMAC.
+
+Freshness rules:
+- While the revocation subscription is healthy (``synced``), an entry younger than
+  ``ttl`` is trusted without asking Redis; a revocation evicts it at once.
+- While it is not, nothing is trusted as fresh: every request asks Redis. If Redis
+  is unreachable, an entry verified less than ``stale_window`` ago may still serve.
+- Every eviction bumps ``epoch``; a lookup started before an eviction does not
+  store its (possibly outdated) answer, so a revocation racing a lookup wins.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TypeVar
+
+from sidecar.store import VerifiedKey
+
+V = TypeVar("V")
+
+
+@dataclass(slots=True)
+class _Entry:
+    key: VerifiedKey
+    verified_at: float
+
+
+class KeyCache:
+    def __init__(
+        self, *, ttl: float, max_entries: int, negative_ttl: float, stale_window: float
+    ) -> None:
+        self._ttl = ttl
+        self._max = max_entries
+        self._negative_ttl = negative_ttl
+        self._stale_window = stale_window
+        self._entries: dict[str, _Entry] = {}
+        self._negative: dict[str, float] = {}
+        self.epoch = 0
+        self.synced = False
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def fresh(self, key_hash: str) -> VerifiedKey | None:
+        entry = self._entries.get(key_hash)
+        if entry is None or not self.synced:
+            return None
+        if time.monotonic() - entry.verified_at >= self._ttl:
+            del self._entries[key_hash]
+            return None
+        return entry.key
+
+    def stale(self, key_hash: str) -> VerifiedKey | None:
+        entry = self._entries.get(key_hash)
+        if entry is None or time.monotonic() - entry.verified_at >= self._stale_window:
+            return None
+        return entry.key
+
+    def known_unknown(self, key_hash: str) -> bool:
+        expiry = self._negative.get(key_hash)
+        if expiry is None:
+            return False
+        if time.monotonic() >= expiry:
+            del self._negative[key_hash]
+            return False
+        return True
+
+    def put(self, key_hash: str, key: VerifiedKey, epoch: int) -> None:
+        if epoch != self.epoch:
+            return
+        _bounded_insert(self._entries, key_hash, _Entry(key, time.monotonic()), self._max)
+
+    def put_unknown(self, key_hash: str, epoch: int) -> None:
+        if epoch != self.epoch or self._negative_ttl <= 0:
+            return
+        expiry = time.monotonic() + self._negative_ttl
+        _bounded_insert(self._negative, key_hash, expiry, self._max)
+
+    def evict(self, key_hash: str) -> None:
+        self.epoch += 1
+        self._entries.pop(key_hash, None)
+        self._negative.pop(key_hash, None)
+
+    def desync(self) -> None:
+        """The revocation feed is lost: stop trusting entries as fresh."""
+        self.epoch += 1
+        self.synced = False
+
+    def resync(self) -> None:
+        """The feed is back; messages may have been missed meanwhile, so start over."""
+        self.epoch += 1
+        self._entries.clear()
+        self._negative.clear()
+        self.synced = True
+
+
+def _bounded_insert(table: dict[str, V], key: str, value: V, limit: int) -> None:
+    table.pop(key, None)
+    if len(table) >= limit:
+        del table[next(iter(table))]  # oldest insertion first
+    table[key] = value

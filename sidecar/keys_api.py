@@ -1,0 +1,143 @@
+"""``/api/v1/api-keys/``: create, list and expire keys. JWT only (SPEC.md)."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route, Router
+
+from sidecar.authn import Authenticator, credential_from
+from sidecar.errors import PayloadTooLarge, RequestInvalid, SidecarError
+from sidecar.store import KeyStore
+
+PREFIX = "/api/v1/api-keys"
+_MAX_CREATE_BODY = 64 * 1024
+_BOOL = TypeAdapter(bool)
+_UUID = TypeAdapter(UUID)
+
+
+class CreateKeyBody(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    description: str | None = Field(default=None, max_length=500)
+
+
+def json_response(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(body), status, headers, media_type="application/json")
+
+
+def error_response(exc: SidecarError) -> Response:
+    response = Response(exc.body(), exc.status, media_type="application/json")
+    for name, value in exc.headers():
+        response.headers.append(name.decode(), value.decode())
+    return response
+
+
+def _errors(exc: ValidationError, where: str) -> list[dict[str, Any]]:
+    """Pydantic's errors in FastAPI's shape: ``loc`` starts with body/query/path."""
+    return [{**detail, "loc": [where, *detail["loc"]]} for detail in exc.errors(include_url=False)]
+
+
+class KeysApi:
+    def __init__(self, authenticator: Authenticator, store: KeyStore) -> None:
+        self._auth = authenticator
+        self._store = store
+        routes = [
+            Route(PREFIX, self._collection, methods=["GET", "POST"]),
+            Route(PREFIX + "/", self._collection, methods=["GET", "POST"]),
+            Route(PREFIX + "/{api_key_id}", self._item, methods=["DELETE"]),
+            Route(PREFIX + "/{api_key_id}/", self._item, methods=["DELETE"]),
+        ]
+        self.app = Router(routes, redirect_slashes=False)
+
+    async def _user(self, request: Request) -> str:
+        api_key = request.headers.get("x-api-key")
+        authorization = request.headers.get("authorization")
+        credential = credential_from(
+            None if api_key is None else api_key.encode("latin-1"),
+            None if authorization is None else authorization.encode("latin-1"),
+        )
+        return await self._auth.jwt_only(credential)
+
+    async def _collection(self, request: Request) -> Response:
+        try:
+            user_id = await self._user(request)
+            if request.method == "POST":
+                return await self._create(request, user_id)
+            return await self._list(request, user_id)
+        except SidecarError as exc:
+            return error_response(exc)
+
+    async def _item(self, request: Request) -> Response:
+        try:
+            user_id = await self._user(request)
+            raw_id = request.path_params["api_key_id"]
+            try:
+                key_id = _UUID.validate_python(raw_id)
+            except ValidationError as exc:
+                raise RequestInvalid(_errors(exc, "path")) from None
+            await self._store.revoke(str(key_id), user_id)
+            return json_response(200, {"message": "API key expired successfully", "success": True})
+        except SidecarError as exc:
+            return error_response(exc)
+
+    async def _create(self, request: Request, user_id: str) -> Response:
+        body = await _read_limited(request, _MAX_CREATE_BODY)
+        payload: Any = {}
+        if body.strip():
+            try:
+                payload = orjson.loads(body)
+            except orjson.JSONDecodeError as exc:
+                raise RequestInvalid(
+                    [
+                        {
+                            "type": "json_invalid",
+                            "loc": ["body", exc.pos],
+                            "msg": "JSON decode error",
+                            "input": {},
+                            "ctx": {"error": exc.msg},
+                        }
+                    ]
+                ) from None
+        try:
+            parsed = CreateKeyBody.model_validate(payload)
+        except ValidationError as exc:
+            raise RequestInvalid(_errors(exc, "body")) from None
+        created = await self._store.create(user_id, parsed.description)
+        return json_response(
+            201,
+            {
+                "id": created.id,
+                "api_key": created.api_key,
+                "key_prefix": created.key_prefix,
+                "description": created.description,
+                "created_at": created.created_at,
+            },
+        )
+
+    async def _list(self, request: Request, user_id: str) -> Response:
+        raw = request.query_params.get("include_expired", "false")
+        try:
+            include_expired = _BOOL.validate_python(raw)
+        except ValidationError as exc:
+            errors = _errors(exc, "query")
+            for error in errors:
+                error["loc"] = ["query", "include_expired"]
+            raise RequestInvalid(errors) from None
+        keys = await self._store.list(user_id, include_expired)
+        return json_response(200, {"api_keys": keys, "total": len(keys)})
+
+
+async def _read_limited(request: Request, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)

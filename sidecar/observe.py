@@ -1,0 +1,25 @@
+"""What one request did, handed to the access log and the metrics when it ends."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    method: str
+    path: str  # normalised
+    route: str  # "proxy", "public", "api_keys", "not_found"
+    request_id: str
+    client: str | None
+    started: float  # loop time
+    status: int = 0
+    duration: float = 0.0
+    upstream_seconds: float | None = None
+    auth_seconds: float | None = None
+    auth_method: str | None = None
+    auth_outcome: str | None = None  # "ok" or a NotAuthenticated reason / "store_unavailable"
+    user_id: str | None = None
+    key_prefix: str | None = None
+    bytes_in: int = 0
+    bytes_out: int = 0

@@ -1,0 +1,81 @@
+"""Follows the revocation channel and evicts revoked keys from the local cache.
+
+The subscription is health-checked with a PING every second; no traffic for
+``_SILENCE_LIMIT`` seconds, or any error, counts as lost: the cache stops
+trusting its entries until the subscription is back (see keycache.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+
+from redis.asyncio import Redis
+
+from sidecar.keycache import KeyCache
+from sidecar.store import REDIS_ERRORS, REVOCATION_CHANNEL
+
+log = logging.getLogger("sidecar.revocations")
+
+_PING_EVERY = 1.0
+_SILENCE_LIMIT = 3.0
+_RETRY_DELAY = 0.5
+
+
+class RevocationListener:
+    def __init__(
+        self, redis: Redis, cache: KeyCache, on_message: Callable[[], None] | None = None
+    ) -> None:
+        self._redis = redis
+        self._cache = cache
+        self._on_message = on_message or (lambda: None)
+        self.connected = asyncio.Event()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self._follow()
+            except asyncio.CancelledError:
+                raise
+            except (*REDIS_ERRORS, _Silent) as exc:  # type: ignore[misc]
+                log.warning("revocation feed lost (%s); retrying", type(exc).__name__)
+            self._cache.desync()
+            self.connected.clear()
+            await asyncio.sleep(_RETRY_DELAY)
+
+    async def _follow(self) -> None:
+        pubsub = self._redis.pubsub()
+        try:
+            await pubsub.subscribe(REVOCATION_CHANNEL)
+            last_heard = time.monotonic()
+            last_ping = 0.0
+            while True:
+                now = time.monotonic()
+                if now - last_ping >= _PING_EVERY:
+                    await pubsub.ping()
+                    last_ping = now
+                message = await pubsub.get_message(timeout=_PING_EVERY)
+                now = time.monotonic()
+                if message is None:
+                    if now - last_heard > _SILENCE_LIMIT:
+                        raise _Silent()
+                    continue
+                last_heard = now
+                kind = message["type"]
+                if kind == "subscribe":
+                    self._cache.resync()
+                    self.connected.set()
+                elif kind == "message":
+                    data = message["data"]
+                    self._cache.evict(data.decode() if isinstance(data, bytes) else data)
+                    self._on_message()
+        finally:
+            with contextlib.suppress(*REDIS_ERRORS):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+
+class _Silent(Exception):
+    """No reply from the subscription within the silence limit."""
