@@ -37,9 +37,9 @@ def error_response(exc: SidecarError) -> Response:
     return response
 
 
-def _errors(exc: ValidationError, where: str) -> list[dict[str, Any]]:
+def _errors(exc: ValidationError, *where: str) -> list[dict[str, Any]]:
     """Pydantic's errors in FastAPI's shape: ``loc`` starts with body/query/path."""
-    return [{**detail, "loc": [where, *detail["loc"]]} for detail in exc.errors(include_url=False)]
+    return [{**detail, "loc": [*where, *detail["loc"]]} for detail in exc.errors(include_url=False)]
 
 
 class KeysApi:
@@ -79,7 +79,7 @@ class KeysApi:
             try:
                 key_id = _UUID.validate_python(raw_id)
             except ValidationError as exc:
-                raise RequestInvalid(_errors(exc, "path")) from None
+                raise RequestInvalid(_errors(exc, "path", "api_key_id")) from None
             await self._store.revoke(str(key_id), user_id)
             return json_response(200, {"message": "API key expired successfully", "success": True})
         except SidecarError as exc:
@@ -124,10 +124,7 @@ class KeysApi:
         try:
             include_expired = _BOOL.validate_python(raw)
         except ValidationError as exc:
-            errors = _errors(exc, "query")
-            for error in errors:
-                error["loc"] = ["query", "include_expired"]
-            raise RequestInvalid(errors) from None
+            raise RequestInvalid(_errors(exc, "query", "include_expired")) from None
         keys = await self._store.list(user_id, include_expired)
         return json_response(200, {"api_keys": keys, "total": len(keys)})
 

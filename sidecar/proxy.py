@@ -117,7 +117,7 @@ class UpstreamClient:
             response = await self._session.request(
                 method,
                 URL(target, encoded=True),
-                headers=headers,  # type: ignore[arg-type]  # aiohttp accepts bytes pairs
+                headers=[(n.decode("latin-1"), v.decode("latin-1")) for n, v in headers],
                 data=body,
                 allow_redirects=False,
                 compress=None,

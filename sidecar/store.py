@@ -45,7 +45,7 @@ REVOCATION_CHANNEL = "callcov:revocations"
 
 _CREATE = """
 if redis.call('SCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
-redis.call('HSET', KEYS[3], unpack(ARGV, 5))
+redis.call('HSET', KEYS[3], unpack(ARGV, 5, #ARGV - 1))
 redis.call('SADD', KEYS[1], ARGV[2])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
 redis.call('HSET', KEYS[4], ARGV[4], ARGV[#ARGV])

@@ -1,0 +1,118 @@
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+import redis
+
+from tests.harness import (
+    JWT_SECRET,
+    RedisProcess,
+    ServerThread,
+    SidecarProcess,
+    base_config,
+    merge,
+)
+from tests.upstream_app import RecordingUpstream
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
+    server = RedisProcess(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_client(redis_server: RedisProcess) -> redis.Redis:
+    return redis_server.client()
+
+
+@pytest.fixture(scope="session")
+def upstream() -> Iterator[tuple[RecordingUpstream, ServerThread]]:
+    app = RecordingUpstream()
+    server = ServerThread(app).start()
+    yield app, server
+    server.stop()
+
+
+@pytest.fixture
+def recorder(upstream: tuple[RecordingUpstream, ServerThread]) -> RecordingUpstream:
+    upstream[0].reset()
+    return upstream[0]
+
+
+@pytest.fixture(scope="session")
+def config_for(
+    redis_server: RedisProcess, upstream: tuple[RecordingUpstream, ServerThread]
+) -> Any:
+    def build(**override: Any) -> dict[str, Any]:
+        return merge(base_config(redis_url=redis_server.url, upstream_url=upstream[1].url), override)
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def sidecar(config_for: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SidecarProcess]:
+    """One shared sidecar for tests that do not change its configuration."""
+    process = SidecarProcess(config_for(), tmp_path_factory.mktemp("sidecar")).start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def spawn(config_for: Any, tmp_path: Path) -> Iterator[Any]:
+    """Start extra sidecars with their own config; all stopped at the end of the test."""
+    started: list[SidecarProcess] = []
+
+    def start(config: dict[str, Any] | None = None, *args: str) -> SidecarProcess:
+        process = SidecarProcess(config or config_for(), tmp_path, args).start()
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+def make_token(sub: str, ttl: int = 1800, secret: str = JWT_SECRET, **claims: Any) -> str:
+    now = int(time.time())
+    payload = {"sub": sub, "iat": now, "exp": now + ttl, **claims}
+    return jwt.encode(payload, secret, algorithm="HS256")
+
+
+@pytest.fixture
+def user() -> str:
+    """A fresh user id per test, so tests never share key limits."""
+    return f"user-{time.monotonic_ns()}"
+
+
+class Api:
+    """Thin client for the sidecar under test."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.http = httpx.Client(base_url=base, timeout=30)
+
+    def bearer(self, user: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {make_token(user)}"}
+
+    def create_key(self, user: str, description: str | None = None) -> dict[str, Any]:
+        body = {} if description is None else {"description": description}
+        response = self.http.post("/api/v1/api-keys/", json=body, headers=self.bearer(user))
+        assert response.status_code == 201, response.text
+        created: dict[str, Any] = response.json()
+        return created
+
+
+@pytest.fixture
+def api(sidecar: SidecarProcess) -> Iterator[Api]:
+    client = Api(sidecar.url)
+    yield client
+    client.http.close()

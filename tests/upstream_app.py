@@ -1,0 +1,119 @@
+"""The upstream the tests proxy to: a real HTTP server that records what it received.
+
+Paths with special behaviour (everything else echoes):
+- ``/slow?seconds=S``      answers after S seconds
+- ``/download?bytes=N``    streams N bytes (in 64 KiB chunks)
+- ``/stream-forever``      streams until the client goes away; counts open streams
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import threading
+import time
+from collections.abc import MutableMapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs
+
+import orjson
+
+CHUNK = b"x" * 65536
+
+
+@dataclass
+class Received:
+    method: str
+    path: str
+    raw_path: bytes
+    query: str
+    headers: list[tuple[str, str]]
+    body_sha256: str
+    body_bytes: int
+    first_chunk_at: float | None
+    completed_at: float
+
+    def header(self, name: str) -> str | None:
+        values = [v for k, v in self.headers if k.lower() == name.lower()]
+        return values[0] if values else None
+
+
+@dataclass
+class RecordingUpstream:
+    received: list[Received] = field(default_factory=list)
+    open_streams: int = 0
+    first_chunk: threading.Event = field(default_factory=threading.Event)
+
+    def reset(self) -> None:
+        self.received.clear()
+        self.first_chunk.clear()
+
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        digest = hashlib.sha256()
+        size = 0
+        first_at = None
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            if chunk and first_at is None:
+                first_at = time.monotonic()
+                self.first_chunk.set()
+            digest.update(chunk)
+            size += len(chunk)
+            if not message.get("more_body", False):
+                break
+        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
+        query = scope["query_string"].decode("latin-1")
+        record = Received(
+            scope["method"], scope["path"], scope.get("raw_path") or b"", query, headers,
+            digest.hexdigest(), size, first_at, time.monotonic(),
+        )  # fmt: skip
+        self.received.append(record)
+        params = {k: v[0] for k, v in parse_qs(query).items()}
+        if scope["path"] == "/slow":
+            await asyncio.sleep(float(params.get("seconds", "1")))
+        if scope["path"] == "/download":
+            await self._download(send, int(params["bytes"]))
+            return
+        if scope["path"] == "/stream-forever":
+            await self._forever(receive, send)
+            return
+        body = orjson.dumps(
+            {"method": record.method, "path": record.path, "query": query,
+             "headers": dict(headers), "body_sha256": record.body_sha256,
+             "body_bytes": size}
+        )  # fmt: skip
+        await send(
+            {"type": "http.response.start", "status": 200,
+             "headers": [(b"content-type", b"application/json"),
+                         (b"content-length", str(len(body)).encode()),
+                         (b"x-upstream", b"yes"), (b"connection", b"keep-alive")]}
+        )  # fmt: skip
+        await send({"type": "http.response.body", "body": body})
+
+    async def _download(self, send: Any, total: int) -> None:
+        headers = [(b"content-type", b"application/octet-stream"),
+                   (b"content-length", str(total).encode())]  # fmt: skip
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        sent = 0
+        while sent < total:
+            piece = CHUNK[: min(len(CHUNK), total - sent)]
+            sent += len(piece)
+            await send({"type": "http.response.body", "body": piece, "more_body": sent < total})
+
+    async def _forever(self, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        self.open_streams += 1
+        gone = asyncio.ensure_future(receive())  # the next message can only be a disconnect
+        try:
+            while not gone.done():
+                await send({"type": "http.response.body", "body": CHUNK, "more_body": True})
+                await asyncio.sleep(0.01)
+        finally:
+            gone.cancel()
+            self.open_streams -= 1
