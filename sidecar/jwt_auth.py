@@ -8,6 +8,7 @@ validation enforces that), so algorithm confusion cannot happen.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,9 @@ import jwt.types
 from sidecar.config import HMAC_ALGORITHMS, JwtConfig
 from sidecar.errors import NotAuthenticated
 from sidecar.keyformat import looks_like_api_key
+
+
+_USER_ID = re.compile(r"[\x21-\x7e]{1,256}")  # printable ASCII, no spaces or controls
 
 
 class JwtVerifier:
@@ -65,9 +69,12 @@ class JwtVerifier:
         except (jwt.PyJWTError, ValueError) as exc:
             raise NotAuthenticated("jwt_invalid") from exc
         subject = claims.get(self._claim)
-        if not isinstance(subject, (str, int)) or isinstance(subject, bool) or subject == "":
+        if not isinstance(subject, (str, int)) or isinstance(subject, bool):
             raise NotAuthenticated("jwt_invalid")
-        return str(subject)
+        user_id = str(subject)
+        if not _USER_ID.fullmatch(user_id):  # it becomes a header value and a Redis key part
+            raise NotAuthenticated("jwt_invalid")
+        return user_id
 
 
 def mint(settings: JwtConfig, subject: str, ttl_seconds: int = 1800) -> str:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -119,8 +119,15 @@ class CreatedKey:
 
 
 class KeyStore:
-    def __init__(self, redis: Redis, hasher: KeyHasher, max_active_per_user: int) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        hasher: KeyHasher,
+        max_active_per_user: int,
+        generate: Callable[[], str] = keyformat.generate,
+    ) -> None:
         self._redis = redis
+        self._generate = generate
         self._hasher = hasher
         self.max_active_per_user = max_active_per_user
         self._create = redis.register_script(_CREATE)
@@ -135,7 +142,7 @@ class KeyStore:
             raise StoreUnavailable() from exc
 
     async def create(self, user_id: str, description: str | None) -> CreatedKey:
-        api_key = keyformat.generate()
+        api_key = self._generate()
         prefix = api_key[: keyformat.PREFIX_LENGTH]
         key_hash = self._hasher.hash(api_key)
         key_id = str(uuid.uuid4())
