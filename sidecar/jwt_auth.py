@@ -20,7 +20,6 @@ from sidecar.config import HMAC_ALGORITHMS, JwtConfig
 from sidecar.errors import NotAuthenticated
 from sidecar.keyformat import looks_like_api_key
 
-
 _USER_ID = re.compile(r"[\x21-\x7e]{1,256}")  # printable ASCII, no spaces or controls
 
 
