@@ -30,7 +30,7 @@ from sidecar.metrics import Metrics
 from sidecar.observe import RequestRecord
 from sidecar.paths import PrefixMatcher, normalise
 from sidecar.proxy import ClientGone, Receive, Send, UpstreamClient
-from sidecar.ratelimit import RateLimiter
+from sidecar.ratelimit import limiter_for
 from sidecar.redis_conn import connect
 from sidecar.revocations import RevocationListener
 from sidecar.store import KeyStore
@@ -73,7 +73,12 @@ class Sidecar:
             rules=HeaderRules(config),
             public_paths=PrefixMatcher(config.auth.public_paths),
             authenticator=self.authenticator,
-            limiter=RateLimiter(),
+            limiter=limiter_for(
+                config.rate_limits,
+                self.redis,
+                retry_after=config.redis.retry_after_seconds,
+                on_store_error=self.metrics.rate_limit_store_errors.inc,
+            ),
             upstream=self.upstream,
         )
         self._owned = PrefixMatcher((KEYS_PREFIX,))

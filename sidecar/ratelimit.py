@@ -1,11 +1,220 @@
-"""Per-user rate limiting. (Placeholder: admits everything; issue 5 fills it in.)"""
+"""Per-user rate limiting, shared by every sidecar instance through Redis.
+
+Algorithm: GCRA (the generic cell rate algorithm, a token bucket kept as one
+timestamp). A rule of N requests per P seconds admits a burst of N, then one
+request every P/N seconds; the long-run rate is exactly N/P. Why GCRA over a
+sliding window:
+
+- memory: one small string per (user, rule) — the "theoretical arrival time" —
+  where a sliding-window log keeps up to N timestamps per user (N may be large);
+- window edges: no fixed windows, so no 2N burst at a window boundary, and no
+  approximation as in a weighted two-window counter; budget returns smoothly
+  (one request every P/N) instead of all at once;
+- exactness: the check and the update are one atomic script using the Redis
+  server's clock, so instances with skewed clocks agree, and N concurrent
+  requests from any number of instances on a fresh budget admit exactly N.
+  The price: a client that spends the full burst and then keeps pace can make
+  up to 2N-1 requests within one P-second span (the burst plus the refill).
+
+Denied requests write nothing, so they do not consume budget. A bucket's key
+expires when it would be full again, so idle users cost no memory.
+
+Redis keys: ``callcov:rl:{<user id>}:<rule>``; the hash tag is the user id (with
+``%``, ``{`` and ``}`` percent-escaped so any id yields a well-formed, distinct
+tag), so on Redis Cluster a user's buckets share a slot and users spread across
+the cluster. ``<rule>`` is ``default`` or ``<METHOD or *>:<path prefix>``, stable
+when rules are reordered.
+
+Headers (on every proxied response of an authenticated user):
+``X-RateLimit-Limit`` = N of the matching rule; ``X-RateLimit-Remaining`` =
+requests that could be made right now; ``X-RateLimit-Reset`` = whole seconds
+(rounded up) until the budget is full again — a delta, not an epoch, as in the
+IETF RateLimit-header draft and Envoy, in the same unit as ``Retry-After`` and
+immune to clock skew between client and server. A 429 adds ``Retry-After``:
+whole seconds (>= 1) until one more request would be admitted.
+
+Redis unreachable: ``fail_open`` admits with ``X-RateLimit-Limit`` only (the rest
+is unknown); fail closed answers 503 with ``Retry-After``. Either way the event
+is counted, and logged at most once per ``WARN_INTERVAL``.
+"""
 
 from __future__ import annotations
 
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+
+from sidecar.config import RateLimit, RateLimitsConfig
+from sidecar.errors import RateLimited, StoreUnavailable
 from sidecar.headers import Headers
+from sidecar.paths import PrefixMatcher
+from sidecar.store import REDIS_ERRORS
+
+log = logging.getLogger("sidecar.ratelimit")
+
+NAMESPACE = "callcov:rl"
+WARN_INTERVAL = 60.0
+_MICROS = 1_000_000
+
+LIMIT = b"x-ratelimit-limit"
+REMAINING = b"x-ratelimit-remaining"
+RESET = b"x-ratelimit-reset"
+
+# KEYS[1] bucket; ARGV[1] emission interval P/N, ARGV[2] capacity N*(P/N), in µs.
+# Returns {admitted 0/1, remaining, µs until full, µs until the next admission}.
+# Times stay integral µs (exact in a double); written with %d, as Lua's default
+# number-to-string keeps only 14 digits.
+_GCRA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local capacity = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local next_tat = tat + interval
+if next_tat - now > capacity then
+  return {0, math.floor((capacity - (tat - now)) / interval), tat - now, next_tat - now - capacity}
+end
+redis.call('SET', KEYS[1], string.format('%d', next_tat), 'PX', math.ceil((next_tat - now) / 1000))
+return {1, math.floor((capacity - (next_tat - now)) / interval), next_tat - now, 0}
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One compiled limit: N requests per P seconds, as GCRA parameters."""
+
+    name: str  # key suffix: "default" or "<METHOD or *>:<path>"
+    requests: int
+    interval_us: int  # P/N, at least 1 µs
+    limit_header: tuple[bytes, bytes]
+
+    @property
+    def capacity_us(self) -> int:
+        return self.requests * self.interval_us
+
+    @classmethod
+    def compile(cls, name: str, limit: RateLimit) -> Rule:
+        interval = max(1, round(limit.per_seconds * _MICROS / limit.requests))
+        return cls(name, limit.requests, interval, (LIMIT, str(limit.requests).encode()))
+
+
+class RuleTable:
+    """Ordered rules matched on method and normalised path prefix (PrefixMatcher
+    semantics); the first match wins, else the default. One matcher per method
+    named in the rules, plus one for every other method, built once."""
+
+    def __init__(self, config: RateLimitsConfig) -> None:
+        self.default = Rule.compile("default", config.default)
+        rules = [
+            Rule.compile(f"{r.method or '*'}:{r.path.lower().rstrip('/') or '/'}", r)
+            for r in config.rules
+        ]
+        methods = {r.method for r in config.rules if r.method is not None}
+
+        def table(method: str | None) -> tuple[PrefixMatcher, tuple[Rule, ...]]:
+            picked = [
+                (spec.path, rule)
+                for spec, rule in zip(config.rules, rules, strict=True)
+                if spec.method is None or spec.method == method
+            ]
+            return PrefixMatcher(tuple(p for p, _ in picked)), tuple(r for _, r in picked)
+
+        self._by_method = {m: table(m) for m in methods}
+        self._any_method = table(None)
+
+    def match(self, method: str, normalised: str) -> Rule:
+        matcher, rules = self._by_method.get(method, self._any_method)
+        index = matcher.match(normalised)
+        return self.default if index is None else rules[index]
+
+
+def bucket_key(user_id: str, rule: Rule) -> str:
+    if "{" in user_id or "}" in user_id or "%" in user_id:
+        user_id = user_id.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
+    return f"{NAMESPACE}:{{{user_id}}}:{rule.name}"
+
+
+def _seconds(micros: int) -> int:
+    return max(1, math.ceil(micros / _MICROS))
 
 
 class RateLimiter:
+    """Rate limiting turned off: admits everything, adds no headers, no Redis."""
+
     async def admit(self, user_id: str, method: str, path: str) -> Headers:
         """Headers to add to the response; raise RateLimited when over the limit."""
         return []
+
+
+class RedisRateLimiter(RateLimiter):
+    def __init__(
+        self,
+        redis: Redis,
+        config: RateLimitsConfig,
+        *,
+        retry_after: int,
+        on_store_error: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._rules = RuleTable(config)
+        self._script = redis.register_script(_GCRA)
+        self._fail_open = config.fail_open
+        self._retry_after = retry_after
+        self._on_store_error = on_store_error
+        self._next_warning = 0.0
+        self._unwarned = 0
+
+    async def admit(self, user_id: str, method: str, path: str) -> Headers:
+        rule = self._rules.match(method, path)
+        try:
+            reply = await self._script(
+                keys=[bucket_key(user_id, rule)], args=[rule.interval_us, rule.capacity_us]
+            )
+        except REDIS_ERRORS as exc:
+            return self._unavailable(rule, exc)
+        admitted, remaining, reset_us, retry_us = (int(v) for v in reply)
+        headers = [
+            rule.limit_header,
+            (REMAINING, str(max(0, remaining)).encode()),
+            (RESET, str(_seconds(reset_us)).encode()),
+        ]
+        if not admitted:
+            raise RateLimited(_seconds(retry_us), headers)
+        return headers
+
+    def _unavailable(self, rule: Rule, exc: Exception) -> Headers:
+        self._on_store_error()
+        self._unwarned += 1
+        now = time.monotonic()
+        if now >= self._next_warning:
+            log.warning(
+                "rate limiter cannot reach Redis (%s); failing %s; %d failed check(s) since "
+                "the last warning",
+                type(exc).__name__,
+                "open" if self._fail_open else "closed",
+                self._unwarned,
+            )
+            self._next_warning = now + WARN_INTERVAL
+            self._unwarned = 0
+        if self._fail_open:
+            return [rule.limit_header]
+        unavailable = StoreUnavailable()
+        unavailable.retry_after = self._retry_after
+        raise unavailable from exc
+
+
+def limiter_for(
+    config: RateLimitsConfig,
+    redis: Redis,
+    *,
+    retry_after: int,
+    on_store_error: Callable[[], None] = lambda: None,
+) -> RateLimiter:
+    """The limiter ``config`` asks for: the no-op one when rate limiting is off."""
+    if not config.enabled:
+        return RateLimiter()
+    return RedisRateLimiter(redis, config, retry_after=retry_after, on_store_error=on_store_error)

@@ -1,0 +1,233 @@
+"""Rate limiting end to end: real redis-server, real sidecar processes, real upstream."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+from redis.asyncio import Redis
+
+from sidecar.config import RateLimitsConfig
+from sidecar.ratelimit import limiter_for
+from tests.conftest import Api, make_token
+from tests.harness import RedisProcess, SidecarProcess, wait_until
+from tests.upstream_app import RecordingUpstream
+
+DEFAULT = 5  # per 60 s
+ANALYSIS = 20  # POST /api/v1/analysis/, per 60 s
+FAST = 2  # /api/v1/fast, per 1 s
+LIMITS = {
+    "enabled": True,
+    "default": {"requests": DEFAULT, "per_seconds": 60},
+    "rules": [
+        {"method": "POST", "path": "/api/v1/analysis/", "requests": ANALYSIS, "per_seconds": 60},
+        {"path": "/api/v1/fast", "requests": FAST, "per_seconds": 1},
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def pair(config_for: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Api]]:
+    """Two rate-limited sidecars sharing the test Redis."""
+    workdir = tmp_path_factory.mktemp("ratelimit")
+    processes = [SidecarProcess(config_for(rate_limits=LIMITS), workdir) for _ in range(2)]
+    clients: list[Api] = []
+    try:
+        for process in processes:
+            process.start()
+            clients.append(Api(process.url))
+        yield clients
+    finally:
+        for client in clients:
+            client.http.close()
+        for process in processes:
+            process.stop()
+
+
+def bearer(user: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {make_token(user)}"}
+
+
+def rate(response: httpx.Response) -> tuple[int, int, int]:
+    h = response.headers
+    return int(h["x-ratelimit-limit"]), int(h["x-ratelimit-remaining"]), int(h["x-ratelimit-reset"])
+
+
+def reached(recorder: RecordingUpstream, user: str) -> int:
+    return sum(1 for r in recorder.received if r.header("x-callcov-user-id") == user)
+
+
+async def _burst(urls: list[str], user: str, count: int) -> list[int]:
+    headers = bearer(user)
+    limits = httpx.Limits(max_connections=count)
+    clients = [httpx.AsyncClient(base_url=u, timeout=30, limits=limits) for u in urls]
+    try:
+        calls = [
+            clients[i % len(clients)].post("/api/v1/analysis/", content=b"{}", headers=headers)
+            for i in range(count)
+        ]
+        return [r.status_code for r in await asyncio.gather(*calls)]
+    finally:
+        await asyncio.gather(*(c.aclose() for c in clients))
+
+
+def test_limit_is_exact_under_concurrency_across_two_instances(
+    pair: list[Api], user: str, recorder: RecordingUpstream
+) -> None:
+    statuses = asyncio.run(_burst([a.base for a in pair], user, 4 * ANALYSIS))
+    assert statuses.count(200) == ANALYSIS
+    assert statuses.count(429) == 3 * ANALYSIS
+    assert reached(recorder, user) == ANALYSIS
+
+
+def test_headers_count_down_and_the_429(
+    pair: list[Api], user: str, recorder: RecordingUpstream
+) -> None:
+    interval = 60 // DEFAULT
+    for spent in range(1, DEFAULT + 1):
+        response = pair[spent % 2].http.get("/api/v1/things", headers=bearer(user))
+        assert response.status_code == 200
+        limit, remaining, reset = rate(response)
+        assert (limit, remaining) == (DEFAULT, DEFAULT - spent)
+        assert interval * spent - 1 <= reset <= interval * spent  # until the budget is full
+
+    for _ in range(3):  # refusals do not consume budget: Reset and Retry-After stay put
+        refused = pair[0].http.get("/api/v1/things", headers=bearer(user))
+        assert refused.status_code == 429
+        assert refused.json() == {"detail": "Rate limit exceeded"}
+        assert 1 <= int(refused.headers["retry-after"]) <= interval
+        limit, remaining, reset = rate(refused)
+        assert (limit, remaining) == (DEFAULT, 0)
+        assert 60 - 2 <= reset <= 60
+    assert reached(recorder, user) == DEFAULT
+
+
+def test_users_have_separate_budgets(pair: list[Api], user: str) -> None:
+    other = user + "-other"
+    for _ in range(DEFAULT):
+        assert pair[0].http.get("/api/v1/things", headers=bearer(user)).status_code == 200
+    assert pair[1].http.get("/api/v1/things", headers=bearer(user)).status_code == 429
+    response = pair[1].http.get("/api/v1/things", headers=bearer(other))
+    assert response.status_code == 200
+    assert rate(response)[1] == DEFAULT - 1
+
+
+def test_api_keys_and_jwts_of_a_user_share_one_budget(pair: list[Api], user: str) -> None:
+    keys = [pair[0].create_key(user)["api_key"] for _ in range(2)]
+    credentials = [
+        {"X-API-Key": keys[0]},
+        {"Authorization": f"Bearer {keys[1]}"},
+        bearer(user),
+    ]
+    remaining = []
+    for spent in range(DEFAULT):
+        response = pair[spent % 2].http.get("/api/v1/things", headers=credentials[spent % 3])
+        assert response.status_code == 200
+        remaining.append(rate(response)[1])
+    assert remaining == list(range(DEFAULT - 1, -1, -1))
+    for headers in credentials:
+        assert pair[1].http.get("/api/v1/things", headers=headers).status_code == 429
+
+
+def test_rules_have_their_own_limits_and_budgets(pair: list[Api], user: str) -> None:
+    for _ in range(DEFAULT):
+        assert pair[0].http.get("/api/v1/analysis/", headers=bearer(user)).status_code == 200
+    assert pair[0].http.get("/api/v1/analysis/", headers=bearer(user)).status_code == 429
+    # POST to the same path is the analysis rule, with its own budget
+    response = pair[0].http.post("/api/v1/analysis/123", headers=bearer(user))
+    assert response.status_code == 200
+    assert rate(response)[:2] == (ANALYSIS, ANALYSIS - 1)
+    response = pair[1].http.get("/API/v1/FAST/1", headers=bearer(user))
+    assert rate(response)[:2] == (FAST, FAST - 1)
+
+
+def test_public_paths_are_not_limited(pair: list[Api], user: str) -> None:
+    for _ in range(DEFAULT + 1):
+        response = pair[0].http.get("/api/v1/auth/login", headers=bearer(user))
+        assert response.status_code == 200
+        assert "x-ratelimit-limit" not in response.headers
+
+
+def test_budget_recovers_and_the_counter_expires(
+    pair: list[Api], user: str, redis_client: redis.Redis
+) -> None:
+    def get() -> httpx.Response:
+        return pair[0].http.get("/api/v1/fast", headers=bearer(user))
+
+    assert [get().status_code for _ in range(FAST)] == [200] * FAST
+    refused = get()
+    assert refused.status_code == 429
+    assert refused.headers["retry-after"] == "1"
+    wait_until(lambda: get().status_code == 200, timeout=3)
+
+    key = f"callcov:rl:{{{user}}}:*:/api/v1/fast"
+    assert 0 < redis_client.pttl(key) <= 1000
+    wait_until(lambda: not redis_client.exists(key), timeout=3)
+    assert [rate(get())[1] for _ in range(FAST)] == list(range(FAST - 1, -1, -1))
+
+
+@pytest.fixture
+def lost_redis(
+    config_for: Any, tmp_path: Path
+) -> Iterator[tuple[RedisProcess, SidecarProcess, SidecarProcess]]:
+    """A private Redis, a fail-open and a fail-closed sidecar on it."""
+    server = RedisProcess(tmp_path)
+    server.start()
+    started: list[SidecarProcess] = []
+    try:
+        for fail_open in (True, False):
+            config = config_for(
+                redis={"url": server.url}, rate_limits=dict(LIMITS, fail_open=fail_open)
+            )
+            started.append(SidecarProcess(config, tmp_path).start())
+        yield server, started[0], started[1]
+    finally:
+        for process in started:
+            process.stop()
+        server.stop()
+
+
+def test_redis_down_fails_open_or_closed_as_configured(
+    lost_redis: tuple[RedisProcess, SidecarProcess, SidecarProcess],
+    user: str,
+    recorder: RecordingUpstream,
+) -> None:
+    server, fail_open, fail_closed = lost_redis
+    for spent, process in enumerate((fail_open, fail_closed), start=1):
+        response = httpx.get(process.url + "/api/v1/things", headers=bearer(user))
+        assert rate(response) == (DEFAULT, DEFAULT - spent, 60 // DEFAULT * spent)
+    server.stop()
+
+    for _ in range(5):
+        response = httpx.get(fail_open.url + "/api/v1/things", headers=bearer(user))
+        assert response.status_code == 200
+        assert response.headers["x-ratelimit-limit"] == str(DEFAULT)
+        assert "x-ratelimit-remaining" not in response.headers
+        closed = httpx.get(fail_closed.url + "/api/v1/things", headers=bearer(user))
+        assert closed.status_code == 503
+        assert closed.headers["retry-after"] == "3"  # redis.retry_after_seconds
+    assert reached(recorder, user) == 2 + 5
+
+    for process in (fail_open, fail_closed):
+        metrics = httpx.get(process.admin_url + "/metrics").text
+        assert "sidecar_rate_limit_store_errors_total 5.0" in metrics
+        assert process.logs().count("rate limiter cannot reach Redis") == 1
+
+    server.start()  # back on the same port: limiting resumes
+    wait_until(
+        lambda: (
+            httpx.get(fail_closed.url + "/api/v1/things", headers=bearer(user)).status_code == 200
+        ),
+        timeout=5,
+    )
+
+
+def test_disabled_limiter_never_touches_redis() -> None:
+    unreachable = Redis(port=1)
+    limiter = limiter_for(RateLimitsConfig(enabled=False), unreachable, retry_after=1)
+    assert asyncio.run(limiter.admit("u", "POST", "/api/v1/analysis/")) == []
