@@ -11,8 +11,9 @@ sliding window:
   approximation as in a weighted two-window counter; budget returns smoothly
   (one request every P/N) instead of all at once;
 - exactness: the check and the update are one atomic script using the Redis
-  server's clock, so instances with skewed clocks agree, and N concurrent
-  requests from any number of instances on a fresh budget admit exactly N.
+  server's clock, so instances with skewed clocks agree. The burst is N: of
+  any number of requests (from any number of instances) arriving within P/N
+  seconds on a full budget, exactly N are admitted.
   The price: a client that spends the full burst and then keeps pace can make
   up to 2N-1 requests within one P-second span (the burst plus the refill).
 
@@ -67,7 +68,8 @@ RESET = b"x-ratelimit-reset"
 # KEYS[1] bucket; ARGV[1] emission interval P/N, ARGV[2] capacity N*(P/N), in µs.
 # Returns {admitted 0/1, remaining, µs until full, µs until the next admission}.
 # Times stay integral µs (exact in a double); written with %d, as Lua's default
-# number-to-string keeps only 14 digits.
+# number-to-string keeps only 14 digits. Needs Redis >= 5 (effects replication),
+# where a script may write after reading TIME.
 _GCRA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
