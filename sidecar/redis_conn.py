@@ -6,6 +6,8 @@ from typing import Any, cast
 from urllib.parse import parse_qs, urlsplit
 
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.sentinel import Sentinel
 
@@ -22,6 +24,10 @@ def connect(url: str, settings: RedisConfig) -> Redis:
         "socket_timeout": settings.socket_timeout_seconds,
         "socket_connect_timeout": settings.socket_timeout_seconds,
         "health_check_interval": 10,
+        # redis-py 8 retries 10 times with backoff by default; a request must fail
+        # fast instead (503 / fail-open). One retry covers a pooled connection that
+        # went stale when Redis restarted.
+        "retry": Retry(NoBackoff(), 1),
     }
     parts = urlsplit(url)
     if parts.scheme == "redis+sentinel":
