@@ -69,16 +69,17 @@ class Sidecar:
         )
         self.upstream = UpstreamClient(config.upstream, config.server.max_body_bytes)
         self.keys_api = KeysApi(self.authenticator, self.store)
+        self.limiter = limiter_for(
+            config.rate_limits,
+            self.redis,
+            retry_after=config.redis.retry_after_seconds,
+            on_store_error=self.metrics.rate_limit_store_errors.inc,
+        )
         self.gateway = Gateway(
             rules=HeaderRules(config),
             public_paths=PrefixMatcher(config.auth.public_paths),
             authenticator=self.authenticator,
-            limiter=limiter_for(
-                config.rate_limits,
-                self.redis,
-                retry_after=config.redis.retry_after_seconds,
-                on_store_error=self.metrics.rate_limit_store_errors.inc,
-            ),
+            limiter=self.limiter,
             upstream=self.upstream,
         )
         self._owned = PrefixMatcher((KEYS_PREFIX,))
@@ -115,6 +116,7 @@ class Sidecar:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         await self.upstream.close()
+        await self.limiter.close()
         await self.redis.aclose()
 
     async def __call__(self, scope: MutableMapping[str, Any], receive: Receive, send: Send) -> None:

@@ -49,6 +49,7 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
+from sidecar.autopipeline import AutoPipeline
 from sidecar.config import RateLimit, RateLimitsConfig
 from sidecar.errors import RateLimited, StoreUnavailable
 from sidecar.headers import Headers
@@ -152,6 +153,9 @@ class RateLimiter:
         """Headers to add to the response; raise RateLimited when over the limit."""
         return []
 
+    async def close(self) -> None:
+        return None
+
 
 class RedisRateLimiter(RateLimiter):
     def __init__(
@@ -164,6 +168,7 @@ class RedisRateLimiter(RateLimiter):
     ) -> None:
         self._rules = RuleTable(config)
         self._script = redis.register_script(_GCRA)
+        self._pipeline = AutoPipeline(redis) if isinstance(redis, Redis) else None
         self._fail_open = config.fail_open
         self._retry_after = retry_after
         self._on_store_error = on_store_error
@@ -172,10 +177,13 @@ class RedisRateLimiter(RateLimiter):
 
     async def admit(self, user_id: str, method: str, path: str) -> Headers:
         rule = self._rules.match(method, path)
+        keys = [bucket_key(user_id, rule)]
+        args = [rule.interval_us, rule.capacity_us]
         try:
-            reply = await self._script(
-                keys=[bucket_key(user_id, rule)], args=[rule.interval_us, rule.capacity_us]
-            )
+            if self._pipeline is not None:
+                reply = await self._pipeline.evalsha(self._script.sha, _GCRA, keys, args)
+            else:  # Redis Cluster: routed per key by redis-py
+                reply = await self._script(keys=keys, args=args)
         except REDIS_ERRORS as exc:
             return self._unavailable(rule, exc)
         admitted, remaining, reset_us, retry_us = (int(v) for v in reply)
@@ -187,6 +195,10 @@ class RedisRateLimiter(RateLimiter):
         if not admitted:
             raise RateLimited(_seconds(retry_us), headers)
         return headers
+
+    async def close(self) -> None:
+        if self._pipeline is not None:
+            await self._pipeline.close()
 
     def _unavailable(self, rule: Rule, exc: Exception) -> Headers:
         self._on_store_error()
