@@ -5,7 +5,7 @@ next batch, in one write, and their replies read back in order. Each caller
 still waits for exactly one round trip of its own command; what changes is the
 client cost. Measured here with redis-py 8 + hiredis: a plain ``await
 script(...)`` costs ~90 µs of CPU per call, the same command sent over a
-connection directly ~40 µs alone and ~13–19 µs in batches of 4–16 — at a few
+connection directly ~40 µs alone and ~13-19 µs in batches of 4-16 — at a few
 thousand requests per second that is a quarter of a core (README, "Design notes").
 
 Only the batching is ours: connections, command packing and reply parsing are
@@ -27,6 +27,7 @@ from redis.asyncio.connection import AbstractConnection
 from sidecar.store import REDIS_ERRORS
 
 EncodableArg = str | int | float | bytes
+Queued = tuple[tuple[EncodableArg, ...], "asyncio.Future[Any]"]
 
 
 class AutoPipeline:
@@ -34,7 +35,7 @@ class AutoPipeline:
         self._redis = redis
         self._pool = redis.connection_pool
         self._connection: AbstractConnection | None = None
-        self._queue: list[tuple[tuple[EncodableArg, ...], asyncio.Future[Any]]] = []
+        self._queue: list[Queued] = []
         self._pump: asyncio.Task[None] | None = None
 
     async def evalsha(
