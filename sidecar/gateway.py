@@ -47,13 +47,16 @@ class Gateway:
     ) -> None:
         incoming: Headers = scope["headers"]
         api_key = authorization = None
+        ambiguous = False  # a credential header sent twice: which one would the upstream use?
         content_length: int | None = None
         chunked = False
         for name, value in incoming:
             lowered = name.lower()
             if lowered == b"x-api-key":
+                ambiguous |= api_key is not None
                 api_key = value
             elif lowered == b"authorization":
+                ambiguous |= authorization is not None
                 authorization = value
             elif lowered == b"content-length":
                 content_length = int(value) if value.isdigit() else None
@@ -65,11 +68,15 @@ class Gateway:
         if self._public.matches(normalised):
             record.route = "public"
         else:
+            if ambiguous:
+                record.auth_outcome = "ambiguous"
+                raise NotAuthenticated("ambiguous")
             identity = await self._authenticate(api_key, authorization, record)
             response_headers += await self._limiter.admit(identity.user_id, method, normalised)
         outgoing = self._rules.upstream_request(
             incoming,
-            forward_authorization=_is_jwt(authorization)
+            forward_authorization=not ambiguous
+            and _may_forward(authorization)
             and (identity is None or identity.method == JWT),
             client=record.client,
             scheme=scope.get("scheme", "http"),
@@ -122,8 +129,10 @@ class Gateway:
         return identity
 
 
-def _is_jwt(authorization: bytes | None) -> bool:
+def _may_forward(authorization: bytes | None) -> bool:
+    """Whether an Authorization header can go upstream: never one carrying an API key,
+    however it is spaced (``Bearer\tsk_...`` is rejected as a credential but must not
+    leak through a public path either)."""
     if authorization is None:
         return False
-    _, _, token = authorization.strip().partition(b" ")
-    return not looks_like_api_key(token.strip().decode("latin-1"))
+    return not any(looks_like_api_key(part.decode("latin-1")) for part in authorization.split())

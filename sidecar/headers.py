@@ -21,6 +21,7 @@ HOP_BY_HOP = frozenset(
 _FORWARDED = frozenset(
     {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded"}
 )
+_RESPONSE_DROPPED = HOP_BY_HOP | {b"date", b"x-request-id"}
 _REQUEST_ID_SHAPE = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 
 
@@ -71,7 +72,8 @@ class HeaderRules:
 
         Identity headers are not added here; the caller appends them once known.
         """
-        dropped = self._always_dropped | connection_listed(incoming)
+        listed = connection_listed(incoming)
+        dropped = self._always_dropped | listed if listed else self._always_dropped
         keep_authorization = forward_authorization and self._forward_authorization
         out: Headers = []
         host = b""
@@ -101,9 +103,18 @@ class HeaderRules:
         return out
 
     @staticmethod
-    def downstream_response(upstream: Iterable[tuple[bytes, bytes]]) -> Headers:
+    def downstream_response(upstream: Iterable[tuple[bytes, bytes]], ours: Headers) -> Headers:
+        """The upstream's end-to-end headers, minus any the sidecar sets itself, then ours.
+
+        ``Date`` is dropped because the sidecar's server adds its own.
+        """
+        dropped = _RESPONSE_DROPPED
         listed = connection_listed(upstream)
-        return [(n, v) for n, v in upstream if canonical(n) not in HOP_BY_HOP | listed]
+        if listed or len(ours) > 1:  # ours always holds X-Request-ID, already in the set
+            dropped = dropped | listed | {name for name, _ in ours}
+        out = [(n, v) for n, v in upstream if canonical(n) not in dropped]
+        out.extend(ours)
+        return out
 
     def _is_trusted(self, client: str | None) -> bool:
         if not self._trusted or client is None:

@@ -12,6 +12,7 @@ Freshness rules:
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -28,12 +29,20 @@ class _Entry:
 
 class KeyCache:
     def __init__(
-        self, *, ttl: float, max_entries: int, negative_ttl: float, stale_window: float
+        self,
+        *,
+        ttl: float,
+        max_entries: int,
+        negative_ttl: float,
+        stale_window: float,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._ttl = ttl
         self._max = max_entries
         self._negative_ttl = negative_ttl
         self._stale_window = stale_window
+        self._keep = max(ttl, stale_window)  # past this an entry is of no use at all
+        self._clock = clock
         self._entries: dict[str, _Entry] = {}
         self._negative: dict[str, float] = {}
         self.epoch = 0
@@ -46,14 +55,16 @@ class KeyCache:
         entry = self._entries.get(key_hash)
         if entry is None or not self.synced:
             return None
-        if time.monotonic() - entry.verified_at >= self._ttl:
-            del self._entries[key_hash]
+        age = self._clock() - entry.verified_at
+        if age >= self._ttl:
+            if age >= self._keep:  # an entry past the TTL may still serve as stale
+                del self._entries[key_hash]
             return None
         return entry.key
 
     def stale(self, key_hash: str) -> VerifiedKey | None:
         entry = self._entries.get(key_hash)
-        if entry is None or time.monotonic() - entry.verified_at >= self._stale_window:
+        if entry is None or self._clock() - entry.verified_at >= self._stale_window:
             return None
         return entry.key
 
@@ -61,7 +72,7 @@ class KeyCache:
         expiry = self._negative.get(key_hash)
         if expiry is None:
             return False
-        if time.monotonic() >= expiry:
+        if self._clock() >= expiry:
             del self._negative[key_hash]
             return False
         return True
@@ -69,12 +80,12 @@ class KeyCache:
     def put(self, key_hash: str, key: VerifiedKey, epoch: int) -> None:
         if epoch != self.epoch:
             return
-        _bounded_insert(self._entries, key_hash, _Entry(key, time.monotonic()), self._max)
+        _bounded_insert(self._entries, key_hash, _Entry(key, self._clock()), self._max)
 
     def put_unknown(self, key_hash: str, epoch: int) -> None:
         if epoch != self.epoch or self._negative_ttl <= 0:
             return
-        expiry = time.monotonic() + self._negative_ttl
+        expiry = self._clock() + self._negative_ttl
         _bounded_insert(self._negative, key_hash, expiry, self._max)
 
     def evict(self, key_hash: str) -> None:

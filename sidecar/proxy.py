@@ -19,7 +19,7 @@ import aiohttp
 from yarl import URL
 
 from sidecar.config import UpstreamConfig
-from sidecar.errors import PayloadTooLarge, UpstreamTimeout, UpstreamUnavailable
+from sidecar.errors import PayloadTooLarge, SidecarError, UpstreamTimeout, UpstreamUnavailable
 from sidecar.headers import HeaderRules, Headers
 
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -28,6 +28,7 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 # Responses larger than this (or of unknown size) get a task that watches for the
 # client going away, so a long download stops pulling from the upstream at once.
 _WATCH_DISCONNECT_ABOVE = 1024 * 1024
+CLIENT_CLOSED = 499  # status recorded when the client went away mid-response (as nginx)
 
 
 class ClientGone(Exception):
@@ -43,6 +44,40 @@ class Exchange:
     bytes_out: int = 0
     upstream_seconds: float = 0.0
     extra_response_headers: Headers = field(default_factory=list)
+
+
+class _RequestBody:
+    """The client's body as an async iterator for aiohttp, counted and capped.
+
+    ``finished`` tells the disconnect watcher when it may call ``receive`` itself:
+    two concurrent ``receive`` calls would split the body between them.
+    """
+
+    __slots__ = ("_exchange", "_limit", "_receive", "finished")
+
+    def __init__(self, receive: Receive, limit: int, exchange: Exchange) -> None:
+        self._receive = receive
+        self._limit = limit
+        self._exchange = exchange
+        self.finished = asyncio.Event()
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        exchange = self._exchange
+        try:
+            while True:
+                message = await self._receive()
+                if message["type"] == "http.disconnect":
+                    raise ClientGone()
+                chunk = message.get("body", b"")
+                if chunk:
+                    exchange.bytes_in += len(chunk)
+                    if exchange.bytes_in > self._limit:
+                        raise PayloadTooLarge(self._limit)
+                    yield chunk
+                if not message.get("more_body", False):
+                    return
+        finally:
+            self.finished.set()
 
 
 class UpstreamClient:
@@ -102,15 +137,16 @@ class UpstreamClient:
         exchange: Exchange,
     ) -> None:
         """Stream the request upstream and the response back. Raises a SidecarError
-        (413/502/504) only while nothing has been sent to the client yet."""
+        (413/502/504) or ClientGone only while nothing has been sent to the client."""
         assert self._session is not None, "start() first"
         if content_length is not None and content_length > self._max_body:
             raise PayloadTooLarge(self._max_body)
         target = self._base + path.decode("latin-1")
         if query:
             target += "?" + query.decode("latin-1")
-        has_body = chunked or (content_length is not None and content_length > 0)
-        body = self._request_body(receive, exchange) if has_body else None
+        body = None
+        if chunked or (content_length is not None and content_length > 0):
+            body = _RequestBody(receive, self._max_body, exchange)
         loop = asyncio.get_running_loop()
         started = loop.time()
         try:
@@ -118,81 +154,76 @@ class UpstreamClient:
                 method,
                 URL(target, encoded=True),
                 headers=[(n.decode("latin-1"), v.decode("latin-1")) for n, v in headers],
-                data=body,
+                data=body.chunks() if body is not None else None,
                 allow_redirects=False,
                 compress=None,
                 chunked=None,
             )
-        except PayloadTooLarge:
+        except (SidecarError, ClientGone):
             raise
-        except aiohttp.ClientPayloadError as exc:
-            if isinstance(exc.__cause__, PayloadTooLarge):
-                raise exc.__cause__ from None
-            raise UpstreamUnavailable() from exc
-        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-            raise UpstreamTimeout() from exc
-        except (aiohttp.ClientError, OSError) as exc:
-            if isinstance(exc.__cause__, PayloadTooLarge) or _caused_by_limit(exc):
-                raise PayloadTooLarge(self._max_body) from exc
-            raise UpstreamUnavailable() from exc
+        except (aiohttp.ClientError, OSError) as exc:  # TimeoutError is an OSError
+            cause = _own_cause(exc)
+            if cause is not None:
+                raise cause from None
+            raise (
+                UpstreamTimeout() if isinstance(exc, TimeoutError) else UpstreamUnavailable()
+            ) from exc
         try:
             exchange.upstream_seconds = loop.time() - started
             exchange.status = response.status
-            await self._relay(response, receive, send, exchange)
+            await _relay(response, body, receive, send, exchange)
         finally:
-            response.release()
-            response.close()
+            response.release()  # closes the connection instead if the body was not read
 
-    async def _request_body(self, receive: Receive, exchange: Exchange) -> AsyncIterator[bytes]:
-        limit = self._max_body
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise ClientGone()
-            chunk = message.get("body", b"")
-            if chunk:
-                exchange.bytes_in += len(chunk)
-                if exchange.bytes_in > limit:
-                    raise PayloadTooLarge(limit)
-                yield chunk
-            if not message.get("more_body", False):
-                return
 
-    async def _relay(
-        self, response: aiohttp.ClientResponse, receive: Receive, send: Send, exchange: Exchange
-    ) -> None:
-        raw = [(k, v) for k, v in response.raw_headers]
-        headers = HeaderRules.downstream_response(raw)
-        headers.extend(exchange.extra_response_headers)
-        await send({"type": "http.response.start", "status": response.status, "headers": headers})
-        size = response.content_length
-        watcher: asyncio.Task[None] | None = None
-        if size is None or size > _WATCH_DISCONNECT_ABOVE:
-            watcher = asyncio.ensure_future(_until_disconnect(receive))
-        try:
-            async for chunk in response.content.iter_any():
-                if watcher is not None and watcher.done():
-                    return  # client gone: stop pulling; the caller closes the response
-                exchange.bytes_out += len(chunk)
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-        except (aiohttp.ClientError, TimeoutError):
-            # The upstream broke mid-body; headers are gone, so the client sees a cut-off body.
+async def _relay(
+    response: aiohttp.ClientResponse,
+    body: _RequestBody | None,
+    receive: Receive,
+    send: Send,
+    exchange: Exchange,
+) -> None:
+    headers = HeaderRules.downstream_response(response.raw_headers, exchange.extra_response_headers)
+    await send({"type": "http.response.start", "status": response.status, "headers": headers})
+    size = response.content_length
+    watcher: asyncio.Task[None] | None = None
+    if size is None or size > _WATCH_DISCONNECT_ABOVE:
+        watcher = asyncio.ensure_future(
+            _close_when_client_leaves(receive, body, response, exchange)
+        )
+    try:
+        async for chunk in response.content.iter_any():
+            exchange.bytes_out += len(chunk)
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+    except (aiohttp.ClientError, OSError):
+        # Headers are gone, so the client sees a cut-off body; record why.
+        if exchange.status != CLIENT_CLOSED:
             exchange.status = 502
-        finally:
-            if watcher is not None:
-                watcher.cancel()
+    finally:
+        if watcher is not None:
+            watcher.cancel()
 
 
-async def _until_disconnect(receive: Receive) -> None:
+async def _close_when_client_leaves(
+    receive: Receive,
+    body: _RequestBody | None,
+    response: aiohttp.ClientResponse,
+    exchange: Exchange,
+) -> None:
+    if body is not None:
+        await body.finished.wait()
     while (await receive())["type"] != "http.disconnect":
         pass
+    exchange.status = CLIENT_CLOSED
+    response.close()  # wakes the relay loop with an error and frees the upstream connection
 
 
-def _caused_by_limit(exc: BaseException) -> bool:
+def _own_cause(exc: BaseException) -> SidecarError | ClientGone | None:
+    """aiohttp wraps a failure of the body iterator (413, client gone); unwrap it."""
     seen: BaseException | None = exc
     while seen is not None:
-        if isinstance(seen, PayloadTooLarge):
-            return True
+        if isinstance(seen, (SidecarError, ClientGone)):
+            return seen
         seen = seen.__cause__ or seen.__context__
-    return False
+    return None

@@ -42,6 +42,10 @@ class RevocationListener:
                 raise
             except (*REDIS_ERRORS, _Silent) as exc:  # type: ignore[misc]
                 log.warning("revocation feed lost (%s); retrying", type(exc).__name__)
+            except Exception:
+                # Anything else too: a listener that died quietly would leave the cache
+                # trusting entries that no revocation can reach any more.
+                log.exception("revocation feed failed; retrying")
             self._cache.desync()
             self.connected.clear()
             await asyncio.sleep(_RETRY_DELAY)

@@ -46,8 +46,11 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, interval: f
 
 
 class RedisProcess:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, persistent: bool = False) -> None:
+        """``persistent``: every write is fsynced to an append-only file, so the data
+        survives a kill and a restart on the same port (tests of Redis outages)."""
         self.directory = directory
+        self.persistent = persistent
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self._process: subprocess.Popen[bytes] | None = None
@@ -58,7 +61,8 @@ class RedisProcess:
             "--port", str(self.port),
             "--bind", "127.0.0.1",
             "--save", "",
-            "--appendonly", "no",
+            "--appendonly", "yes" if self.persistent else "no",
+            "--appendfsync", "always",
             "--dir", str(self.directory),
             "--logfile", str(self.directory / "redis.log"),
         ]  # fmt: skip

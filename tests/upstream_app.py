@@ -1,25 +1,46 @@
 """The upstream the tests proxy to: a real HTTP server that records what it received.
 
 Paths with special behaviour (everything else echoes):
-- ``/slow?seconds=S``      answers after S seconds
-- ``/download?bytes=N``    streams N bytes (in 64 KiB chunks)
-- ``/stream-forever``      streams until the client goes away; counts open streams
+- ``/slow?seconds=S``          answers after S seconds
+- ``/download?bytes=N``        streams N bytes of ``pattern(N)`` (in 64 KiB chunks)
+- ``/gated-download?bytes=N``  sends the first chunk, then waits for ``release`` to be set
+- ``/stream-forever``          streams until the client goes away; counts open streams
+- ``/respond-headers?name=value&...``  answers with those response headers
+- ``/truncate?bytes=N``        promises 2N bytes, sends N, and drops the connection
+
+Requests whose body was cut off (the connection went away first) are counted in
+``aborted``, never recorded in ``received``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import random
 import threading
 import time
-from collections.abc import MutableMapping
+from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, parse_qsl
 
 import orjson
 
 CHUNK = b"x" * 65536
+# A period that is not a multiple of any chunk size, so a reordered, repeated or
+# dropped chunk changes the hash.
+_PERIOD = 1_048_583  # prime
+_PATTERN = random.Random(3).randbytes(_PERIOD) * 2
+
+
+def pattern(total: int, chunk: int = 65536) -> Iterator[bytes]:
+    """``total`` deterministic bytes, ``chunk`` (at most 1 MiB) at a time."""
+    sent = 0
+    while sent < total:
+        size = min(chunk, total - sent)
+        start = sent % _PERIOD
+        yield _PATTERN[start : start + size]
+        sent += size
 
 
 @dataclass
@@ -43,11 +64,15 @@ class Received:
 class RecordingUpstream:
     received: list[Received] = field(default_factory=list)
     open_streams: int = 0
+    aborted: int = 0
     first_chunk: threading.Event = field(default_factory=threading.Event)
+    release: threading.Event = field(default_factory=threading.Event)
 
     def reset(self) -> None:
         self.received.clear()
+        self.aborted = 0
         self.first_chunk.clear()
+        self.release.clear()
 
     async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -58,6 +83,7 @@ class RecordingUpstream:
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
+                self.aborted += 1
                 return
             chunk = message.get("body", b"")
             if chunk and first_at is None:
@@ -80,8 +106,22 @@ class RecordingUpstream:
         if scope["path"] == "/download":
             await self._download(send, int(params["bytes"]))
             return
+        if scope["path"] == "/gated-download":
+            await self._gated(send, int(params["bytes"]))
+            return
         if scope["path"] == "/stream-forever":
             await self._forever(receive, send)
+            return
+        if scope["path"] == "/truncate":
+            size = int(params["bytes"])
+            headers = [(b"content-length", str(2 * size).encode())]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": b"t" * size, "more_body": True})
+            raise ConnectionAbortedError("upstream gave up mid-body (on purpose)")
+        if scope["path"] == "/respond-headers":
+            pairs = [(k.encode(), v.encode()) for k, v in parse_qsl(query)]
+            await send({"type": "http.response.start", "status": 200, "headers": pairs})
+            await send({"type": "http.response.body", "body": b"ok"})
             return
         body = orjson.dumps(
             {"method": record.method, "path": record.path, "query": query,
@@ -101,10 +141,21 @@ class RecordingUpstream:
                    (b"content-length", str(total).encode())]  # fmt: skip
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         sent = 0
-        while sent < total:
-            piece = CHUNK[: min(len(CHUNK), total - sent)]
+        for piece in pattern(total):
             sent += len(piece)
             await send({"type": "http.response.body", "body": piece, "more_body": sent < total})
+        if total == 0:
+            await send({"type": "http.response.body", "body": b""})
+
+    async def _gated(self, send: Any, total: int) -> None:
+        headers = [(b"content-length", str(total).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        pieces = pattern(total)
+        first = next(pieces)
+        await send({"type": "http.response.body", "body": first, "more_body": True})
+        released = await asyncio.to_thread(self.release.wait, 10)
+        rest = b"".join(pieces) if released else b""
+        await send({"type": "http.response.body", "body": rest, "more_body": False})
 
     async def _forever(self, receive: Any, send: Any) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": []})

@@ -1,0 +1,167 @@
+"""Public paths and path tricks: requests are sent with http.client, which puts the
+request target on the wire byte for byte (httpx would resolve ``..`` itself)."""
+
+from __future__ import annotations
+
+import http.client
+import json
+from typing import Any
+
+import pytest
+
+from tests.conftest import Api
+from tests.harness import SidecarProcess
+from tests.upstream_app import RecordingUpstream
+
+UNAUTHORIZED = {"detail": "Could not validate credentials"}
+
+
+def raw_request(
+    sidecar: SidecarProcess,
+    target: str,
+    method: str = "GET",
+    headers: dict[str, str] | None = None,
+    body: bytes | None = None,
+) -> tuple[int, dict[str, str], bytes]:
+    port = sidecar.config["server"]["port"]
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request(method, target, body=body, headers=headers or {})
+        response = connection.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        connection.close()
+
+
+# Each of these, resolved, leaves the public prefix /api/v1/auth/ (or never was in it).
+TRICKS = [
+    "/api/v1/auth/../analysis/",
+    "/api/v1/auth/./../analysis/",
+    "/api/v1/auth/%2e%2e/analysis/",
+    "/api/v1/auth/%2E%2E/analysis/",
+    "/api/v1/auth/.%2e/analysis/",
+    "/api/v1/auth/%2e./analysis/",
+    "/api/v1/auth%2f..%2fanalysis/",
+    "/api/v1/auth/..%2Fanalysis/",
+    "/api/v1/auth/..\\analysis/",
+    "/api/v1/auth\\..\\analysis/",
+    "/api/v1/auth/..%5canalysis/",
+    "/api/v1/auth/..%5Canalysis/",
+    "//api/v1/auth/../analysis/",
+    "/api/v1//auth/../analysis/",
+    "/api/v1/auth//../analysis/",
+    "/api/v1/auth/../../v1/analysis/",
+    "/api/v1/Auth/../analysis/",
+    "/API/V1/ANALYSIS/",
+    "/api/v1/authx/",
+    "/api/v1/auth/../analysis/?next=/api/v1/auth/",
+    "/api/v1/analysis/?/api/v1/auth/",
+    "/api/v1/analysis/;/api/v1/auth/",
+    "/api/v1/analysis/#/api/v1/auth/",
+    "http://127.0.0.1/api/v1/auth/../analysis/",  # absolute form
+]
+
+
+@pytest.mark.parametrize("target", TRICKS)
+def test_path_tricks_do_not_bypass_auth(
+    sidecar: SidecarProcess, recorder: RecordingUpstream, target: str
+) -> None:
+    status, headers, body = raw_request(sidecar, target, "POST", body=b"payload")
+    assert status == 401, (target, body)
+    assert json.loads(body) == UNAUTHORIZED
+    assert headers["www-authenticate"] == "Bearer"
+    assert recorder.received == [] and recorder.aborted == 0
+
+
+@pytest.mark.parametrize(
+    ("target", "upstream_path", "upstream_raw_path"),
+    [
+        ("/api/v1/auth/../analysis/x", "/api/v1/analysis/x", b"/api/v1/analysis/x"),
+        ("/api/v1/auth/%2e%2e/analysis/x", "/api/v1/analysis/x", b"/api/v1/analysis/x"),
+        ("//api/v1//analysis/x", "/api/v1/analysis/x", b"/api/v1/analysis/x"),
+        ("/api/v1/analysis/a%2Fb", "/api/v1/analysis/a/b", b"/api/v1/analysis/a/b"),
+        ("/api/v1/analysis/a%20b%3F", "/api/v1/analysis/a b?", b"/api/v1/analysis/a%20b%3F"),
+        ("/API/V1/Analysis/X", "/API/V1/Analysis/X", b"/API/V1/Analysis/X"),
+    ],
+)
+def test_the_upstream_sees_the_path_auth_decided_on(
+    api: Api,
+    user: str,
+    sidecar: SidecarProcess,
+    recorder: RecordingUpstream,
+    target: str,
+    upstream_path: str,
+    upstream_raw_path: bytes,
+) -> None:
+    key = api.create_key(user)["api_key"]
+    status, _, body = raw_request(sidecar, target + "?q=%2e%2e/x", headers={"X-API-Key": key})
+    assert status == 200, body
+    seen = recorder.received[-1]
+    assert (seen.path, seen.raw_path, seen.query) == (
+        upstream_path,
+        upstream_raw_path,
+        "q=%2e%2e/x",
+    )
+
+
+@pytest.mark.parametrize(
+    ("target", "upstream_path"),
+    [
+        ("/api/v1/auth/login", "/api/v1/auth/login"),
+        ("/api/v1/auth/", "/api/v1/auth/"),
+        ("/api/v1/auth", "/api/v1/auth"),
+        ("/api/v1/auth/./refresh", "/api/v1/auth/refresh"),
+        ("/api/v1//auth/x/../login", "/api/v1/auth/login"),
+        ("/api/v1/analysis/../auth/login", "/api/v1/auth/login"),
+        # Not a dot segment: the upstream gets it literally, under the public prefix.
+        ("/api/v1/auth/..;/analysis/", "/api/v1/auth/..;/analysis/"),
+        ("/api/v1/auth/%252e%252e/analysis/", "/api/v1/auth/%2e%2e/analysis/"),
+    ],
+)
+def test_public_paths_are_forwarded_without_credentials(
+    sidecar: SidecarProcess, recorder: RecordingUpstream, target: str, upstream_path: str
+) -> None:
+    status, headers, body = raw_request(
+        sidecar, target + "?next=%2F", "POST", {"Content-Type": "application/json"}, b'{"u":1}'
+    )
+    assert status == 200, body
+    seen = recorder.received[-1]
+    assert (seen.method, seen.path, seen.query) == ("POST", upstream_path, "next=%2F")
+    assert seen.body_bytes == 7
+    assert seen.header("x-callcov-user-id") is None
+    assert seen.header("x-callcov-auth-method") is None
+    assert headers["x-upstream"] == "yes"
+
+
+def test_public_paths_pass_a_jwt_through_without_checking_it(
+    sidecar: SidecarProcess, recorder: RecordingUpstream
+) -> None:
+    status, _, _ = raw_request(
+        sidecar, "/api/v1/auth/refresh", headers={"Authorization": "Bearer eyJ.not.checked"}
+    )
+    assert status == 200
+    seen = recorder.received[-1]
+    assert seen.header("authorization") == "Bearer eyJ.not.checked"
+    assert seen.header("x-callcov-auth-method") is None
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/api/v1/auth/../api-keys/",
+        "/api/v1/auth/%2e%2e/api-keys",
+        "//api/v1/api-keys/",
+        "/API/V1/API-KEYS/",
+        "/api/v1/api-keys/./",
+    ],
+)
+def test_key_endpoints_are_never_proxied_however_spelled(
+    sidecar: SidecarProcess, api: Api, user: str, recorder: RecordingUpstream, target: str
+) -> None:
+    status, _, body = raw_request(sidecar, target, headers=api.bearer(user))
+    assert status == 200, body
+    listed: dict[str, Any] = json.loads(body)
+    assert listed == {"api_keys": [], "total": 0}
+    status, _, body = raw_request(sidecar, target)
+    assert status == 401
+    assert recorder.received == []

@@ -1,0 +1,128 @@
+"""Revocation reaches every instance sharing the Redis within 1 s, cached keys included."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+from sidecar.keyhash import KeyHasher
+from sidecar.store import KeyStore
+from tests.conftest import Api
+from tests.harness import HASH_SECRET, RedisProcess, SidecarProcess, wait_until
+
+PATH = "/api/v1/analysis/"
+PROPAGATION_DEADLINE = 1.0
+
+
+@pytest.fixture(scope="module")
+def second(config_for: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SidecarProcess]:
+    """Another sidecar process on the same Redis as the shared one."""
+    process = SidecarProcess(config_for(), tmp_path_factory.mktemp("second")).start()
+    yield process
+    process.stop()
+
+
+def hget_calls(client: redis.Redis) -> int:
+    stats: dict[str, Any] = client.info("commandstats")
+    return int(stats.get("cmdstat_hget", {}).get("calls", 0))
+
+
+def status(base: str, key: str) -> int:
+    return httpx.get(base + PATH, headers={"X-API-Key": key}).status_code
+
+
+def seconds_until_rejected(base: str, key: str) -> float:
+    started = time.monotonic()
+    wait_until(lambda: status(base, key) == 401, timeout=PROPAGATION_DEADLINE, interval=0.005)
+    return time.monotonic() - started
+
+
+def cache_on_both(instances: list[str], key: str, redis_client: redis.Redis) -> None:
+    """Use the key on every instance, then prove each now answers from its cache."""
+    for base in instances:
+        assert status(base, key) == 200
+    before = hget_calls(redis_client)
+    for base in instances:
+        assert status(base, key) == 200
+    assert hget_calls(redis_client) == before
+
+
+def revoke_as_operator(url: str, key_id: str) -> None:
+    async def run() -> None:
+        client = aioredis.Redis.from_url(url)
+        try:
+            await KeyStore(client, KeyHasher(HASH_SECRET.encode()), 10).revoke(key_id, None)
+        finally:
+            await client.aclose()
+
+    asyncio.run(run())
+
+
+def test_a_key_deleted_through_one_instance_is_rejected_by_the_other_within_1s(
+    api: Api, second: SidecarProcess, user: str, redis_client: redis.Redis
+) -> None:
+    latencies = []
+    for _ in range(5):
+        key = api.create_key(user)
+        cache_on_both([api.base, second.url], key["api_key"], redis_client)
+        deleted = api.http.delete(f"/api/v1/api-keys/{key['id']}", headers=api.bearer(user))
+        assert deleted.status_code == 200
+        latencies.append(seconds_until_rejected(second.url, key["api_key"]))
+        assert status(api.base, key["api_key"]) == 401
+    assert max(latencies) < PROPAGATION_DEADLINE, latencies
+
+
+def test_a_key_revoked_by_an_operator_is_rejected_by_every_instance_within_1s(
+    api: Api,
+    second: SidecarProcess,
+    user: str,
+    redis_server: RedisProcess,
+    redis_client: redis.Redis,
+) -> None:
+    key = api.create_key(user)
+    cache_on_both([api.base, second.url], key["api_key"], redis_client)
+    revoke_as_operator(redis_server.url, key["id"])
+    for base in (api.base, second.url):
+        seconds_until_rejected(base, key["api_key"])
+    listed = api.http.get("/api/v1/api-keys/?include_expired=true", headers=api.bearer(user))
+    assert [k["is_active"] for k in listed.json()["api_keys"]] == [False]
+
+
+def test_the_instance_that_deletes_a_key_rejects_it_at_once(api: Api, user: str) -> None:
+    for _ in range(10):
+        key = api.create_key(user)
+        assert status(api.base, key["api_key"]) == 200
+        api.http.delete(f"/api/v1/api-keys/{key['id']}", headers=api.bearer(user))
+        assert status(api.base, key["api_key"]) == 401
+
+
+def test_a_lost_revocation_feed_does_not_let_a_cached_key_outlive_its_revocation(
+    api: Api,
+    second: SidecarProcess,
+    user: str,
+    redis_server: RedisProcess,
+    redis_client: redis.Redis,
+) -> None:
+    """The subscription is cut and the revocation is published while nobody listens:
+    the instances must notice the lost feed and stop trusting their caches."""
+    key = api.create_key(user)
+    cache_on_both([api.base, second.url], key["api_key"], redis_client)
+    killed = redis_client.client_kill_filter(_type="pubsub")
+    assert killed >= 2
+    revoke_as_operator(redis_server.url, key["id"])
+    for base in (api.base, second.url):
+        seconds_until_rejected(base, key["api_key"])
+    # And the feed comes back: a later revocation propagates again.
+    wait_until(lambda: len(redis_client.pubsub_channels()) == 1, timeout=5)
+    wait_until(lambda: redis_client.pubsub_numsub("callcov:revocations")[0][1] >= 2, timeout=5)
+    again = api.create_key(user)
+    cache_on_both([api.base, second.url], again["api_key"], redis_client)
+    revoke_as_operator(redis_server.url, again["id"])
+    seconds_until_rejected(second.url, again["api_key"])
