@@ -166,6 +166,28 @@ def cpu_ticks(pids: list[int]) -> dict[int, int]:
     return ticks
 
 
+def listening_pids(port: int, pids: list[int]) -> list[int]:
+    """Those of ``pids`` holding a socket that listens on ``port`` (SO_REUSEPORT workers
+    each hold their own; a shared socket counts for every holder)."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    inodes.add(fields[9])
+    holders = []
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                    if target.startswith("socket:[") and target[8:-1] in inodes:
+                        holders.append(pid)
+                        break
+    return holders
+
+
 def vm_hwm_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -585,12 +607,16 @@ http {{
             self.log("starting sidecar: serve --workers 2")
             try:
                 self.start_sidecar(workers2)
-                time.sleep(1.0)  # let every worker bind and start
-                tree = process_tree(workers2.pid)
-                if len(tree) < 2:
-                    raise RuntimeError(
-                        "serve --workers 2 runs a single process (option accepted, ignored)"
+                try:
+                    wait_for(
+                        "two processes serving the public port",
+                        lambda: len(listening_pids(workers2.port, process_tree(workers2.pid))) >= 2,
+                        timeout=10,
                     )
+                except RuntimeError:
+                    raise RuntimeError(
+                        "serve --workers 2 did not start two processes serving the public port"
+                    ) from None
                 self.sidecars["workers2"] = workers2
             except RuntimeError as exc:
                 self.unavailable["workers2"] = str(exc).splitlines()[0]
