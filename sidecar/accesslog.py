@@ -1,8 +1,16 @@
-"""One JSON line per request, and the redaction that keeps secrets out of every log line."""
+"""JSON logs: one access line per request, structured error lines, and the redaction
+that keeps secrets out of every line.
+
+``RedactingFilter`` sits on the one handler every logger writes through, so it sees
+every record: messages, their arguments, exception tracebacks, stack traces and the
+access-log fields (a client controls the path and the request id, and may paste a
+key into either).
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
 from typing import Any
@@ -13,11 +21,13 @@ from sidecar.observe import RequestRecord
 
 access = logging.getLogger("sidecar.access")
 
-# Full API keys (any sk_ token) and anything shaped like a JWT.
+# Any sk_ token longer than a key prefix (sk_<env>_ + 6), and anything shaped like a
+# JWT: base64url JSON header ('{' encodes as "ey" or "ew"), payload, signature.
 _SECRET_PATTERNS = re.compile(
-    r"sk_[A-Za-z0-9]+_[A-Za-z0-9]{6,}"
-    r"|eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"
+    r"sk_[A-Za-z0-9]+_[A-Za-z0-9]{7,}"
+    r"|e[wy][A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]*"
 )
+_KEEP = 14  # a key's public prefix: "sk_live_" + 6
 
 
 def redact(text: str) -> str:
@@ -28,24 +38,39 @@ def redact(text: str) -> str:
 def _mask(match: re.Match[str]) -> str:
     value = match.group(0)
     if value.startswith("sk_"):
-        return value[:14] + "…[redacted]"
+        return value[:_KEEP] + "…[redacted]"
     return "[redacted-jwt]"
 
 
 class RedactingFilter(logging.Filter):
-    """Attached to every handler: a secret cannot reach output even inside an
-    exception message or a logged header."""
+    """Rewrites each record in place so that no formatter can see a secret."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if record.exc_info:
-            formatter = logging.Formatter()
-            message += "\n" + formatter.formatException(record.exc_info)
-            record.exc_info = None
-            record.exc_text = None
-        record.msg = redact(message)
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            record.fields = {k: redact(v) if isinstance(v, str) else v for k, v in fields.items()}
+            return True
+        record.msg = redact(_message(record))
         record.args = None
+        if record.exc_info:
+            text = record.exc_text or logging.Formatter().formatException(record.exc_info)
+            record.exc_info = None
+            record.exc_text = text
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
+        context = getattr(record, "context", None)
+        if isinstance(context, dict):
+            record.context = {k: redact(str(v)) for k, v in context.items()}
         return True
+
+
+def _message(record: logging.LogRecord) -> str:
+    try:
+        return record.getMessage()
+    except (TypeError, ValueError):  # bad %-arguments: keep what we can, redacted below
+        return f"{record.msg} {record.args!r}"
 
 
 class JsonFormatter(logging.Formatter):
@@ -53,26 +78,38 @@ class JsonFormatter(logging.Formatter):
         fields = getattr(record, "fields", None)
         if fields is not None:
             return orjson.dumps(fields).decode()
-        entry = {
+        entry: dict[str, Any] = {
             "time": _iso(record.created),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
+            "pid": record.process,
         }
+        context = getattr(record, "context", None)
+        if isinstance(context, dict):
+            entry.update(context)
+        if record.exc_text:
+            entry["exception"] = record.exc_text
+        if record.stack_info:
+            entry["stack"] = record.stack_info
         return orjson.dumps(entry).decode()
 
 
 def configure(level: str) -> None:
+    """Route every logger (ours, uvicorn's, asyncio's, warnings) through one redacting
+    JSON handler on stderr. The access log is independent of ``level``."""
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter())
     handler.addFilter(RedactingFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    access.setLevel(logging.INFO)
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
     logging.getLogger("uvicorn.access").disabled = True
+    logging.captureWarnings(True)
 
 
 def log_request(record: RequestRecord) -> None:
@@ -96,6 +133,7 @@ def log_request(record: RequestRecord) -> None:
         "client": record.client,
         "bytes_in": record.bytes_in,
         "bytes_out": record.bytes_out,
+        "pid": os.getpid(),
     }
     access.info("access", extra={"fields": fields})
 

@@ -1,35 +1,67 @@
-"""The admin listener: liveness, readiness and Prometheus metrics, on its own port."""
+"""The admin listener: liveness, readiness and Prometheus metrics, on its own port.
+
+- ``/healthz``: 200 while the process serves at all (restart it if this fails).
+- ``/readyz``: 200 when Redis answers a PING and a TCP connection to the upstream
+  opens; otherwise 503 with the reasons (take it out of the load balancer).
+- ``/metrics``: Prometheus text format.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+import asyncio
+from collections.abc import Callable
+
+from prometheus_client import CONTENT_TYPE_LATEST
+from redis.asyncio import Redis
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from sidecar.app import Sidecar
+from sidecar.proxy import UpstreamClient
 from sidecar.store import REDIS_ERRORS
 
+CHECK_TIMEOUT = 2.0  # a readiness probe answers within this, whatever hangs
 
-def build_admin_app(sidecar: Sidecar) -> Starlette:
+
+def build_admin_app(
+    *,
+    redis: Redis,
+    upstream: UpstreamClient,
+    scrape: Callable[[], bytes],
+    problems: Callable[[], list[str]] = list,
+) -> Starlette:
+    """``scrape`` renders the metrics; ``problems`` adds reasons not to be ready
+    (shutting down, a worker missing)."""
+
+    async def redis_problem() -> str | None:
+        try:
+            await asyncio.wait_for(redis.ping(), CHECK_TIMEOUT)
+        except TimeoutError:
+            return "redis unreachable (no answer)"
+        except REDIS_ERRORS as exc:
+            return f"redis unreachable ({type(exc).__name__})"
+        return None
+
+    async def upstream_problem() -> str | None:
+        try:
+            connectable = await asyncio.wait_for(upstream.connectable(), CHECK_TIMEOUT)
+        except TimeoutError:
+            connectable = False
+        return None if connectable else "upstream not connectable"
+
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
     async def readyz(request: Request) -> Response:
-        problems = []
-        try:
-            await sidecar.redis.ping()
-        except REDIS_ERRORS:
-            problems.append("redis unreachable")
-        if not await sidecar.upstream.connectable():
-            problems.append("upstream not connectable")
-        if problems:
-            return JSONResponse({"status": "unready", "problems": problems}, status_code=503)
+        found = await asyncio.gather(redis_problem(), upstream_problem())
+        reasons = [*problems(), *(p for p in found if p is not None)]
+        if reasons:
+            return JSONResponse({"status": "unready", "problems": reasons}, status_code=503)
         return JSONResponse({"status": "ready"})
 
     async def metrics(request: Request) -> Response:
-        return Response(generate_latest(sidecar.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(scrape(), media_type=CONTENT_TYPE_LATEST)
 
     routes = [
         Route("/healthz", healthz),

@@ -1,7 +1,8 @@
 """``callcov-sidecar``: serve, check-config, keys (operator actions), token.
 
-Exit codes: 0 success; 1 runtime failure (Redis unreachable for an operator
-command, port in use, ...); 2 usage error or invalid configuration.
+Exit codes: 0 success; 1 runtime failure (a port in use, Redis unreachable for an
+operator command, an unknown key id, the key limit reached, ...); 2 usage error or
+invalid configuration (nothing was started).
 """
 
 from __future__ import annotations
@@ -9,9 +10,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import sys
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
 import yaml
@@ -19,16 +22,23 @@ import yaml
 from sidecar import config as config_module
 from sidecar.config import Config, ConfigError
 
-T = TypeVar("T")
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 DEFAULT_CONFIG = "config/sidecar.yaml"
+EXIT_CODES = "exit codes: 0 ok, 1 runtime failure, 2 usage error or invalid configuration"
+# The same rules as the HTTP API: user ids as accepted from a JWT, descriptions as in POST.
+_USER_ID = re.compile(r"[\x21-\x7e]{1,256}")
+_MAX_DESCRIPTION = 500
+
+
+class _Usage(Exception):
+    """A command-line value the API would reject with 422."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "handler"):
-        parser.print_help()
+        parser.print_help(sys.stderr)
         return EXIT_USAGE
     path = args.config or os.environ.get("SIDECAR_CONFIG") or DEFAULT_CONFIG
     try:
@@ -37,58 +47,104 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{path}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     handler: Callable[[Config, argparse.Namespace], int] = args.handler
-    return handler(config, args)
+    try:
+        return handler(config, args)
+    except _Usage as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="callcov-sidecar",
         description="API-key authentication sidecar for the CallCov API.",
-        epilog="Exit codes: 0 ok, 1 runtime failure, 2 usage error or invalid config.",
+        epilog=EXIT_CODES,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     parser.add_argument(
         "--config",
         help=f"YAML config file (default: $SIDECAR_CONFIG, else {DEFAULT_CONFIG})",
     )
     commands = parser.add_subparsers(metavar="COMMAND")
 
-    serve = commands.add_parser("serve", help="run the sidecar")
-    serve.add_argument("--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-    serve.add_argument("--workers", type=int, help="worker processes (overrides server.workers)")
+    def command(
+        group: Any, name: str, summary: str, handler: Callable[..., int]
+    ) -> argparse.ArgumentParser:
+        sub: argparse.ArgumentParser = group.add_parser(
+            name, help=summary, description=summary, epilog=EXIT_CODES
+        )
+        # Accepted after the command too: `callcov-sidecar serve --config FILE`.
+        sub.add_argument("--config", default=argparse.SUPPRESS, help="YAML config file")
+        sub.set_defaults(handler=handler)
+        return sub
+
+    serve = command(commands, "serve", "run the sidecar until SIGTERM/SIGINT", _serve)
+    serve.add_argument(
+        "--workers",
+        type=_workers,
+        metavar="N",
+        help="worker processes sharing the public port (overrides server.workers)",
+    )
     serve.add_argument(
         "--example-upstream",
         action="store_true",
         help="also run the example echo upstream on upstream.url (for trying the sidecar out)",
     )
-    serve.set_defaults(handler=_serve)
-
-    check = commands.add_parser("check-config", help="validate the config and print it, masked")
-    check.add_argument("--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-    check.set_defaults(handler=_check_config)
-
-    token = commands.add_parser("token", help="mint a development JWT with the configured secret")
-    token.add_argument("--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    command(
+        commands, "check-config", "validate the config and print it resolved, secrets masked",
+        _check_config,
+    )  # fmt: skip
+    token = command(commands, "token", "mint a development JWT signed with auth.jwt.secret", _token)
     token.add_argument("--sub", required=True, help="user id to put in the token")
-    token.add_argument("--ttl", type=int, default=1800, help="lifetime in seconds (default 1800)")
-    token.set_defaults(handler=_token)
+    token.add_argument(
+        "--ttl", type=_positive, default=1800, help="lifetime in seconds (default 1800)"
+    )
 
-    keys = commands.add_parser("keys", help="operator actions on API keys, straight on Redis")
-    key_commands = keys.add_subparsers(metavar="ACTION", required=True)
-    create = key_commands.add_parser("create", help="create a key for a user (prints it once)")
-    create.add_argument("--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-    create.add_argument("--user", required=True)
-    create.add_argument("--description")
-    create.set_defaults(handler=_keys_create)
-    listing = key_commands.add_parser("list", help="list a user's keys")
-    listing.add_argument("--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    keys = commands.add_parser(
+        "keys",
+        help="operator actions on API keys, straight on Redis",
+        description="Operator actions on API keys, straight on Redis, with the API's rules: "
+        "the active-key limit, audit records, revocation reaching running sidecars at once.",
+        epilog=EXIT_CODES,
+    )
+    actions = keys.add_subparsers(metavar="ACTION", required=True)
+    create = command(actions, "create", "create a key for a user (prints it once)", _keys_create)
+    create.add_argument("--user", required=True, help="the user id the key belongs to")
+    create.add_argument("--description", help="free text, at most 500 characters")
+    listing = command(actions, "list", "list a user's keys, newest first", _keys_list)
     listing.add_argument("--user", required=True)
-    listing.add_argument("--include-expired", action="store_true")
-    listing.set_defaults(handler=_keys_list)
-    revoke = key_commands.add_parser("revoke", help="expire a key by id (any user)")
-    revoke.add_argument("--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-    revoke.add_argument("key_id")
-    revoke.set_defaults(handler=_keys_revoke)
+    listing.add_argument(
+        "--include-expired", action="store_true", help="also list expired (revoked) keys"
+    )
+    revoke = command(actions, "revoke", "expire a key by id, whoever owns it", _keys_revoke)
+    revoke.add_argument("key_id", metavar="KEY_ID", help="the key's id (a UUID)")
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("callcov-sidecar")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "unknown"
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text}")
+    return value
+
+
+def _workers(text: str) -> int:
+    value = _positive(text)
+    if value > 64:
+        raise argparse.ArgumentTypeError(f"must be at most 64: {text}")
+    return value
 
 
 def _serve(config: Config, args: argparse.Namespace) -> int:
@@ -109,16 +165,25 @@ def _token(config: Config, args: argparse.Namespace) -> int:
     from sidecar.jwt_auth import mint
 
     try:
-        print(mint(config.auth.jwt, args.sub, args.ttl))
+        print(mint(config.auth.jwt, _user(args.sub), args.ttl))
     except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        raise _Usage(str(exc)) from None
     return EXIT_OK
 
 
+def _user(value: str) -> str:
+    if not _USER_ID.fullmatch(value):
+        raise _Usage("a user id is 1 to 256 printable ASCII characters, without spaces")
+    return value
+
+
 def _keys_create(config: Config, args: argparse.Namespace) -> int:
+    user = _user(args.user)
+    if args.description is not None and len(args.description) > _MAX_DESCRIPTION:
+        raise _Usage(f"--description is longer than {_MAX_DESCRIPTION} characters")
+
     async def action(store: Any) -> Any:
-        created = await store.create(args.user, args.description)
+        created = await store.create(user, args.description)
         return {
             "id": created.id,
             "api_key": created.api_key,
@@ -131,29 +196,41 @@ def _keys_create(config: Config, args: argparse.Namespace) -> int:
 
 
 def _keys_list(config: Config, args: argparse.Namespace) -> int:
+    user = _user(args.user)
+
     async def action(store: Any) -> Any:
-        keys = await store.list(args.user, args.include_expired)
+        keys = await store.list(user, args.include_expired)
         return {"api_keys": keys, "total": len(keys)}
 
     return _with_store(config, action)
 
 
 def _keys_revoke(config: Config, args: argparse.Namespace) -> int:
+    try:
+        key_id = str(uuid.UUID(args.key_id))
+    except ValueError:
+        raise _Usage(f"KEY_ID must be a UUID, got {args.key_id!r}") from None
+
     async def action(store: Any) -> Any:
-        await store.revoke(args.key_id, None)
+        await store.revoke(key_id, None)
         return {"message": "API key expired successfully", "success": True}
 
     return _with_store(config, action)
 
 
 def _with_store(config: Config, action: Callable[[Any], Awaitable[Any]]) -> int:
-    from sidecar.errors import SidecarError
+    from sidecar.embedded import EmbeddedRedisError
+    from sidecar.errors import SidecarError, StoreUnavailable
     from sidecar.keyhash import KeyHasher
     from sidecar.redis_conn import connect
     from sidecar.server import resolve_redis_url
     from sidecar.store import KeyStore
 
-    url, embedded = resolve_redis_url(config, share=True)
+    try:
+        url, embedded = resolve_redis_url(config, share=True)
+    except EmbeddedRedisError as exc:
+        print(f"error: cannot start the embedded Redis: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
 
     async def run() -> Any:
         redis = connect(url, config.redis)
@@ -166,6 +243,11 @@ def _with_store(config: Config, action: Callable[[Any], Awaitable[Any]]) -> int:
 
     try:
         result = asyncio.run(run())
+    except StoreUnavailable as exc:
+        cause = type(exc.__cause__).__name__ if exc.__cause__ else "no answer"
+        where = config_module.mask_url(url)
+        print(f"error: Redis unreachable at {where} ({cause})", file=sys.stderr)
+        return EXIT_FAILURE
     except SidecarError as exc:
         print(f"error: {exc.detail}", file=sys.stderr)
         return EXIT_FAILURE

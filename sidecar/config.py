@@ -6,12 +6,13 @@ bound. Models are immutable; secrets are ``SecretStr`` and print masked.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
@@ -41,6 +42,10 @@ class ConfigError(Exception):
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def __repr_args__(self) -> Iterable[tuple[str | None, Any]]:
+        for name, value in super().__repr_args__():
+            yield name, mask_url(value) if isinstance(value, str) else value
 
 
 class ServerConfig(_Section):
@@ -158,14 +163,18 @@ def load(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> 
 def parse(raw: Any, env: Mapping[str, str]) -> Config:
     if not isinstance(raw, dict):
         raise ConfigError(["<root>: must be a mapping of sections"])
+    env_problems: list[str] = []
+    data = interpolate(raw, env, problems=env_problems)
     problems: list[str] = []
-    data = interpolate(raw, env, problems=problems)
     config: Config | None = None
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
         problems.extend(_describe(error) for error in exc.errors(include_url=False))
     problems.extend(_cross_field_problems(data))
+    # A missing variable is the one mistake at its path; what its empty value breaks is noise.
+    unset = {problem.partition(": ")[0] for problem in env_problems}
+    problems = env_problems + [p for p in problems if p.partition(": ")[0] not in unset]
     if problems:
         raise ConfigError(sorted(dict.fromkeys(problems)))
     assert config is not None
@@ -174,14 +183,34 @@ def parse(raw: Any, env: Mapping[str, str]) -> Config:
 
 def _describe(error: Any) -> str:
     path = ""
+    model: Any = Config
+    parent: Any = None
     for part in error["loc"]:
         path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
-    message = error["msg"]
+        if isinstance(part, str):
+            parent, model = model, _section_type(model, part)
+    message = error["msg"].replace("Input should be", "must be").replace("String should", "must")
     if error["type"] == "extra_forbidden":
         message = "unknown key"
+        known = list(getattr(parent, "model_fields", {}))
+        close = difflib.get_close_matches(str(error["loc"][-1]), known, n=1)
+        if close:
+            message += f" (did you mean {close[0]}?)"
     elif error["type"] == "missing":
         message = "required"
     return f"{path or '<root>'}: {message}"
+
+
+def _section_type(model: Any, name: str) -> Any:
+    """The model class of field ``name`` in ``model`` (through tuples), else None."""
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        return None
+    field = model.model_fields.get(name)
+    annotation = field.annotation if field is not None else None
+    for candidate in (annotation, *getattr(annotation, "__args__", ())):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
 
 
 def _get(data: Any, *keys: str) -> Any:
@@ -225,6 +254,7 @@ def _cross_field_problems(data: dict[str, Any]) -> list[str]:
     if isinstance(hash_secret, str) and len(hash_secret.encode()) < 32:
         problems.append("auth.api_keys.hash_secret: must be at least 32 bytes")
     problems.extend(_url_problems(data))
+    problems.extend(_listener_problems(data))
     for i, path in enumerate(_get(data, "auth", "public_paths") or []):
         if not isinstance(path, str) or not path.startswith("/"):
             problems.append(f"auth.public_paths[{i}]: must be a path starting with /")
@@ -247,23 +277,69 @@ def _url_problems(data: dict[str, Any]) -> list[str]:
             problems.append("upstream.url: must be an http:// or https:// URL with a host")
     redis_url = _get(data, "redis", "url")
     if isinstance(redis_url, str) and redis_url != "embedded":
-        scheme = urlsplit(redis_url).scheme
-        if scheme not in (
-            "redis",
-            "rediss",
-            "unix",
-            "redis+sentinel",
-            "redis+cluster",
-            "rediss+cluster",
-        ):
-            problems.append(
-                "redis.url: must be 'embedded' or a redis://, rediss://, unix://, "
-                "redis+sentinel:// or redis+cluster:// URL"
-            )
+        problem = _redis_url_problem(redis_url)
+        if problem is not None:
+            problems.append(f"redis.url: {problem}")
     jwks = _get(data, "auth", "jwt", "jwks_url")
     if isinstance(jwks, str) and jwks and urlsplit(jwks).scheme not in ("http", "https"):
         problems.append("auth.jwt.jwks_url: must be an http(s) URL")
     return problems
+
+
+_REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster", "rediss+cluster")
+
+
+def _redis_url_problem(url: str) -> str | None:
+    parts = urlsplit(url)
+    if parts.scheme not in _REDIS_SCHEMES:
+        return (
+            "must be 'embedded' or a redis://, rediss://, unix://, "
+            "redis+sentinel:// or redis+cluster:// URL"
+        )
+    if parts.scheme == "unix":
+        return None if parts.path else "a unix:// URL needs the socket path"
+    nodes = parts.netloc.rpartition("@")[2].split(",")
+    for node in nodes if parts.scheme == "redis+sentinel" else [parts.netloc]:
+        node_parts = urlsplit(f"//{node}")
+        try:
+            node_parts.port  # noqa: B018 - parsing is the check
+        except ValueError:
+            return "port must be a number from 0 to 65535"
+        if not node_parts.hostname:
+            return "needs a host, as in redis://host:6379/0"
+    database = parts.path.strip("/")
+    if parts.scheme in ("redis", "rediss") and database and not database.isdigit():
+        return "the database must be a number, as in redis://host:6379/0"
+    tls_options = [name for name in parse_qs(parts.query) if name.startswith("ssl_")]
+    if tls_options and parts.scheme in ("redis", "redis+cluster"):
+        return f"{tls_options[0]} needs a TLS URL (rediss:// or rediss+cluster://)"
+    return None
+
+
+def _listener_problems(data: dict[str, Any]) -> list[str]:
+    server, admin = _get(data, "server") or {}, _get(data, "admin") or {}
+    if not isinstance(server, dict) or not isinstance(admin, dict):
+        return []
+    server_at = (server.get("host", "127.0.0.1"), server.get("port", 8080))
+    admin_at = (admin.get("host", "127.0.0.1"), admin.get("port", 9090))
+    wildcard = {"0.0.0.0", "::", ""}
+    same_host = server_at[0] == admin_at[0] or {server_at[0], admin_at[0]} & wildcard
+    if same_host and str(server_at[1]) == str(admin_at[1]):
+        return ["admin.port: must differ from server.port (the admin listener is separate)"]
+    return []
+
+
+def mask_url(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (other strings unchanged)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    netloc, slash, tail = rest.partition("/")
+    credentials, at, hosts = netloc.rpartition("@")
+    user, _, password = credentials.partition(":")
+    if not at or not password:
+        return url
+    return f"{scheme}://{user}:***@{hosts}{slash}{tail}"
 
 
 def masked_dump(config: Config) -> dict[str, Any]:
@@ -279,4 +355,6 @@ def _mask(node: Any) -> Any:
         return [_mask(v) for v in node]
     if isinstance(node, SecretStr):
         return "***"
+    if isinstance(node, str):
+        return mask_url(node)
     return node

@@ -16,6 +16,11 @@ import time
 from pathlib import Path
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+# sockaddr_un.sun_path holds 108 bytes on Linux, the terminating NUL included.
+_MAX_SOCKET_PATH = 107
 
 
 class EmbeddedRedisError(RuntimeError):
@@ -49,7 +54,18 @@ class EmbeddedRedis:
     def start(self, timeout: float = 10.0, *, share: bool = False) -> None:
         """Start the server. With ``share``, an instance already serving this directory
         (a running sidecar's) is used instead, and left running by ``stop``."""
-        self.directory.mkdir(parents=True, exist_ok=True)
+        size = len(str(self.socket).encode())
+        if size > _MAX_SOCKET_PATH:
+            raise EmbeddedRedisError(
+                f"redis.embedded_dir is too long for a Unix socket path "
+                f"({size} > {_MAX_SOCKET_PATH} bytes): {self.directory}"
+            )
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise EmbeddedRedisError(
+                f"cannot create redis.embedded_dir {self.directory}: {exc.strerror}"
+            ) from exc
         if self._already_running():
             if share:
                 return
@@ -69,7 +85,9 @@ class EmbeddedRedis:
             "--save", "",
             "--logfile", str(self.directory / "redis.log"),
         ]  # fmt: skip
-        self._process = subprocess.Popen(args, stdin=subprocess.DEVNULL)
+        # Its own session: a Ctrl-C meant for the sidecar must not stop Redis before the
+        # sidecar has drained; the sidecar stops it last.
+        self._process = subprocess.Popen(args, stdin=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
@@ -88,7 +106,7 @@ class EmbeddedRedis:
         if process is None or process.poll() is not None:
             return
         try:
-            redis.Redis(unix_socket_path=str(self.socket), socket_timeout=2).shutdown(nosave=False)
+            self._client(timeout=2).shutdown(nosave=False)
         except redis.exceptions.ConnectionError:
             pass  # SHUTDOWN closes the connection by design
         except redis.exceptions.RedisError:
@@ -103,6 +121,13 @@ class EmbeddedRedis:
         if not self.socket.exists():
             return False
         try:
-            return bool(redis.Redis(unix_socket_path=str(self.socket), socket_timeout=1).ping())
+            return bool(self._client(timeout=1).ping())
         except (redis.exceptions.RedisError, OSError):
             return False
+
+    def _client(self, timeout: float) -> redis.Redis:
+        # No retries: "not running" must be an immediate answer (redis-py retries with
+        # backoff by default, seconds per failed call).
+        return redis.Redis(
+            unix_socket_path=str(self.socket), socket_timeout=timeout, retry=Retry(NoBackoff(), 0)
+        )

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,13 +14,40 @@ import redis
 
 from tests.harness import (
     JWT_SECRET,
+    LOG_DIR_ENV,
     RedisProcess,
     ServerThread,
     SidecarProcess,
     base_config,
+    leaked_secrets,
     merge,
+    remember_secret,
 )
 from tests.upstream_app import RecordingUpstream
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Every sidecar process of the run logs into one directory, scanned at the end."""
+    if not os.environ.get(LOG_DIR_ENV):
+        os.environ[LOG_DIR_ENV] = tempfile.mkdtemp(prefix="sidecar-test-logs-")
+
+
+@pytest.hookimpl(trylast=True)  # after the session fixtures' teardown: all logs are complete
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Fail the run if any key or JWT a test handled reached any log line."""
+    directory = Path(os.environ[LOG_DIR_ENV])
+    leaks = leaked_secrets(directory)
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if leaks:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        lines = [f"SECRET LEAK: {len(leaks)} secret(s) found in the logs in {directory}:", *leaks]
+    else:
+        lines = [f"log scan: no secrets in the logs in {directory}"]
+    if reporter is not None:
+        reporter.write("\n")
+        reporter.write_sep("-", "log scan", red=bool(leaks), bold=bool(leaks))
+        for line in lines:
+            reporter.write_line(line, red=bool(leaks), bold=bool(leaks))
 
 
 @pytest.fixture(scope="session")
@@ -49,11 +78,11 @@ def recorder(upstream: tuple[RecordingUpstream, ServerThread]) -> RecordingUpstr
 
 
 @pytest.fixture(scope="session")
-def config_for(
-    redis_server: RedisProcess, upstream: tuple[RecordingUpstream, ServerThread]
-) -> Any:
+def config_for(redis_server: RedisProcess, upstream: tuple[RecordingUpstream, ServerThread]) -> Any:
     def build(**override: Any) -> dict[str, Any]:
-        return merge(base_config(redis_url=redis_server.url, upstream_url=upstream[1].url), override)
+        return merge(
+            base_config(redis_url=redis_server.url, upstream_url=upstream[1].url), override
+        )
 
     return build
 
@@ -84,7 +113,7 @@ def spawn(config_for: Any, tmp_path: Path) -> Iterator[Any]:
 def make_token(sub: str, ttl: int = 1800, secret: str = JWT_SECRET, **claims: Any) -> str:
     now = int(time.time())
     payload = {"sub": sub, "iat": now, "exp": now + ttl, **claims}
-    return jwt.encode(payload, secret, algorithm="HS256")
+    return remember_secret(jwt.encode(payload, secret, algorithm="HS256"))
 
 
 @pytest.fixture
@@ -108,6 +137,7 @@ class Api:
         response = self.http.post("/api/v1/api-keys/", json=body, headers=self.bearer(user))
         assert response.status_code == 201, response.text
         created: dict[str, Any] = response.json()
+        remember_secret(created["api_key"])
         return created
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -36,7 +37,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, interval: float = 0.01) -> None:
+def wait_until(
+    predicate: Callable[[], bool], timeout: float = 10.0, interval: float = 0.01
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
@@ -76,7 +79,8 @@ class RedisProcess:
             return False
 
     def client(self) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2)
+        # retry=None: redis-py otherwise retries a refused connection with backoff (~4 s).
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2, retry=None)
 
     def stop(self) -> None:
         if self._process is not None and self._process.poll() is None:
@@ -215,3 +219,31 @@ def running_sidecar(config: dict[str, Any], workdir: Path, *args: str) -> Iterat
         yield process
     finally:
         process.stop()
+
+
+# Every API key and JWT the tests handled. None of them may appear in any log the
+# suite produced (sidecar processes and CLI runs write theirs to $SIDECAR_TEST_LOG_DIR);
+# conftest scans the logs when the session ends and fails the run on a leak.
+SECRETS: set[str] = set()
+# Whatever the tests recorded, anything shaped like a full key or a signed JWT is a leak too.
+_SECRET_SHAPES = re.compile(
+    r"sk_live_[A-Za-z0-9]{48}|eyJ[A-Za-z0-9_-]+\.eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+"
+)
+
+
+def remember_secret(value: str) -> str:
+    SECRETS.add(value)
+    return value
+
+
+def leaked_secrets(directory: Path, secrets: set[str] | None = None) -> list[str]:
+    """``file: what leaked`` for every recorded secret or key/JWT shape found in the logs."""
+    wanted = SECRETS if secrets is None else secrets
+    found: list[str] = []
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        text = path.read_text(errors="replace")
+        for secret in sorted(s for s in wanted if s in text):
+            found.append(f"{path}: {secret[:14]}… (a secret a test created)")
+        for match in sorted(set(_SECRET_SHAPES.findall(text)) - wanted):
+            found.append(f"{path}: {match[:14]}… (shaped like a full key or JWT)")
+    return found
