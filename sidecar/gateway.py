@@ -131,8 +131,8 @@ class Gateway:
 
 def _may_forward(authorization: bytes | None) -> bool:
     """Whether an Authorization header can go upstream: never one carrying an API key,
-    however it is spaced (``Bearer\tsk_...`` is rejected as a credential but must not
-    leak through a public path either)."""
+    however it is spaced (``Bearer<TAB>sk_...`` is rejected as a credential, but must
+    not leak through a public path either)."""
     if authorization is None:
         return False
     return not any(looks_like_api_key(part.decode("latin-1")) for part in authorization.split())

@@ -41,7 +41,9 @@ class RevocationListener:
             except asyncio.CancelledError:
                 raise
             except (*REDIS_ERRORS, _Silent) as exc:  # type: ignore[misc]
-                log.warning("revocation feed lost (%s); retrying", type(exc).__name__)
+                # Once per outage, not once per retry.
+                report = log.warning if self.connected.is_set() else log.debug
+                report("revocation feed lost (%s); retrying", type(exc).__name__)
             except Exception:
                 # Anything else too: a listener that died quietly would leave the cache
                 # trusting entries that no revocation can reach any more.
@@ -72,6 +74,7 @@ class RevocationListener:
                 if kind == "subscribe":
                     self._cache.resync()
                     self.connected.set()
+                    log.info("revocation feed up; key cache cleared")
                 elif kind == "message":
                     data = message["data"]
                     self._cache.evict(data.decode() if isinstance(data, bytes) else data)

@@ -15,12 +15,6 @@ from tests.conftest import Api, make_token
 from tests.harness import SidecarProcess
 from tests.upstream_app import RecordingUpstream
 
-# uvicorn honours X-Forwarded-For/-Proto from 127.0.0.1 by default (proxy_headers=True),
-# rewriting the client address before the sidecar sees it, behind server.trusted_proxies'
-# back. Fixed by passing proxy_headers=False in server.uvicorn_config; then remove this.
-NEEDS_PROXY_HEADERS_OFF = pytest.mark.xfail(
-    strict=True, reason="sidecar/server.py: uvicorn.Config needs proxy_headers=False"
-)
 PATH = "/api/v1/analysis/"
 PUBLIC = "/api/v1/auth/login"
 IDENTITY = ("x-callcov-user-id", "x-callcov-auth-method", "x-callcov-key-id")
@@ -181,7 +175,6 @@ def test_hop_by_hop_response_headers_are_dropped(api: Api, user: str) -> None:
     assert len(response.headers.get_list("date")) == 1
 
 
-@NEEDS_PROXY_HEADERS_OFF
 def test_x_forwarded_headers_are_set_and_client_values_ignored(
     api: Api, user: str, recorder: RecordingUpstream, sidecar: SidecarProcess
 ) -> None:
@@ -200,7 +193,6 @@ def test_x_forwarded_headers_are_set_and_client_values_ignored(
     assert seen.header("forwarded") is None
 
 
-@NEEDS_PROXY_HEADERS_OFF
 def test_x_forwarded_headers_from_a_trusted_proxy_are_extended(
     tuned: SidecarProcess, recorder: RecordingUpstream, user: str
 ) -> None:

@@ -268,3 +268,61 @@ def test_a_client_leaving_mid_download_releases_the_upstream_response(
         assert access_log_status(small, request_id) == 499
     response = client.http.get("/api/v1/analysis/", headers=client.bearer(user), timeout=5)
     assert response.status_code == 200
+
+
+def test_an_upstream_answering_before_the_body_is_complete_still_gets_all_of_it(
+    api: Api, user: str
+) -> None:
+    """The upstream starts a response of unknown length after the first chunk and keeps
+    reading: the sidecar's watch for a client disconnect must not take body chunks."""
+    chunks = list(pattern(4 * MIB, 32 * 1024))
+    response = api.http.post("/duplex", content=iter(chunks), headers=api.bearer(user))
+    assert response.status_code == 200
+    assert response.content == b"reading;" + hashlib.sha256(b"".join(chunks)).hexdigest().encode()
+
+
+def test_expect_100_continue_is_honoured(
+    sidecar: SidecarProcess, recorder: RecordingUpstream, user: str
+) -> None:
+    """As curl does for bodies over 1 MB: headers first, the body only after a 100."""
+    token = Api(sidecar.url).bearer(user)["Authorization"]
+    body = b"b" * 100_000
+    sock = connect(sidecar)
+    sock.sendall(
+        b"POST /api/v1/analysis/ HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+        + f"Authorization: {token}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+    )
+    interim = b""
+    while b"\r\n\r\n" not in interim:
+        piece = sock.recv(1)
+        assert piece
+        interim += piece
+    assert interim.startswith(b"HTTP/1.1 100 ")
+    sock.sendall(body)
+    status, answer = read_response(sock)
+    sock.close()
+    assert status == 200
+    assert json.loads(answer)["body_sha256"] == hashlib.sha256(body).hexdigest()
+
+
+def test_expect_100_continue_over_the_limit_gets_413_without_a_100(
+    small: SidecarProcess, recorder: RecordingUpstream, user: str
+) -> None:
+    token = Api(small.url).bearer(user)["Authorization"]
+    sock = connect(small)
+    sock.sendall(
+        b"POST /api/v1/analysis/ HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+        + f"Authorization: {token}\r\nContent-Length: {LIMIT + 1}\r\n\r\n".encode()
+    )
+    status, _ = read_response(sock)
+    sock.close()
+    assert status == 413
+    assert recorder.received == []
+
+
+def test_head_is_relayed_without_a_body(api: Api, user: str, recorder: RecordingUpstream) -> None:
+    response = api.http.head("/api/v1/analysis/", headers=api.bearer(user))
+    assert response.status_code == 200
+    assert int(response.headers["content-length"]) > 0
+    assert response.content == b""
+    assert recorder.received[-1].method == "HEAD"

@@ -7,6 +7,8 @@ Paths with special behaviour (everything else echoes):
 - ``/stream-forever``          streams until the client goes away; counts open streams
 - ``/respond-headers?name=value&...``  answers with those response headers
 - ``/truncate?bytes=N``        promises 2N bytes, sends N, and drops the connection
+- ``/duplex``                  answers after the first body chunk, before reading the rest;
+                               the body it sends ends with the sha256 of all it read
 
 Requests whose body was cut off (the connection went away first) are counted in
 ``aborted``, never recorded in ``received``.
@@ -76,6 +78,9 @@ class RecordingUpstream:
 
     async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
+            return
+        if scope["path"] == "/duplex":
+            await self._duplex(receive, send)
             return
         digest = hashlib.sha256()
         size = 0
@@ -156,6 +161,20 @@ class RecordingUpstream:
         released = await asyncio.to_thread(self.release.wait, 10)
         rest = b"".join(pieces) if released else b""
         await send({"type": "http.response.body", "body": rest, "more_body": False})
+
+    async def _duplex(self, receive: Any, send: Any) -> None:
+        digest = hashlib.sha256()
+        message = await receive()
+        digest.update(message.get("body", b""))
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"reading;", "more_body": True})
+        while message.get("more_body", False):
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                self.aborted += 1
+                return
+            digest.update(message.get("body", b""))
+        await send({"type": "http.response.body", "body": digest.hexdigest().encode()})
 
     async def _forever(self, receive: Any, send: Any) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": []})
