@@ -4,7 +4,10 @@ Freshness rules:
 - While the revocation subscription is healthy (``synced``), an entry younger than
   ``ttl`` is trusted without asking Redis; a revocation evicts it at once.
 - While it is not, nothing is trusted as fresh: every request asks Redis. If Redis
-  is unreachable, an entry verified less than ``stale_window`` ago may still serve.
+  is unreachable, an entry verified less than ``stale_window`` ago may still serve
+  (also when that is longer than ``ttl``: entries are kept for the longer of the two).
+- Unknown keys are remembered for ``negative_ttl``, so repeating one costs no Redis
+  round trip (a key cannot become known later: new keys are random).
 - Every eviction bumps ``epoch``; a lookup started before an eviction does not
   store its (possibly outdated) answer, so a revocation racing a lookup wins.
 """
