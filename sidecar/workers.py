@@ -117,8 +117,9 @@ class Supervisor:
         try:
             await warn_if_redis_down(redis)
             if not await self._start_all():
-                await self._stop_all()
-                return 1
+                told_to_stop = self._stopping.is_set()
+                status = await self._stop_all()
+                return status if told_to_stop else 1
             helper_tasks.append(asyncio.create_task(helpers[0].serve(sockets=[admin_sock])))  # type: ignore[list-item]
             helper_tasks += [asyncio.create_task(h.serve()) for h in helpers[1:]]
             log_listening(config)
