@@ -125,12 +125,13 @@ def test_in_flight_requests_are_counted(api: Api, sidecar: SidecarProcess, user:
             httpx.get(sidecar.url + "/slow?seconds=1", headers=headers, timeout=10).status_code
         )
     )
-    worker.start()
     gauge = ("sidecar_in_flight_requests", frozenset())
-    wait_until(lambda: scrape(sidecar)[0][gauge] == 1, timeout=5)
+    baseline = scrape(sidecar)[0][gauge]
+    worker.start()
+    wait_until(lambda: scrape(sidecar)[0][gauge] == baseline + 1, timeout=5)
     worker.join()
     assert result == [200]
-    assert scrape(sidecar)[0][gauge] == 0
+    assert scrape(sidecar)[0][gauge] == baseline
 
 
 def test_health_lives_only_on_the_admin_listener(sidecar: SidecarProcess) -> None:
