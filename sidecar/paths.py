@@ -31,7 +31,9 @@ def normalise(path: str) -> str:
 def upstream_path(raw_path: bytes, decoded: str, normalised: str) -> bytes:
     """What to send upstream: the client's bytes when they already mean ``normalised``,
     otherwise ``normalised`` re-encoded, so the upstream sees what auth decided on."""
-    if decoded == normalised and not any(e in raw_path.lower() for e in _SUSPICIOUS_ESCAPES):
+    if decoded == normalised and (
+        b"%" not in raw_path or not any(e in raw_path.lower() for e in _SUSPICIOUS_ESCAPES)
+    ):
         return raw_path
     return quote(normalised, safe="/:@!$&'()*+,;=-._~").encode("ascii")
 
