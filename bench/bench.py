@@ -411,6 +411,7 @@ class Options:
     keep_work: bool
     quick: bool
     source: Path
+    wait_idle: float
 
 
 def git_state(path: Path) -> tuple[str, bool]:
@@ -654,6 +655,7 @@ http {{
         ]
         for scenario in self.scenarios:
             self.check_answers(scenario)
+        self.wait_until_idle()
         self.log(f"warm-up: {self.o.warmup:g}s per scenario")
         for scenario in self.scenarios:
             self.load.run(scenario.url, scenario.headers, scenario.connections, self.o.warmup)
@@ -677,6 +679,25 @@ http {{
             self.run_profile(full, key_header)
         for sidecar in list(self.sidecars.values()):
             self.stop_sidecar(sidecar)
+
+    def wait_until_idle(self) -> None:
+        """Other work on the machine (a test suite, a build) competes for the same cores;
+        wait a bounded time for it to stop, and say so in the report if it does not."""
+        deadline = time.monotonic() + self.o.wait_idle
+        while self.o.wait_idle > 0:
+            machine, own, started = machine_busy_seconds(), own_busy_seconds(), time.monotonic()
+            time.sleep(2.0)
+            elapsed = time.monotonic() - started
+            foreign = ((machine_busy_seconds() - machine) - (own_busy_seconds() - own)) / elapsed
+            if foreign < 0.15:
+                return
+            if time.monotonic() > deadline:
+                self.notes.append(
+                    f"The machine was still busy with other work ({foreign:.2f} cores) after "
+                    f"waiting {self.o.wait_idle:g} s for it to be idle; the run went ahead."
+                )
+                return
+            self.log(f"waiting for other work to finish: {foreign:.2f} cores busy")
 
     def selected(self, key: str) -> bool:
         return self.o.only is None or key.removesuffix("_c1") in self.o.only
@@ -1190,6 +1211,12 @@ def parse_options(argv: list[str] | None = None) -> Options:
         help="run the sidecar from this checkout (e.g. a `git worktree` of one commit) "
         "instead of the working tree",
     )
+    parser.add_argument(
+        "--wait-idle",
+        type=float,
+        help="seconds to wait for other work on the machine to stop before measuring "
+        "(default 300, quick 0)",
+    )
     parser.add_argument("--keep-work", action="store_true", help="keep bench/work/run-* (logs)")
     args = parser.parse_args(argv)
     quick = args.quick
@@ -1214,6 +1241,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
         keep_work=args.keep_work,
         quick=quick,
         source=source,
+        wait_idle=args.wait_idle if args.wait_idle is not None else (0.0 if quick else 300.0),
     )
 
 
