@@ -68,7 +68,7 @@ class Sidecar:
             self.redis, self.cache, on_message=self.metrics.revocations.inc
         )
         self.upstream = UpstreamClient(config.upstream, config.server.max_body_bytes)
-        self.keys_api = KeysApi(self.authenticator, self.store)
+        self.keys_api = KeysApi(self.authenticator, self.store, on_revoked=self.cache.evict)
         self.limiter = limiter_for(
             config.rate_limits,
             self.redis,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 from uuid import UUID
 
@@ -43,9 +44,16 @@ def _errors(exc: ValidationError, *where: str) -> list[dict[str, Any]]:
 
 
 class KeysApi:
-    def __init__(self, authenticator: Authenticator, store: KeyStore) -> None:
+    def __init__(
+        self,
+        authenticator: Authenticator,
+        store: KeyStore,
+        on_revoked: Callable[[str], None] = lambda key_hash: None,
+    ) -> None:
         self._auth = authenticator
         self._store = store
+        # This instance forgets the key at once, not when its own pub/sub message returns.
+        self._on_revoked = on_revoked
         routes = [
             Route(PREFIX, self._collection, methods=["GET", "POST"]),
             Route(PREFIX + "/", self._collection, methods=["GET", "POST"]),
@@ -80,7 +88,7 @@ class KeysApi:
                 key_id = _UUID.validate_python(raw_id)
             except ValidationError as exc:
                 raise RequestInvalid(_errors(exc, "path", "api_key_id")) from None
-            await self._store.revoke(str(key_id), user_id)
+            self._on_revoked(await self._store.revoke(str(key_id), user_id))
             return json_response(200, {"message": "API key expired successfully", "success": True})
         except SidecarError as exc:
             return error_response(exc)

@@ -183,8 +183,9 @@ class KeyStore:
         listed = [_public_view(_decode(r), now) for r in records if r]
         return [r for r in listed if include_expired or r["is_active"]]
 
-    async def revoke(self, key_id: str, user_id: str | None) -> None:
-        """Expire a key for good. ``user_id`` None = operator action (any owner)."""
+    async def revoke(self, key_id: str, user_id: str | None) -> str:
+        """Expire a key for good; return its hash (for local cache eviction).
+        ``user_id`` None = operator action (any owner)."""
         owner = user_id
         if owner is None:
             found = await self._guarded(self._redis.hget(record_key(key_id), "user_id"))
@@ -201,6 +202,7 @@ class KeyStore:
         args: list[str | bytes] = [owner, now, REVOCATION_CHANNEL, revoked_entry]
         if not await self._guarded(self._revoke(keys=keys, args=args)):
             raise KeyNotFound()
+        return key_hash
 
     async def verify(self, parsed: keyformat.ParsedKey, key_hash: str) -> VerifiedKey | None:
         """Look the key up by prefix; None when no key with this hash exists."""

@@ -36,14 +36,18 @@ def test_create_returns_the_full_key_once_in_the_documented_shape(api: Api, user
 
 @pytest.mark.parametrize("path", ["/api/v1/api-keys/", "/api/v1/api-keys"])
 @pytest.mark.parametrize("content", [b"", b"{}", b"  "])
-def test_create_accepts_empty_body_on_both_paths(api: Api, user: str, path: str, content: bytes) -> None:
+def test_create_accepts_empty_body_on_both_paths(
+    api: Api, user: str, path: str, content: bytes
+) -> None:
     response = api.http.post(path, content=content, headers=api.bearer(user))
     assert response.status_code == 201, response.text
     assert response.json()["description"] is None
 
 
 def test_create_accepts_null_description(api: Api, user: str) -> None:
-    response = api.http.post("/api/v1/api-keys/", json={"description": None}, headers=api.bearer(user))
+    response = api.http.post(
+        "/api/v1/api-keys/", json={"description": None}, headers=api.bearer(user)
+    )
     assert response.status_code == 201
     assert response.json()["description"] is None
 
@@ -254,3 +258,14 @@ def _unsigned_token(user: str) -> str:
         return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
     return f"{part({'alg': 'none', 'typ': 'JWT'})}.{part({'sub': user, 'exp': int(time.time()) + 600})}."
+
+
+def test_an_expired_key_stops_working_on_the_next_request(api: Api, user: str) -> None:
+    key = api.create_key(user)
+    headers = {"X-API-Key": key["api_key"]}
+    for _ in range(2):  # the second answer comes from this instance's cache
+        assert api.http.get("/api/v1/analysis/", headers=headers).status_code == 200
+    api.http.delete(f"/api/v1/api-keys/{key['id']}", headers=api.bearer(user))
+    response = api.http.get("/api/v1/analysis/", headers=headers)
+    assert response.status_code == 401
+    assert response.json() == UNAUTHORIZED
