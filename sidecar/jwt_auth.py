@@ -23,6 +23,10 @@ from sidecar.keyformat import looks_like_api_key
 _USER_ID = re.compile(r"[\x21-\x7e]{1,256}")  # printable ASCII, no spaces or controls
 
 
+_REMEMBER_SECONDS = 60.0
+_REMEMBER_AT_MOST = 10_000
+
+
 class JwtVerifier:
     def __init__(self, settings: JwtConfig) -> None:
         self._algorithms = list(settings.algorithms)
@@ -44,11 +48,26 @@ class JwtVerifier:
             "require": ["exp"],
             "verify_aud": bool(settings.audience),
         }
+        # Verified tokens, until min(exp, now + _REMEMBER_SECONDS): a token is immutable,
+        # so re-verifying it on every request only repeats the same answer.
+        self._verified: dict[str, tuple[str, float]] = {}
 
     async def user_id(self, token: str) -> str:
         """The verified token's user id; raise NotAuthenticated("jwt_invalid") otherwise."""
+        remembered = self._verified.get(token)
+        if remembered is not None:
+            if time.time() < remembered[1]:
+                return remembered[0]
+            del self._verified[token]
         if looks_like_api_key(token):
             raise NotAuthenticated("jwt_invalid")
+        user_id, expires = await self._verify(token)
+        if len(self._verified) >= _REMEMBER_AT_MOST:
+            del self._verified[next(iter(self._verified))]
+        self._verified[token] = (user_id, min(expires, time.time() + _REMEMBER_SECONDS))
+        return user_id
+
+    async def _verify(self, token: str) -> tuple[str, float]:
         try:
             header = jwt.get_unverified_header(token)
             if header.get("alg") not in self._allowed:
@@ -73,7 +92,7 @@ class JwtVerifier:
         user_id = str(subject)
         if not _USER_ID.fullmatch(user_id):  # it becomes a header value and a Redis key part
             raise NotAuthenticated("jwt_invalid")
-        return user_id
+        return user_id, float(claims["exp"]) + self._leeway
 
 
 def mint(settings: JwtConfig, subject: str, ttl_seconds: int = 1800) -> str:

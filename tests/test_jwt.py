@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from sidecar.config import JwtConfig
 from sidecar.errors import NotAuthenticated
 from sidecar.jwt_auth import JwtVerifier, mint
+from tests.harness import wait_until
 
 SECRET = "unit-test-jwt-secret-0123456789-abcdefghij"
 
@@ -131,3 +132,20 @@ def _hs256_with_raw_key(payload: dict[str, Any], key: bytes) -> str:
     signing_input += b64(json.dumps(payload).encode())
     signature = hmac.new(key, signing_input.encode(), hashlib.sha256).digest()
     return f"{signing_input}.{b64(signature)}"
+
+
+def test_a_remembered_token_still_expires_on_time() -> None:
+    verifier = JwtVerifier(hs_config())
+    expires = int(time.time()) + 1
+    token = jwt.encode(claims(exp=expires), SECRET, algorithm="HS256")
+
+    async def check() -> bool:
+        try:
+            await verifier.user_id(token)
+        except NotAuthenticated:
+            return False
+        return True
+
+    assert asyncio.run(check())  # verified once, now remembered
+    wait_until(lambda: not asyncio.run(check()), timeout=5)
+    assert time.time() >= expires
