@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import MutableMapping
 from typing import Any
 
@@ -129,7 +130,6 @@ class Sidecar:
             await send({"type": "websocket.close", "code": 1003})
 
     async def _http(self, scope: MutableMapping[str, Any], receive: Receive, send: Send) -> None:
-        loop = asyncio.get_running_loop()
         incoming_id = next((v for n, v in scope["headers"] if n.lower() == b"x-request-id"), None)
         rid = request_id(incoming_id)
         normalised = normalise(scope["path"])
@@ -140,7 +140,7 @@ class Sidecar:
             route="proxy",
             request_id=rid.decode(),
             client=client[0] if client else None,
-            started=loop.time(),
+            started=time.perf_counter(),
         )
         self.metrics.in_flight.inc()
         started = _Started(send, rid, record)
@@ -166,7 +166,7 @@ class Sidecar:
                 await _send_error(send, SidecarError(), rid)
         finally:
             self.metrics.in_flight.dec()
-            record.duration = loop.time() - record.started
+            record.duration = time.perf_counter() - record.started
             self.metrics.observe(record)
             if self._access_log:
                 accesslog.log_request(record)

@@ -39,7 +39,13 @@ def connection_listed(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes
 
 
 def request_id(incoming: bytes | None) -> bytes:
-    if incoming is not None and _REQUEST_ID_SHAPE.fullmatch(incoming):
+    """The client's X-Request-ID if it is a sane id, else a new one. A value shaped like
+    a credential is replaced: it would be echoed back and forwarded upstream."""
+    if (
+        incoming is not None
+        and _REQUEST_ID_SHAPE.fullmatch(incoming)
+        and not incoming.startswith((b"sk_", b"eyJ"))
+    ):
         return incoming
     return uuid.uuid4().hex.encode()
 

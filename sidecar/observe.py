@@ -12,7 +12,7 @@ class RequestRecord:
     route: str  # "proxy", "public", "api_keys", "not_found"
     request_id: str
     client: str | None
-    started: float  # loop time
+    started: float  # time.perf_counter()
     status: int = 0
     duration: float = 0.0
     upstream_seconds: float | None = None

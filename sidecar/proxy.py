@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,7 +47,7 @@ class Exchange:
     status: int = 0
     bytes_in: int = 0
     bytes_out: int = 0
-    upstream_seconds: float = 0.0
+    upstream_seconds: float | None = None
     extra_response_headers: Headers = field(default_factory=list)
 
 
@@ -157,8 +158,7 @@ class UpstreamClient:
             body = _RequestBody(receive, self._max_body, exchange)
             small = not chunked and content_length is not None and content_length <= _WHOLE_AT_MOST
             data = await body.whole() if small else body.chunks()
-        loop = asyncio.get_running_loop()
-        started = loop.time()
+        started = time.perf_counter()
         try:
             response = await self._session.request(
                 method,
@@ -179,7 +179,7 @@ class UpstreamClient:
                 UpstreamTimeout() if isinstance(exc, TimeoutError) else UpstreamUnavailable()
             ) from exc
         try:
-            exchange.upstream_seconds = loop.time() - started
+            exchange.upstream_seconds = time.perf_counter() - started
             exchange.status = response.status
             await _relay(response, body, receive, send, exchange)
         finally:
