@@ -11,7 +11,7 @@
     ├── UpstreamUnavailable     502  upstream refused or unreachable
     └── UpstreamTimeout         504  upstream did not answer in time
 
-Third-party exceptions (redis, aiohttp, PyJWT) are translated where they are raised.
+Third-party exceptions (redis, httptools, PyJWT) are translated where they are raised.
 """
 
 from __future__ import annotations

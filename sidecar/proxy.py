@@ -1,27 +1,42 @@
 """The upstream hop: the only module that talks to the upstream.
 
-One aiohttp ClientSession, created at start-up, with explicit pool limits and
-timeouts. aiohttp rather than httpx here because httpx's connection pool is the
-measured bottleneck of a Python proxy (README, "Design notes"). Bodies stream both
-ways chunk by chunk; the upstream response is always released, also when the
-client goes away mid-stream.
+A lean HTTP/1.1 client on ``asyncio.Protocol`` + httptools' response parser
+(sidecar/upstream_conn.py), not a general-purpose library. Measured in bench/ (issue 6,
+2 cores, loopback, c32): aiohttp's client took ~35 % of the sidecar's CPU per request,
+and a prototype of this client saved ~160 µs of ~400 µs per request. What it skips:
+URL and header objects (headers stay bytes end to end), cookie jars, redirects,
+decompression, per-request timeout objects and tasks for small bodies.
+
+What it keeps: a keep-alive pool bounded by ``upstream.pool_size`` (a semaphore and a
+LIFO idle list, so the warm connections are reused), connect and read timeouts
+(refused/unreachable -> 502, timeouts -> 504), https with the system's trust store,
+Content-Length or chunked request bodies, response bodies by Content-Length, chunked or
+until close, HEAD and 1xx interim responses, flow control both ways. Bodies stream
+chunk by chunk; small ones of known size are read whole and sent in one piece. A
+connection goes back to the pool only after a complete exchange that keeps it alive;
+on any error or when the client goes away it is aborted.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
-
-import aiohttp
-from yarl import URL
+from urllib.parse import urlsplit
 
 from sidecar.config import UpstreamConfig
 from sidecar.errors import PayloadTooLarge, SidecarError, UpstreamTimeout, UpstreamUnavailable
 from sidecar.headers import HeaderRules, Headers
+from sidecar.upstream_conn import (
+    LAST_CHUNK,
+    PARSE_ERRORS,
+    UpstreamConnection,
+    chunk,
+    request_head,
+)
 
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
@@ -33,7 +48,11 @@ _WATCH_DISCONNECT_ABOVE = 1024 * 1024
 # many small API calls that saves a chunked encoder upstream and two ASGI sends
 # downstream (measured: bench/README.md), and memory stays bounded per request.
 _WHOLE_AT_MOST = 64 * 1024
+# Idle pooled connections older than this are dropped rather than reused: below the
+# 5 s keep-alive timeout of uvicorn and Node, so we rarely race the upstream's close.
+_IDLE_SECONDS = 4.0
 CLIENT_CLOSED = 499  # status recorded when the client went away mid-response (as nginx)
+_FAILURES = (OSError, *PARSE_ERRORS)  # TimeoutError and ssl.SSLError are OSErrors
 
 
 class ClientGone(Exception):
@@ -51,85 +70,66 @@ class Exchange:
     extra_response_headers: Headers = field(default_factory=list)
 
 
-class _RequestBody:
-    """The client's body as an async iterator for aiohttp, counted and capped.
-
-    ``finished`` tells the disconnect watcher when it may call ``receive`` itself:
-    two concurrent ``receive`` calls would split the body between them.
-    """
-
-    __slots__ = ("_exchange", "_limit", "_receive", "finished")
-
-    def __init__(self, receive: Receive, limit: int, exchange: Exchange) -> None:
-        self._receive = receive
-        self._limit = limit
-        self._exchange = exchange
-        self.finished = asyncio.Event()
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        exchange = self._exchange
-        try:
-            while True:
-                message = await self._receive()
-                if message["type"] == "http.disconnect":
-                    raise ClientGone()
-                chunk = message.get("body", b"")
-                if chunk:
-                    exchange.bytes_in += len(chunk)
-                    if exchange.bytes_in > self._limit:
-                        raise PayloadTooLarge(self._limit)
-                    yield chunk
-                if not message.get("more_body", False):
-                    return
-        finally:
-            self.finished.set()
-
-    async def whole(self) -> bytes:
-        return b"".join([chunk async for chunk in self.chunks()])
-
-
 class UpstreamClient:
     def __init__(self, settings: UpstreamConfig, max_body_bytes: int) -> None:
-        self._base = settings.url.rstrip("/")
+        url = urlsplit(settings.url)
+        secure = url.scheme == "https"
+        self._host = url.hostname or "127.0.0.1"
+        self._port = url.port or (443 if secure else 80)
+        self._host_header = url.netloc.rpartition("@")[2].encode("idna")
+        self._prefix = url.path.rstrip("/").encode()
+        self._ssl = ssl.create_default_context() if secure else None
         self._settings = settings
+        self._connect_timeout = settings.connect_timeout_seconds
+        self._read_timeout = settings.read_timeout_seconds
         self._max_body = max_body_bytes
-        self._session: aiohttp.ClientSession | None = None
+        self._idle: list[UpstreamConnection] = []
+        self._slots: asyncio.Semaphore | None = None
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(
-            limit=self._settings.pool_size, limit_per_host=0, ttl_dns_cache=60
-        )
-        timeout = aiohttp.ClientTimeout(
-            total=None,
-            connect=self._settings.connect_timeout_seconds,
-            sock_read=self._settings.read_timeout_seconds,
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=timeout,
-            auto_decompress=False,
-            skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept", "Content-Type"),
-            cookie_jar=aiohttp.DummyCookieJar(),
-        )
+        self._slots = asyncio.Semaphore(self._settings.pool_size)
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        while self._idle:
+            self._idle.pop().abort()
 
     async def connectable(self) -> bool:
-        """Whether a TCP connection to the upstream can be opened (for /readyz)."""
-        url = URL(self._base)
+        """Whether a connection to the upstream can be opened (for /readyz)."""
         try:
-            _, writer = await asyncio.wait_for(
-                asyncio.open_connection(url.host, url.port), self._settings.connect_timeout_seconds
-            )
-        except (OSError, TimeoutError):
+            conn = await self._connect()
+        except SidecarError:
             return False
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
+        conn.abort()
         return True
+
+    async def _connect(self) -> UpstreamConnection:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                _, conn = await loop.create_connection(
+                    lambda: UpstreamConnection(loop),
+                    self._host,
+                    self._port,
+                    ssl=self._ssl,
+                    server_hostname=self._host if self._ssl else None,
+                )
+        except TimeoutError as exc:
+            raise UpstreamTimeout() from exc
+        except OSError as exc:
+            raise UpstreamUnavailable() from exc
+        return conn
+
+    def _take_idle(self) -> UpstreamConnection | None:
+        idle = self._idle
+        if not idle:
+            return None
+        oldest = time.monotonic() - _IDLE_SECONDS
+        while idle:
+            conn = idle.pop()
+            if not conn.closed and conn.idle_since > oldest:
+                return conn
+            conn.abort()
+        return None
 
     async def forward(
         self,
@@ -146,103 +146,223 @@ class UpstreamClient:
     ) -> None:
         """Stream the request upstream and the response back. Raises a SidecarError
         (413/502/504) or ClientGone only while nothing has been sent to the client."""
-        assert self._session is not None, "start() first"
+        assert self._slots is not None, "start() first"
         if content_length is not None and content_length > self._max_body:
             raise PayloadTooLarge(self._max_body)
-        target = self._base + path.decode("latin-1")
-        if query:
-            target += "?" + query.decode("latin-1")
-        body = None
-        data: bytes | AsyncIterator[bytes] | None = None
-        if chunked or (content_length is not None and content_length > 0):
-            body = _RequestBody(receive, self._max_body, exchange)
-            small = not chunked and content_length is not None and content_length <= _WHOLE_AT_MOST
-            data = await body.whole() if small else body.chunks()
-        started = time.perf_counter()
+        if chunked:
+            content_length = None
+        has_body = chunked or bool(content_length)
+        whole = b""
+        streamed = has_body
+        if has_body and content_length is not None and content_length <= _WHOLE_AT_MOST:
+            # Read before taking a connection: a slow client holds no upstream slot.
+            whole = await _read_whole(receive, self._max_body, exchange)
+            streamed = False  # sent with the head
+        target = self._prefix + path + (b"?" + query if query else b"")
+        head = request_head(method, target, self._host_header, headers, content_length, chunked)
+        head += whole
+        await self._slots.acquire()
         try:
-            response = await self._session.request(
-                method,
-                URL(target, encoded=True),
-                headers=[(n.decode("latin-1"), v.decode("latin-1")) for n, v in headers],
-                data=data,
-                allow_redirects=False,
-                compress=None,
-                chunked=None,
-            )
-        except (SidecarError, ClientGone):
-            raise
-        except (aiohttp.ClientError, OSError) as exc:  # TimeoutError is an OSError
-            cause = _own_cause(exc)
-            if cause is not None:
-                raise cause from None
-            raise (
-                UpstreamTimeout() if isinstance(exc, TimeoutError) else UpstreamUnavailable()
-            ) from exc
-        try:
-            exchange.upstream_seconds = time.perf_counter() - started
-            exchange.status = response.status
-            await _relay(response, body, receive, send, exchange)
+            await self._exchange(method, head, has_body, streamed, chunked, receive, send, exchange)
         finally:
-            response.release()  # closes the connection instead if the body was not read
+            self._slots.release()
 
-
-async def _relay(
-    response: aiohttp.ClientResponse,
-    body: _RequestBody | None,
-    receive: Receive,
-    send: Send,
-    exchange: Exchange,
-) -> None:
-    headers = HeaderRules.downstream_response(response.raw_headers, exchange.extra_response_headers)
-    size = response.content_length
-    if size is not None and size <= _WHOLE_AT_MOST:
-        try:
-            content = await response.read()
-        except (aiohttp.ClientError, OSError) as exc:
-            raise UpstreamUnavailable() from exc  # nothing sent yet: a clean 502
-        exchange.bytes_out = len(content)
-        await send({"type": "http.response.start", "status": response.status, "headers": headers})
-        await send({"type": "http.response.body", "body": content, "more_body": False})
-        return
-    await send({"type": "http.response.start", "status": response.status, "headers": headers})
-    watcher: asyncio.Task[None] | None = None
-    if size is None or size > _WATCH_DISCONNECT_ABOVE:
-        watcher = asyncio.ensure_future(
-            _close_when_client_leaves(receive, body, response, exchange)
+    async def _exchange(
+        self,
+        method: str,
+        head: bytes,
+        has_body: bool,
+        streamed_body: bool,
+        chunked: bool,
+        receive: Receive,
+        send: Send,
+        exchange: Exchange,
+    ) -> None:
+        read_timeout = self._read_timeout
+        started = time.perf_counter()
+        conn, sender = await self._request(
+            method, head, has_body, streamed_body, chunked, receive, exchange
         )
-    try:
-        async for chunk in response.content.iter_any():
-            exchange.bytes_out += len(chunk)
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
-    except (aiohttp.ClientError, OSError):
-        # Headers are gone, so the client sees a cut-off body; record why.
-        if exchange.status != CLIENT_CLOSED:
-            exchange.status = 502
-    finally:
-        if watcher is not None:
-            watcher.cancel()
+        exchange.upstream_seconds = time.perf_counter() - started
+        exchange.status = conn.status
+        watcher: asyncio.Task[None] | None = None
+        try:
+            if sender is not None and not sender.done():
+                sender.add_done_callback(lambda task: _cut_if_failed(task, conn))
+            if conn.complete or (
+                conn.content_length is not None and conn.content_length <= _WHOLE_AT_MOST
+            ):
+                await _relay_whole(conn, send, exchange, read_timeout)
+            else:
+                size = conn.content_length
+                if size is None or size > _WATCH_DISCONNECT_ABOVE:
+                    watcher = asyncio.ensure_future(_cut_when_client_leaves(receive, sender, conn))
+                await _relay_stream(conn, send, exchange, read_timeout)
+        except BaseException:
+            conn.abort()
+            raise
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+            body_done = sender is None or (
+                sender.done() and not sender.cancelled() and sender.exception() is None
+            )
+            if sender is not None and not sender.done():
+                sender.cancel()  # the upstream answered without reading the whole body
+        if body_done and conn.complete and conn.keep_alive and not conn.closed and not conn.cut:
+            conn.finish()
+            self._idle.append(conn)
+        else:
+            conn.abort()
+
+    async def _request(
+        self,
+        method: str,
+        head: bytes,
+        has_body: bool,
+        streamed_body: bool,
+        chunked: bool,
+        receive: Receive,
+        exchange: Exchange,
+    ) -> tuple[UpstreamConnection, asyncio.Task[None] | None]:
+        """Send the request (the body in a task if streamed) until the response head
+        arrives; the connection it arrived on and the body task, if any."""
+        read_timeout = self._read_timeout
+        sender: asyncio.Task[None] | None = None
+        conn = self._take_idle()
+        reused = conn is not None
+        while True:
+            if conn is None:
+                conn = await self._connect()
+            conn.begin(head_only=method == "HEAD")
+            try:
+                await conn.write(head, read_timeout)
+                if streamed_body:
+                    sender = asyncio.ensure_future(
+                        self._send_body(conn, receive, exchange, chunked)
+                    )
+                    await asyncio.wait((conn.head, sender), return_when=asyncio.FIRST_COMPLETED)
+                    if sender.done():
+                        sender.result()  # ClientGone, PayloadTooLarge, UpstreamTimeout
+                await conn.response_head(read_timeout)
+            except BaseException as exc:
+                conn.abort()
+                if sender is not None:
+                    sender.cancel()
+                if isinstance(exc, TimeoutError):
+                    raise UpstreamTimeout() from exc
+                if isinstance(exc, _FAILURES):
+                    # A pooled connection the upstream had closed: once more, if safe.
+                    if reused and not has_body and not conn.received_any:
+                        conn, reused = None, False
+                        continue
+                    raise UpstreamUnavailable() from exc
+                raise
+            return conn, sender
+
+    async def _send_body(
+        self, conn: UpstreamConnection, receive: Receive, exchange: Exchange, chunked: bool
+    ) -> None:
+        limit = self._max_body
+        timeout = self._read_timeout
+        try:
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise ClientGone()
+                data = message.get("body", b"")
+                if data:
+                    exchange.bytes_in += len(data)
+                    if exchange.bytes_in > limit:
+                        raise PayloadTooLarge(limit)
+                    await conn.write(chunk(data) if chunked else data, timeout)
+                if not message.get("more_body", False):
+                    if chunked:
+                        await conn.write(LAST_CHUNK, timeout)
+                    return
+        except TimeoutError as exc:
+            raise UpstreamTimeout() from exc  # the upstream stopped taking the body
+        except OSError:
+            # The upstream closed its side, perhaps after answering early: the response
+            # (or its absence) tells what happened. Not reusable: the body is unfinished.
+            conn.keep_alive = False
 
 
-async def _close_when_client_leaves(
-    receive: Receive,
-    body: _RequestBody | None,
-    response: aiohttp.ClientResponse,
-    exchange: Exchange,
+async def _read_whole(receive: Receive, limit: int, exchange: Exchange) -> bytes:
+    parts: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone()
+        data = message.get("body", b"")
+        if data:
+            exchange.bytes_in += len(data)
+            if exchange.bytes_in > limit:
+                raise PayloadTooLarge(limit)
+            parts.append(data)
+        if not message.get("more_body", False):
+            return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _cut_if_failed(sender: asyncio.Task[None], conn: UpstreamConnection) -> None:
+    """The request body failed (client gone, too large) while the response streams."""
+    if sender.cancelled():
+        return
+    error = sender.exception()
+    if error is not None:
+        conn.cut = error if isinstance(error, Exception) else None
+        conn.abort()
+
+
+async def _cut_when_client_leaves(
+    receive: Receive, sender: asyncio.Task[None] | None, conn: UpstreamConnection
 ) -> None:
-    if body is not None:
-        await body.finished.wait()
+    if sender is not None:
+        # Two concurrent ``receive`` calls would split the body between them.
+        await asyncio.wait((sender,))
+        if sender.cancelled() or sender.exception() is not None:
+            return
     while (await receive())["type"] != "http.disconnect":
         pass
-    exchange.status = CLIENT_CLOSED
-    response.close()  # wakes the relay loop with an error and frees the upstream connection
+    conn.cut = ClientGone()
+    conn.abort()  # wakes the relay loop with an error and frees the upstream connection
 
 
-def _own_cause(exc: BaseException) -> SidecarError | ClientGone | None:
-    """aiohttp wraps a failure of the body iterator (413, client gone); unwrap it."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, (SidecarError, ClientGone)):
-            return seen
-        seen = seen.__cause__ or seen.__context__
-    return None
+async def _relay_whole(
+    conn: UpstreamConnection, send: Send, exchange: Exchange, timeout: float
+) -> None:
+    try:
+        content = await conn.read_all(timeout)
+    except TimeoutError as exc:
+        raise UpstreamTimeout() from exc  # nothing sent yet: a clean 504
+    except _FAILURES as exc:
+        if conn.cut is not None:
+            raise conn.cut from None
+        raise UpstreamUnavailable() from exc  # nothing sent yet: a clean 502
+    exchange.bytes_out = len(content)
+    headers = HeaderRules.downstream_response(conn.headers, exchange.extra_response_headers)
+    await send({"type": "http.response.start", "status": conn.status, "headers": headers})
+    await send({"type": "http.response.body", "body": content, "more_body": False})
+
+
+async def _relay_stream(
+    conn: UpstreamConnection, send: Send, exchange: Exchange, timeout: float
+) -> None:
+    headers = HeaderRules.downstream_response(conn.headers, exchange.extra_response_headers)
+    await send({"type": "http.response.start", "status": conn.status, "headers": headers})
+    try:
+        while (data := await conn.next_chunk(timeout)) is not None:
+            exchange.bytes_out += len(data)
+            await send({"type": "http.response.body", "body": data, "more_body": True})
+    except _FAILURES:
+        # Headers are gone, so the client sees a cut-off body; record why.
+        cut = conn.cut
+        if isinstance(cut, ClientGone):
+            exchange.status = CLIENT_CLOSED
+        elif isinstance(cut, SidecarError):
+            exchange.status = cut.status
+        else:
+            exchange.status = 502
+        conn.abort()
+        return
+    await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -92,12 +92,13 @@ class RedisProcess:
 class ServerThread:
     """A uvicorn server on a free loopback port in a background thread."""
 
-    def __init__(self, app: Any, port: int | None = None) -> None:
+    def __init__(self, app: Any, port: int | None = None, **options: Any) -> None:
         self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        scheme = "https" if options.get("ssl_certfile") else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.port}"
         config = uvicorn.Config(
             app, host="127.0.0.1", port=self.port, log_config=None, access_log=False,
-            lifespan="off", http="h11", timeout_keep_alive=30,
+            lifespan="off", http="h11", timeout_keep_alive=30, **options,
         )  # fmt: skip
         self.server = uvicorn.Server(config)
         self.server.install_signal_handlers = False  # type: ignore[attr-defined]
