@@ -124,12 +124,12 @@ def configured() -> Iterator[io.StringIO]:
 
 def test_every_logger_goes_through_redaction(configured: io.StringIO) -> None:
     logging.getLogger("uvicorn.error").error("Exception in ASGI application %s", KEY)
-    logging.getLogger("httpx").warning("header %s", TOKEN)
+    logging.getLogger("aiohttp.client").warning("header %s", TOKEN)
     import warnings
 
     warnings.warn(f"careless {KEY}", UserWarning, stacklevel=1)
     lines = [json.loads(line) for line in configured.getvalue().splitlines()]
-    assert [e["logger"] for e in lines] == ["uvicorn.error", "httpx", "py.warnings"]
+    assert [e["logger"] for e in lines] == ["uvicorn.error", "aiohttp.client", "py.warnings"]
     text = configured.getvalue()
     assert KEY not in text and TOKEN not in text
     assert text.count(KEY[:14] + "…[redacted]") == 2
