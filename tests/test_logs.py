@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -135,13 +136,23 @@ def test_every_logger_goes_through_redaction(configured: io.StringIO) -> None:
     assert text.count(KEY[:14] + "…[redacted]") == 2
 
 
-def test_the_access_log_ignores_the_level(configured: io.StringIO) -> None:
-    logging.getLogger().setLevel("ERROR")
-    logging.getLogger("sidecar").warning("not shown")
-    record = _request_record()
-    accesslog.log_request(record)
-    entries = [json.loads(line) for line in configured.getvalue().splitlines()]
-    assert [e["request_id"] for e in entries] == ["rid-1"]
+def test_the_access_log_writes_whole_redacted_lines_in_batches(tmp_path: Path) -> None:
+    target = tmp_path / "access.log"
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    log = accesslog.AccessLog(fd)
+    for index in range(300):  # more than one batch and more than PIPE_BUF bytes
+        record = _request_record()
+        record.request_id = f"rid-{index}"
+        record.path = f"/api/v1/analysis/{KEY}"
+        log.write(record)
+    log.flush()
+    os.close(fd)
+    text = target.read_text()
+    entries = [json.loads(line) for line in text.splitlines()]
+    assert [e["request_id"] for e in entries] == [f"rid-{i}" for i in range(300)]
+    assert KEY not in text
+    assert entries[0]["path"] == f"/api/v1/analysis/{KEY[:14]}…[redacted]"
+    assert entries[0]["time"].endswith("Z") and entries[0]["pid"] == os.getpid()
 
 
 def _request_record() -> Any:
