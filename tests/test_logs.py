@@ -241,3 +241,21 @@ def test_the_log_scan_finds_a_planted_secret(tmp_path: Path) -> None:
     found = leaked_secrets(tmp_path, set())
     assert len(found) == 3
     assert f"{tmp_path / 'y.log'}: {unrecorded[:14]}… (shaped like a full key or JWT)" in found
+
+
+def test_a_rejected_well_formed_key_is_logged_by_its_prefix_only(
+    api: Api, sidecar: SidecarProcess, user: str
+) -> None:
+    key = api.create_key(user)
+    api.http.delete(f"/api/v1/api-keys/{key['id']}", headers=api.bearer(user))
+    rid = f"log-{uuid.uuid4().hex}"
+    response = api.http.get(
+        "/api/v1/analysis/",
+        headers={"Authorization": f"Bearer {key['api_key']}", "X-Request-ID": rid},
+    )
+    assert response.status_code == 401
+    wait_until(lambda: access_lines(sidecar, rid) != [], timeout=5)
+    [entry] = access_lines(sidecar, rid)
+    assert entry["auth_outcome"] == "revoked"
+    assert entry["key_prefix"] == key["key_prefix"]
+    assert entry["user_id"] is None
