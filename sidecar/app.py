@@ -99,7 +99,7 @@ class Sidecar:
         self.metrics.count_from(
             "sidecar_redis_errors",
             "Redis operations that failed",
-            lambda: {"key_store": self.store.errors},
+            lambda: {"key_store": self.store.errors, "revocations": self.listener.errors},
             "component",
         )
 
