@@ -16,7 +16,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from sidecar import accesslog
+from sidecar.accesslog import AccessLog
 from sidecar.authn import Authenticator
 from sidecar.config import Config
 from sidecar.errors import SidecarError
@@ -84,7 +84,7 @@ class Sidecar:
             upstream=self.upstream,
         )
         self._owned = PrefixMatcher((KEYS_PREFIX,))
-        self._access_log = config.logging.access_log
+        self.access_log = AccessLog() if config.logging.access_log else None
         self._tasks: list[asyncio.Task[None]] = []
         self._register_callback_metrics()
 
@@ -99,7 +99,7 @@ class Sidecar:
         self.metrics.count_from(
             "sidecar_redis_errors",
             "Redis operations that failed",
-            lambda: {"key_store": self.store.errors},
+            lambda: {"key_store": self.store.errors, "revocations": self.listener.errors},
             "component",
         )
 
@@ -109,6 +109,8 @@ class Sidecar:
             asyncio.create_task(self.listener.run(), name="revocations"),
             asyncio.create_task(self.usage.run(), name="last-used"),
         ]
+        if self.access_log is not None:
+            self._tasks.append(asyncio.create_task(self.access_log.run(), name="access-log"))
 
     async def shutdown(self) -> None:
         for task in self._tasks:
@@ -168,8 +170,8 @@ class Sidecar:
             self.metrics.in_flight.dec()
             record.duration = time.perf_counter() - record.started
             self.metrics.observe(record)
-            if self._access_log:
-                accesslog.log_request(record)
+            if self.access_log is not None:
+                self.access_log.write(record)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:

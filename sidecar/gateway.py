@@ -110,12 +110,15 @@ class Gateway:
         self, api_key: bytes | None, authorization: bytes | None, record: RequestRecord
     ) -> Identity:
         started = time.perf_counter()
+        credential = None
         try:
             credential = credential_from(api_key, authorization)
             record.auth_method = credential.kind
             identity = await self._auth.authenticate(credential)
         except NotAuthenticated as exc:
             record.auth_outcome = exc.reason
+            if credential is not None and exc.reason in _WELL_FORMED_KEY_REJECTED:
+                record.key_prefix = credential.value[:14]  # public; tells ops which key
             raise
         except StoreUnavailable:
             record.auth_outcome = "store_unavailable"
@@ -126,6 +129,9 @@ class Gateway:
         record.user_id = identity.user_id
         record.key_prefix = identity.key_prefix
         return identity
+
+
+_WELL_FORMED_KEY_REJECTED = frozenset({"unknown", "revoked", "expired"})
 
 
 def _may_forward(authorization: bytes | None) -> bool:

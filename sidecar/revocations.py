@@ -33,6 +33,7 @@ class RevocationListener:
         self._cache = cache
         self._on_message = on_message or (lambda: None)
         self.connected = asyncio.Event()
+        self.errors = 0  # lost subscriptions, for metrics
 
     async def run(self) -> None:
         while True:
@@ -48,6 +49,7 @@ class RevocationListener:
                 # Anything else too: a listener that died quietly would leave the cache
                 # trusting entries that no revocation can reach any more.
                 log.exception("revocation feed failed; retrying")
+            self.errors += 1
             self._cache.desync()
             self.connected.clear()
             await asyncio.sleep(_RETRY_DELAY)

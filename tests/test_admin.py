@@ -164,6 +164,15 @@ def test_readiness_follows_redis(config_for: Any, spawn: Any, tmp_path: Path) ->
         moved = delta(before, scrape(process)[0])
         assert moved["sidecar_auth_total{method=api_key,outcome=store_unavailable}"] == 1
         assert moved["sidecar_redis_errors_total{component=key_store}"] >= 1
+        wait_until(  # the revocation subscription notices on its own, within seconds
+            lambda: (
+                delta(before, scrape(process)[0]).get(
+                    "sidecar_redis_errors_total{component=revocations}", 0
+                )
+                >= 1
+            ),
+            timeout=10,
+        )
 
         own.start()
         wait_until(lambda: httpx.get(ready).status_code == 200, timeout=10)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -135,13 +136,23 @@ def test_every_logger_goes_through_redaction(configured: io.StringIO) -> None:
     assert text.count(KEY[:14] + "…[redacted]") == 2
 
 
-def test_the_access_log_ignores_the_level(configured: io.StringIO) -> None:
-    logging.getLogger().setLevel("ERROR")
-    logging.getLogger("sidecar").warning("not shown")
-    record = _request_record()
-    accesslog.log_request(record)
-    entries = [json.loads(line) for line in configured.getvalue().splitlines()]
-    assert [e["request_id"] for e in entries] == ["rid-1"]
+def test_the_access_log_writes_whole_redacted_lines_in_batches(tmp_path: Path) -> None:
+    target = tmp_path / "access.log"
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    log = accesslog.AccessLog(fd)
+    for index in range(300):  # more than one batch and more than PIPE_BUF bytes
+        record = _request_record()
+        record.request_id = f"rid-{index}"
+        record.path = f"/api/v1/analysis/{KEY}"
+        log.write(record)
+    log.flush()
+    os.close(fd)
+    text = target.read_text()
+    entries = [json.loads(line) for line in text.splitlines()]
+    assert [e["request_id"] for e in entries] == [f"rid-{i}" for i in range(300)]
+    assert KEY not in text
+    assert entries[0]["path"] == f"/api/v1/analysis/{KEY[:14]}…[redacted]"
+    assert entries[0]["time"].endswith("Z") and entries[0]["pid"] == os.getpid()
 
 
 def _request_record() -> Any:
@@ -230,3 +241,21 @@ def test_the_log_scan_finds_a_planted_secret(tmp_path: Path) -> None:
     found = leaked_secrets(tmp_path, set())
     assert len(found) == 3
     assert f"{tmp_path / 'y.log'}: {unrecorded[:14]}… (shaped like a full key or JWT)" in found
+
+
+def test_a_rejected_well_formed_key_is_logged_by_its_prefix_only(
+    api: Api, sidecar: SidecarProcess, user: str
+) -> None:
+    key = api.create_key(user)
+    api.http.delete(f"/api/v1/api-keys/{key['id']}", headers=api.bearer(user))
+    rid = f"log-{uuid.uuid4().hex}"
+    response = api.http.get(
+        "/api/v1/analysis/",
+        headers={"Authorization": f"Bearer {key['api_key']}", "X-Request-ID": rid},
+    )
+    assert response.status_code == 401
+    wait_until(lambda: access_lines(sidecar, rid) != [], timeout=5)
+    [entry] = access_lines(sidecar, rid)
+    assert entry["auth_outcome"] == "revoked"
+    assert entry["key_prefix"] == key["key_prefix"]
+    assert entry["user_id"] is None
