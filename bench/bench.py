@@ -60,6 +60,21 @@ NEVER_LIMITING = {"requests": 1_000_000, "per_seconds": 1}
 # ---------------------------------------------------------------------------- processes
 
 
+def _version_of(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _shown(path: Path) -> str:
+    """A path relative to the repo when it is inside it, else as given."""
+    try:
+        return str(path.relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
 class Processes:
     """Every child this script starts, each in its own process group, stopped by id."""
 
@@ -943,8 +958,8 @@ http {{
             capture_output=True, text=True,
         ).stdout.strip() if BENCH_PYTHON.exists() else "bench/.venv missing"  # fmt: skip
         ours = ", ".join(
-            f"{p} {importlib.metadata.version(p)}"
-            for p in ("uvicorn", "uvloop", "httptools", "aiohttp", "redis", "hiredis",
+            f"{p} {_version_of(p)}"
+            for p in ("uvicorn", "uvloop", "httptools", "redis", "hiredis",
                       "prometheus-client", "orjson")
         )  # fmt: skip
         load_tool = (
@@ -993,7 +1008,7 @@ http {{
         if self.profile:
             lines += ["## Profile of the full production path (API key, cached)", ""]
             lines += [self.profile, ""]
-            lines += [f"Flame graph: `{p.relative_to(ROOT)}`" for p in self.profile_files]
+            lines += [f"Flame graph: `{_shown(p)}`" for p in self.profile_files]
             lines += [""]
         if self.notes or self.unavailable:
             lines += ["## Notes", ""]
@@ -1159,7 +1174,7 @@ http {{
     # -- main ---------------------------------------------------------------------
 
     def run(self) -> int:
-        self.log(f"work dir {self.work.relative_to(ROOT)}")
+        self.log(f"work dir {_shown(self.work)}")
         if self.load.wrk is None:
             self.log("wrk not found: using the Python fallback load generator (labelled)")
         redis_url = self.start_redis()
@@ -1180,7 +1195,7 @@ http {{
         self.o.out.parent.mkdir(parents=True, exist_ok=True)
         self.o.out.write_text(text + "\n")
         print("\n" + text)
-        self.log(f"wrote {self.o.out.relative_to(ROOT)}")
+        self.log(f"wrote {_shown(self.o.out)}")
         return 0
 
 
