@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -266,20 +266,10 @@ class UpstreamClient:
         limit = self._max_body
         timeout = self._read_timeout
         try:
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    raise ClientGone()
-                data = message.get("body", b"")
-                if data:
-                    exchange.bytes_in += len(data)
-                    if exchange.bytes_in > limit:
-                        raise PayloadTooLarge(limit)
-                    await conn.write(chunk(data) if chunked else data, timeout)
-                if not message.get("more_body", False):
-                    if chunked:
-                        await conn.write(LAST_CHUNK, timeout)
-                    return
+            async for data in _client_body(receive, limit, exchange):
+                await conn.write(chunk(data) if chunked else data, timeout)
+            if chunked:
+                await conn.write(LAST_CHUNK, timeout)
         except TimeoutError as exc:
             raise UpstreamTimeout() from exc  # the upstream stopped taking the body
         except OSError:
@@ -288,8 +278,8 @@ class UpstreamClient:
             conn.keep_alive = False
 
 
-async def _read_whole(receive: Receive, limit: int, exchange: Exchange) -> bytes:
-    parts: list[bytes] = []
+async def _client_body(receive: Receive, limit: int, exchange: Exchange) -> AsyncIterator[bytes]:
+    """The client's request body, chunk by chunk, counted and capped at ``limit``."""
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
@@ -299,9 +289,14 @@ async def _read_whole(receive: Receive, limit: int, exchange: Exchange) -> bytes
             exchange.bytes_in += len(data)
             if exchange.bytes_in > limit:
                 raise PayloadTooLarge(limit)
-            parts.append(data)
+            yield data
         if not message.get("more_body", False):
-            return parts[0] if len(parts) == 1 else b"".join(parts)
+            return
+
+
+async def _read_whole(receive: Receive, limit: int, exchange: Exchange) -> bytes:
+    parts = [data async for data in _client_body(receive, limit, exchange)]
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def _cut_if_failed(sender: asyncio.Task[None], conn: UpstreamConnection) -> None:
