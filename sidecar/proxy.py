@@ -70,6 +70,18 @@ class Exchange:
     extra_response_headers: Headers = field(default_factory=list)
 
 
+@dataclass(frozen=True, slots=True)
+class _Outgoing:
+    """One request as it goes upstream: the head (with a small body appended), and how
+    the rest of the body, if any, follows."""
+
+    method: str
+    head: bytes
+    has_body: bool
+    streamed_body: bool  # False: no body, or it is already in ``head``
+    chunked: bool
+
+
 class UpstreamClient:
     def __init__(self, settings: UpstreamConfig, max_body_bytes: int) -> None:
         url = urlsplit(settings.url)
@@ -161,28 +173,19 @@ class UpstreamClient:
         target = self._prefix + path + (b"?" + query if query else b"")
         head = request_head(method, target, self._host_header, headers, content_length, chunked)
         head += whole
+        outgoing = _Outgoing(method, head, has_body, streamed, chunked)
         await self._slots.acquire()
         try:
-            await self._exchange(method, head, has_body, streamed, chunked, receive, send, exchange)
+            await self._exchange(outgoing, receive, send, exchange)
         finally:
             self._slots.release()
 
     async def _exchange(
-        self,
-        method: str,
-        head: bytes,
-        has_body: bool,
-        streamed_body: bool,
-        chunked: bool,
-        receive: Receive,
-        send: Send,
-        exchange: Exchange,
+        self, outgoing: _Outgoing, receive: Receive, send: Send, exchange: Exchange
     ) -> None:
         read_timeout = self._read_timeout
         started = time.perf_counter()
-        conn, sender = await self._request(
-            method, head, has_body, streamed_body, chunked, receive, exchange
-        )
+        conn, sender = await self._request(outgoing, receive, exchange)
         exchange.upstream_seconds = time.perf_counter() - started
         exchange.status = conn.status
         watcher: asyncio.Task[None] | None = None
@@ -216,14 +219,7 @@ class UpstreamClient:
             conn.abort()
 
     async def _request(
-        self,
-        method: str,
-        head: bytes,
-        has_body: bool,
-        streamed_body: bool,
-        chunked: bool,
-        receive: Receive,
-        exchange: Exchange,
+        self, outgoing: _Outgoing, receive: Receive, exchange: Exchange
     ) -> tuple[UpstreamConnection, asyncio.Task[None] | None]:
         """Send the request (the body in a task if streamed) until the response head
         arrives; the connection it arrived on and the body task, if any."""
@@ -234,12 +230,12 @@ class UpstreamClient:
         while True:
             if conn is None:
                 conn = await self._connect()
-            conn.begin(head_only=method == "HEAD")
+            conn.begin(head_only=outgoing.method == "HEAD")
             try:
-                await conn.write(head, read_timeout)
-                if streamed_body:
+                await conn.write(outgoing.head, read_timeout)
+                if outgoing.streamed_body:
                     sender = asyncio.ensure_future(
-                        self._send_body(conn, receive, exchange, chunked)
+                        self._send_body(conn, receive, exchange, outgoing.chunked)
                     )
                     await asyncio.wait((conn.head, sender), return_when=asyncio.FIRST_COMPLETED)
                     if sender.done():
@@ -253,7 +249,7 @@ class UpstreamClient:
                     raise UpstreamTimeout() from exc
                 if isinstance(exc, _FAILURES):
                     # A pooled connection the upstream had closed: once more, if safe.
-                    if reused and not has_body and not conn.received_any:
+                    if reused and not outgoing.has_body and not conn.received_any:
                         conn, reused = None, False
                         continue
                     raise UpstreamUnavailable() from exc
