@@ -1,15 +1,20 @@
 """Prometheus metrics. Labels carry only bounded values: route class, status code,
 auth method and reason, never a key, token, user id or raw path.
 
-Works in prometheus-client's multiprocess mode too (``--workers N``): every metric
-is a plain Counter/Gauge/Histogram, which that mode stores in per-process files the
-supervisor aggregates. Counters kept elsewhere as plain ints (cheap on the hot path)
-are copied into real Counters by ``sync()``: at scrape time in a single process, every
-second in a worker.
+The hot path never touches prometheus-client: ``observe()`` and ``in_flight`` only add
+to plain dicts, lists and ints, and ``sync()`` moves what they counted since its last
+call into the real Counters, Histograms and Gauge (so do counters kept elsewhere, via
+``count_from``). A prometheus-client update costs a lock per value, and in multiprocess
+mode (``--workers N``) also an os.getpid() and an mmap write; ``sync()`` pays that once
+per label set instead of once per request. It runs at scrape time in a single process
+and every second in a worker, whose files the supervisor aggregates; so a worker's
+numbers reach /metrics up to a second late. ``observe()`` and ``sync()`` must run on
+the same thread (the event loop's).
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -25,6 +30,68 @@ class _Source:
     counter: Counter
     read: Callable[[], dict[str, float]]
     seen: dict[str, float] = field(default_factory=dict)
+
+
+class _Level:
+    """The number of requests in progress; ``sync()`` copies it into the gauge."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def inc(self) -> None:
+        self.value += 1
+
+    def dec(self) -> None:
+        self.value -= 1
+
+
+class _Batch:
+    """Observations for one unlabelled Histogram, added to it in bulk by ``flush()``.
+
+    prometheus-client has no public way to add many observations at once, so ``flush()``
+    increments what ``Histogram.observe()`` itself increments: ``_sum``, and ``_buckets``,
+    one value per bound in ``_upper_bounds`` (the last one +Inf), not cumulative: an
+    observation counts in the first bucket whose bound is >= it. These are private, so
+    the constructor checks they are there: a prometheus-client that changes them fails
+    at startup and in tests/test_metrics.py rather than exposing wrong numbers.
+    """
+
+    __slots__ = ("_bounds", "_counts", "_histogram", "_sum")
+
+    def __init__(self, histogram: Histogram) -> None:
+        bounds = getattr(histogram, "_upper_bounds", None)
+        buckets = getattr(histogram, "_buckets", None)
+        if not (
+            isinstance(bounds, list)
+            and isinstance(buckets, list)
+            and len(bounds) == len(buckets)
+            and all(hasattr(b, "inc") for b in buckets)
+            and hasattr(getattr(histogram, "_sum", None), "inc")
+        ):
+            raise RuntimeError(
+                "prometheus_client.Histogram no longer has _upper_bounds, _buckets and _sum "
+                "as sidecar/metrics.py expects; update _Batch.flush()"
+            )
+        self._histogram = histogram
+        self._bounds = tuple(bounds)
+        self._counts = [0] * len(bounds)
+        self._sum = 0.0
+
+    def observe(self, amount: float) -> None:
+        self._counts[bisect_left(self._bounds, amount)] += 1  # first bound >= amount
+        self._sum += amount
+
+    def flush(self) -> None:
+        if not any(self._counts):
+            return
+        for bucket, count in zip(self._histogram._buckets, self._counts, strict=True):
+            if count:
+                bucket.inc(count)
+        self._histogram._sum.inc(self._sum)
+        self._counts = [0] * len(self._bounds)
+        self._sum = 0.0
 
 
 class Metrics:
@@ -54,7 +121,7 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
-        self.in_flight = Gauge(
+        self.in_flight_gauge = Gauge(
             "sidecar_in_flight_requests", "Requests in progress", registry=r,
             multiprocess_mode="livesum",
         )  # fmt: skip
@@ -66,16 +133,24 @@ class Metrics:
             "Rate-limit checks that could not reach Redis",
             registry=r,
         )
+        self.in_flight = _Level()
+        # Since the last sync(): (route, status) and (auth method, outcome) -> count.
+        self._requests: dict[tuple[str, int], int] = {}
+        self._auth: dict[tuple[str | None, str], int] = {}
+        self._auth_seconds = _Batch(self.auth_seconds)
+        self._upstream_seconds = _Batch(self.upstream_seconds)
         self._sources: list[_Source] = []
 
     def observe(self, record: RequestRecord) -> None:
-        self.requests.labels(record.route, str(record.status)).inc()
+        key = (record.route, record.status)
+        self._requests[key] = self._requests.get(key, 0) + 1
         if record.auth_outcome is not None:
-            self.auth.labels(record.auth_method or "none", record.auth_outcome).inc()
+            auth = (record.auth_method, record.auth_outcome)
+            self._auth[auth] = self._auth.get(auth, 0) + 1
         if record.auth_seconds is not None:
-            self.auth_seconds.observe(record.auth_seconds)
+            self._auth_seconds.observe(record.auth_seconds)
         if record.upstream_seconds is not None:
-            self.upstream_seconds.observe(record.upstream_seconds)
+            self._upstream_seconds.observe(record.upstream_seconds)
 
     def count_from(
         self, name: str, doc: str, read: Callable[[], dict[str, float]], label: str
@@ -85,7 +160,16 @@ class Metrics:
         self._sources.append(_Source(counter, read))
 
     def sync(self) -> None:
-        """Copy what the ``count_from`` sources counted since the last call."""
+        """Copy into prometheus-client what was counted since the last call."""
+        requests, self._requests = self._requests, {}
+        for (route, status), n in requests.items():
+            self.requests.labels(route, str(status)).inc(n)
+        auths, self._auth = self._auth, {}
+        for (method, outcome), n in auths.items():
+            self.auth.labels(method or "none", outcome).inc(n)
+        self._auth_seconds.flush()
+        self._upstream_seconds.flush()
+        self.in_flight_gauge.set(self.in_flight.value)
         for source in self._sources:
             for value, count in source.read().items():
                 delta = count - source.seen.get(value, 0)

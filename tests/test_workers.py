@@ -86,10 +86,13 @@ def test_two_workers_serve_and_admin_aggregates(workers: SidecarProcess) -> None
     served = set(pids_by_request(workers, tag).values())
     assert workers.process is not None
     assert len(served) == 2 and workers.process.pid not in served  # not the supervisor
-    # Counters of both workers, added up by the supervisor's /metrics.
-    assert metric(workers, "sidecar_requests_total", route="proxy", status="200") == sent
+    # Counters of both workers, added up by the supervisor's /metrics; a worker copies its
+    # own into its metrics file every second.
+    wait_until(
+        lambda: metric(workers, "sidecar_requests_total", route="proxy", status="200") == sent, 3
+    )
     assert metric(workers, "sidecar_requests_total", route="api_keys", status="201") == 1
-    assert metric(workers, "sidecar_in_flight_requests") == 0
+    assert metric(workers, "sidecar_in_flight_requests") == 0  # as of the sync that counted
     wait_until(lambda: metric(workers, "sidecar_key_cache_total", result="miss") == 2, 3)
     api.http.close()
 
