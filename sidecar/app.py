@@ -132,7 +132,11 @@ class Sidecar:
             await send({"type": "websocket.close", "code": 1003})
 
     async def _http(self, scope: MutableMapping[str, Any], receive: Receive, send: Send) -> None:
-        incoming_id = next((v for n, v in scope["headers"] if n.lower() == b"x-request-id"), None)
+        incoming_id = None
+        for name, value in scope["headers"]:
+            if name.lower() == b"x-request-id":
+                incoming_id = value
+                break
         rid = request_id(incoming_id)
         normalised = normalise(scope["path"])
         client = scope.get("client")
@@ -145,26 +149,25 @@ class Sidecar:
             started=time.perf_counter(),
         )
         self.metrics.in_flight.inc()
-        started = _Started(send, rid, record)
         try:
             if self._owned.matches(normalised):
                 record.route = "api_keys"
                 owned_scope = dict(scope, path=KEYS_PREFIX + normalised[len(KEYS_PREFIX) :])
-                await self.keys_api.app(owned_scope, receive, started)
-            else:
+                await self.keys_api.app(owned_scope, receive, _Started(send, rid, record))
+            else:  # the hot path: the gateway sets X-Request-ID and the record itself
                 await self.gateway.handle(
-                    scope, receive, started, normalised=normalised, request_id=rid, record=record
+                    scope, receive, send, normalised=normalised, request_id=rid, record=record
                 )
         except SidecarError as exc:
             record.status = exc.status
-            if not started.sent:
+            if not record.responded:
                 await _send_error(send, exc, rid)
         except ClientGone:
             record.status = 499
         except Exception:
             log.exception("unhandled error on %s %s", record.method, record.path)
             record.status = 500
-            if not started.sent:
+            if not record.responded:
                 await _send_error(send, SidecarError(), rid)
         finally:
             self.metrics.in_flight.dec()
@@ -190,20 +193,19 @@ class Sidecar:
 
 
 class _Started:
-    """Wraps ``send``: remembers whether the response began, adds X-Request-ID to
-    responses the sidecar makes itself, and records their status."""
+    """Wraps ``send`` for the keys API: adds X-Request-ID to its responses, and records
+    that the response began and its status."""
 
-    __slots__ = ("_record", "_request_id", "_send", "sent")
+    __slots__ = ("_record", "_request_id", "_send")
 
     def __init__(self, send: Send, rid: bytes, record: RequestRecord) -> None:
         self._send = send
         self._request_id = rid
         self._record = record
-        self.sent = False
 
     async def __call__(self, message: MutableMapping[str, Any]) -> None:
         if message["type"] == "http.response.start":
-            self.sent = True
+            self._record.responded = True
             headers = list(message.get("headers", []))
             if not any(n.lower() == b"x-request-id" for n, _ in headers):
                 headers.append((b"x-request-id", self._request_id))

@@ -8,7 +8,7 @@ verified because Redis is down and the cache cannot vouch for it.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from sidecar import keyformat
 from sidecar.errors import NotAuthenticated, StoreUnavailable
@@ -22,16 +22,14 @@ API_KEY = "api_key"
 JWT = "jwt"
 
 
-@dataclass(frozen=True, slots=True)
-class Identity:
+class Identity(NamedTuple):
     user_id: str
     method: str  # API_KEY or JWT
     key_id: str | None = None
     key_prefix: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Credential:
+class Credential(NamedTuple):
     kind: str  # API_KEY or JWT
     value: str
 

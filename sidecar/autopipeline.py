@@ -1,108 +1,234 @@
 """Automatic pipelining of hot-path Redis commands on one dedicated connection.
 
-Commands issued while a batch is in flight are queued and sent together as the
-next batch, in one write, and their replies read back in order. Each caller
-still waits for exactly one round trip of its own command; what changes is the
-client cost. Measured here with redis-py 8 + hiredis: a plain ``await
-script(...)`` costs ~90 µs of CPU per call, the same command sent over a
-connection directly ~40 µs alone and ~13-19 µs in batches of 4-16 — at a few
-thousand requests per second that is a quarter of a core (README, "Design notes").
+Commands issued in the same event-loop iteration go out together in one write, and
+their replies are handed back in order as hiredis parses them. Each caller still waits
+for exactly one round trip of its own command; what changes is the client cost. There
+is no task per command or per batch: a caller awaits a future, one long-lived task per
+connection reads and parses replies, and a deadline timer per connection (not per
+command) catches a Redis that stops answering.
 
-Only the batching is ours: connections, command packing and reply parsing are
-redis-py's. Connection errors fail the whole batch (the callers translate them),
-and the connection is replaced on the next batch.
+Measured (bench/, 2 cores, c32): redis-py's ``await script(...)`` costs ~90 µs of CPU
+per call; its connection used directly in batches (the previous version of this
+module) ~13-19 µs plus a task per batch and a timeout per reply; this ~3 µs.
+
+redis-py still opens each connection (TLS, unix sockets, AUTH, SELECT, Sentinel
+discovery); after its handshake the connection's stream pair is used directly.
+Commands arrive packed (``pack``), so a caller can pack a repeated command once.
+A connection error or a missed deadline fails every command waiting on that
+connection; the next command opens a new one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
-from collections.abc import Sequence
+import time
 from typing import Any
 
+import hiredis
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
 
-from sidecar.store import REDIS_ERRORS
-
 EncodableArg = str | int | float | bytes
-Queued = tuple[tuple[EncodableArg, ...], "asyncio.Future[Any]"]
+
+# Error replies that mean "this Redis cannot serve now" (REDIS_ERRORS classes) or that
+# a caller handles (NOSCRIPT), as redis-py maps them; any other error reply fails only
+# its own command with a plain ResponseError.
+_ERROR_CLASSES: dict[str, type[redis_errors.RedisError]] = {
+    "NOSCRIPT": redis_errors.NoScriptError,
+    "LOADING": redis_errors.BusyLoadingError,
+    "READONLY": redis_errors.ReadOnlyError,
+    "TRYAGAIN": redis_errors.TryAgainError,
+    "CLUSTERDOWN": redis_errors.ClusterDownError,
+}
+_DEFAULT_TIMEOUT = 5.0
+
+
+def pack(*args: EncodableArg) -> bytes:
+    """One command in the Redis protocol (RESP): an array of bulk strings."""
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        if isinstance(arg, str):
+            data = arg.encode()
+        elif isinstance(arg, bytes):
+            data = arg
+        else:
+            data = repr(arg).encode()
+        parts += (b"$%d\r\n" % len(data), data, b"\r\n")
+    return b"".join(parts)
+
+
+def _error(reply: hiredis.ReplyError) -> redis_errors.RedisError:
+    message = str(reply)
+    code = message.split(" ", 1)[0]
+    return _ERROR_CLASSES.get(code, redis_errors.ResponseError)(message)
+
+
+class _Link:
+    """One open connection and the replies it owes, oldest first."""
+
+    def __init__(self, connection: AbstractConnection) -> None:
+        reader: asyncio.StreamReader | None = getattr(connection, "_reader", None)
+        writer: asyncio.StreamWriter | None = getattr(connection, "_writer", None)
+        if reader is None or writer is None:  # redis-py renamed its stream attributes
+            raise redis_errors.ConnectionError("redis-py connection has no stream pair")
+        self.connection = connection
+        self.reader = reader
+        self.writer = writer
+        self.owed: collections.deque[asyncio.Future[Any]] = collections.deque()
+        self.last_reply = time.monotonic()
+        self.deadline: asyncio.TimerHandle | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.closed = False
 
 
 class AutoPipeline:
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
         self._pool = redis.connection_pool
-        self._connection: AbstractConnection | None = None
-        self._queue: list[Queued] = []
-        self._pump: asyncio.Task[None] | None = None
+        timeout = self._pool.connection_kwargs.get("socket_timeout")
+        self._timeout = float(timeout) if timeout else _DEFAULT_TIMEOUT
+        self._link: _Link | None = None
+        self._connecting: asyncio.Task[None] | None = None
+        self._unsent: list[bytes] = []
+        self._unsent_futures: list[asyncio.Future[Any]] = []
+        self._flush_scheduled = False
+        self._closing: set[asyncio.Future[None]] = set()
 
-    async def evalsha(
-        self, sha: str, script: str, keys: Sequence[EncodableArg], args: Sequence[EncodableArg]
-    ) -> Any:
-        command = ("EVALSHA", sha, len(keys), *keys, *args)
+    async def run_script(self, packed: bytes, script: str) -> Any:
+        """An ``EVALSHA`` command (packed); loads ``script`` if Redis lost it."""
         try:
-            return await self.execute(command)
+            return await self.call(packed)
         except redis_errors.NoScriptError:
             await self._redis.script_load(script)  # Redis restarted and lost its script cache
-            return await self.execute(command)
+            return await self.call(packed)
 
-    def execute(self, command: tuple[EncodableArg, ...]) -> asyncio.Future[Any]:
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.append((command, future))
-        if self._pump is None or self._pump.done():
-            self._pump = asyncio.ensure_future(self._drain())
+    def execute(self, *args: EncodableArg) -> asyncio.Future[Any]:
+        return self.call(pack(*args))
+
+    def call(self, packed: bytes) -> asyncio.Future[Any]:
+        """Queue one packed command; the future gets its reply (or error)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._unsent.append(packed)
+        self._unsent_futures.append(future)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)
         return future
 
     async def close(self) -> None:
-        if self._pump is not None:
-            self._pump.cancel()
+        if self._connecting is not None:
+            self._connecting.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._pump
-        await self._drop_connection()
+                await self._connecting
+        self._fail_unsent(redis_errors.ConnectionError("pipeline closed"))
+        link, self._link = self._link, None
+        if link is not None:
+            self._drop(link, redis_errors.ConnectionError("pipeline closed"))
+            if link.task is not None:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await link.task
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
 
-    async def _drain(self) -> None:
-        while self._queue:
-            batch, self._queue = self._queue, []
-            await self._send(batch)
-
-    async def _send(
-        self, batch: list[tuple[tuple[EncodableArg, ...], asyncio.Future[Any]]]
-    ) -> None:
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if not self._unsent:
+            return
+        link = self._link
+        if link is None or link.closed:
+            if self._connecting is None:
+                self._connecting = asyncio.ensure_future(self._connect())
+            return  # _connect flushes once connected
+        data = self._unsent[0] if len(self._unsent) == 1 else b"".join(self._unsent)
+        link.owed.extend(self._unsent_futures)
+        self._unsent, self._unsent_futures = [], []
+        if link.deadline is None:
+            link.last_reply = time.monotonic()
+            self._arm(link, self._timeout)
         try:
-            connection = await self._connected()
-            await connection.send_packed_command(
-                connection.pack_commands([command for command, _ in batch]), check_health=False
-            )
-            for _, future in batch:
-                try:
-                    reply = await connection.read_response()
-                except redis_errors.ResponseError as exc:
-                    if not future.done():
-                        future.set_exception(exc)
-                    continue
-                if not future.done():
-                    future.set_result(reply)
-        except (*REDIS_ERRORS, asyncio.CancelledError) as exc:  # type: ignore[misc]
-            await self._drop_connection()
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(
-                        redis_errors.ConnectionError(str(exc) or type(exc).__name__)
-                    )
-            if isinstance(exc, asyncio.CancelledError):
-                raise
+            link.writer.write(data)
+        except Exception as exc:  # the transport is closing: the reader will see it too
+            self._drop(link, redis_errors.ConnectionError(str(exc) or type(exc).__name__))
 
-    async def _connected(self) -> AbstractConnection:
-        if self._connection is None:
+    async def _connect(self) -> None:
+        try:
             connection = self._pool.connection_class(**self._pool.connection_kwargs)
             await connection.connect()  # type: ignore[no-untyped-call]
-            self._connection = connection
-        return self._connection
+            link = _Link(connection)
+        except Exception as exc:  # REDIS_ERRORS, AuthenticationError, a bad TLS setup...
+            self._fail_unsent(redis_errors.ConnectionError(str(exc) or type(exc).__name__))
+            return
+        finally:
+            self._connecting = None
+        link.task = asyncio.ensure_future(self._read(link))
+        self._link = link
+        self._flush()
 
-    async def _drop_connection(self) -> None:
-        connection, self._connection = self._connection, None
-        if connection is not None:
-            with contextlib.suppress(Exception):
-                await connection.disconnect()
+    async def _read(self, link: _Link) -> None:
+        parser = hiredis.Reader()
+        owed = link.owed
+        try:
+            while True:
+                data = await link.reader.read(65536)
+                if not data:
+                    raise redis_errors.ConnectionError("Redis closed the connection")
+                parser.feed(data)
+                while (reply := parser.gets()) is not False:
+                    future = owed.popleft()
+                    if future.done():
+                        continue
+                    if isinstance(reply, hiredis.ReplyError):
+                        future.set_exception(_error(reply))
+                    else:
+                        future.set_result(reply)
+                link.last_reply = time.monotonic()
+        except asyncio.CancelledError:
+            self._drop(link, redis_errors.ConnectionError("pipeline closed"))
+            raise
+        except (Exception, hiredis.ProtocolError) as exc:
+            self._drop(link, redis_errors.ConnectionError(str(exc) or type(exc).__name__))
+
+    def _arm(self, link: _Link, delay: float) -> None:
+        link.deadline = asyncio.get_running_loop().call_later(delay, self._check, link)
+
+    def _check(self, link: _Link) -> None:
+        """The deadline timer: replies must keep coming while any are owed."""
+        link.deadline = None
+        if link.closed or not link.owed:
+            return
+        silent = time.monotonic() - link.last_reply
+        if silent >= self._timeout:
+            self._drop(link, redis_errors.TimeoutError("Redis did not answer in time"))
+        else:
+            self._arm(link, self._timeout - silent)
+
+    def _drop(self, link: _Link, error: Exception) -> None:
+        """Fail everything owed on ``link`` and close it; the next command reconnects."""
+        if link.closed:
+            return
+        link.closed = True
+        if self._link is link:
+            self._link = None
+        if link.deadline is not None:
+            link.deadline.cancel()
+        while link.owed:
+            future = link.owed.popleft()
+            if not future.done():
+                future.set_exception(error)
+        link.writer.transport.abort()
+        if link.task is not None and link.task is not asyncio.current_task():
+            link.task.cancel()
+        # Lets redis-py forget its streams (else it warns of an unclosed connection).
+        closing = asyncio.ensure_future(link.connection.disconnect(nowait=True))
+        self._closing.add(closing)
+        closing.add_done_callback(self._closing.discard)
+
+    def _fail_unsent(self, error: Exception) -> None:
+        futures, self._unsent, self._unsent_futures = self._unsent_futures, [], []
+        for future in futures:
+            if not future.done():
+                future.set_exception(error)

@@ -87,7 +87,7 @@ class Gateway:
             outgoing.append((self._rules.auth_method, identity.method.encode()))
             if identity.key_id is not None:
                 outgoing.append((self._rules.key_id, identity.key_id.encode()))
-        exchange = Exchange(extra_response_headers=response_headers)
+        exchange = Exchange(response_headers)
         try:
             await self._upstream.forward(
                 method=method,
@@ -102,6 +102,7 @@ class Gateway:
             )
         finally:
             record.status = exchange.status
+            record.responded = exchange.started
             record.bytes_in = exchange.bytes_in
             record.bytes_out = exchange.bytes_out
             record.upstream_seconds = exchange.upstream_seconds

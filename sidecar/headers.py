@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
+import random
 import re
-import uuid
 from collections.abc import Iterable
 
 from sidecar.config import Config
@@ -23,6 +23,9 @@ _FORWARDED = frozenset(
 )
 _RESPONSE_DROPPED = HOP_BY_HOP | {b"date", b"x-request-id"}
 _REQUEST_ID_SHAPE = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
+# Request ids must be unique, not unguessable: a PRNG seeded from os.urandom per process
+# (workers are spawned, not forked) instead of uuid4's getrandom() call per request.
+_ids = random.Random()
 
 
 def canonical(name: bytes) -> bytes:
@@ -47,7 +50,7 @@ def request_id(incoming: bytes | None) -> bytes:
         and not incoming.startswith((b"sk_", b"eyJ"))
     ):
         return incoming
-    return uuid.uuid4().hex.encode()
+    return b"%032x" % _ids.getrandbits(128)
 
 
 class HeaderRules:

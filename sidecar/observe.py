@@ -14,6 +14,7 @@ class RequestRecord:
     client: str | None
     started: float  # time.perf_counter()
     status: int = 0
+    responded: bool = False  # the response has begun: too late for an error response
     duration: float = 0.0
     upstream_seconds: float | None = None
     auth_seconds: float | None = None

@@ -23,8 +23,8 @@ import asyncio
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 from sidecar.config import UpstreamConfig
@@ -61,17 +61,18 @@ class ClientGone(Exception):
 
 @dataclass(slots=True)
 class Exchange:
-    """What one proxied round trip did, for the access log and metrics."""
+    """One proxied round trip: the headers the sidecar adds to the response, and what
+    happened, for the access log and metrics."""
 
+    extra_response_headers: Headers
     status: int = 0
+    started: bool = False  # the response head went to the client
     bytes_in: int = 0
     bytes_out: int = 0
     upstream_seconds: float | None = None
-    extra_response_headers: Headers = field(default_factory=list)
 
 
-@dataclass(frozen=True, slots=True)
-class _Outgoing:
+class _Outgoing(NamedTuple):
     """One request as it goes upstream: the head (with a small body appended), and how
     the rest of the body, if any, follows."""
 
@@ -332,6 +333,7 @@ async def _relay_whole(
         raise UpstreamUnavailable() from exc  # nothing sent yet: a clean 502
     exchange.bytes_out = len(content)
     headers = HeaderRules.downstream_response(conn.headers, exchange.extra_response_headers)
+    exchange.started = True
     await send({"type": "http.response.start", "status": conn.status, "headers": headers})
     await send({"type": "http.response.body", "body": content, "more_body": False})
 
@@ -340,6 +342,7 @@ async def _relay_stream(
     conn: UpstreamConnection, send: Send, exchange: Exchange, timeout: float
 ) -> None:
     headers = HeaderRules.downstream_response(conn.headers, exchange.extra_response_headers)
+    exchange.started = True
     await send({"type": "http.response.start", "status": conn.status, "headers": headers})
     try:
         while (data := await conn.next_chunk(timeout)) is not None:

@@ -49,7 +49,7 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
-from sidecar.autopipeline import AutoPipeline
+from sidecar.autopipeline import AutoPipeline, pack
 from sidecar.config import RateLimit, RateLimitsConfig
 from sidecar.errors import RateLimited, StoreUnavailable
 from sidecar.headers import Headers
@@ -61,6 +61,8 @@ log = logging.getLogger("sidecar.ratelimit")
 NAMESPACE = "callcov:rl"
 WARN_INTERVAL = 60.0
 _MICROS = 1_000_000
+# Packed EVALSHA commands kept per (user, rule): the same few users call again and again.
+_PACKED_MAX = 10_000
 
 LIMIT = b"x-ratelimit-limit"
 REMAINING = b"x-ratelimit-remaining"
@@ -169,6 +171,7 @@ class RedisRateLimiter(RateLimiter):
         self._rules = RuleTable(config)
         self._script = redis.register_script(_GCRA)
         self._pipeline = AutoPipeline(redis) if isinstance(redis, Redis) else None
+        self._packed: dict[tuple[str, str], bytes] = {}
         self._fail_open = config.fail_open
         self._retry_after = retry_after
         self._on_store_error = on_store_error
@@ -177,13 +180,12 @@ class RedisRateLimiter(RateLimiter):
 
     async def admit(self, user_id: str, method: str, path: str) -> Headers:
         rule = self._rules.match(method, path)
-        keys = [bucket_key(user_id, rule)]
-        args = [rule.interval_us, rule.capacity_us]
         try:
             if self._pipeline is not None:
-                reply = await self._pipeline.evalsha(self._script.sha, _GCRA, keys, args)
+                reply = await self._pipeline.run_script(self._command(user_id, rule), _GCRA)
             else:  # Redis Cluster: routed per key by redis-py
-                reply = await self._script(keys=keys, args=args)
+                keys = [bucket_key(user_id, rule)]
+                reply = await self._script(keys=keys, args=[rule.interval_us, rule.capacity_us])
         except REDIS_ERRORS as exc:
             return self._unavailable(rule, exc)
         admitted, remaining, reset_us, retry_us = (int(v) for v in reply)
@@ -199,6 +201,16 @@ class RedisRateLimiter(RateLimiter):
     async def close(self) -> None:
         if self._pipeline is not None:
             await self._pipeline.close()
+
+    def _command(self, user_id: str, rule: Rule) -> bytes:
+        packed = self._packed.get((user_id, rule.name))
+        if packed is None:
+            if len(self._packed) >= _PACKED_MAX:
+                self._packed.clear()
+            key = bucket_key(user_id, rule)
+            packed = pack("EVALSHA", self._script.sha, 1, key, rule.interval_us, rule.capacity_us)
+            self._packed[(user_id, rule.name)] = packed
+        return packed
 
     def _unavailable(self, rule: Rule, exc: Exception) -> Headers:
         self._on_store_error()

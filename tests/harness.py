@@ -72,6 +72,11 @@ class RedisProcess:
         self._process = subprocess.Popen(args, stdin=subprocess.DEVNULL)
         wait_until(self.is_up, timeout=10)
 
+    @property
+    def pid(self) -> int:
+        assert self._process is not None, "not started"
+        return self._process.pid
+
     def is_up(self) -> bool:
         try:
             return bool(self.client().ping())

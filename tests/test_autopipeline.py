@@ -1,15 +1,19 @@
-"""AutoPipeline against a real redis-server: batching, errors, reconnects."""
+"""AutoPipeline against a real redis-server: batching, errors, reconnects, deadlines;
+``pack`` against redis-py's own encoder."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import time
 from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
 
-from sidecar.autopipeline import AutoPipeline
+from sidecar.autopipeline import AutoPipeline, pack
 from sidecar.config import RedisConfig
 from sidecar.redis_conn import connect
 from tests.harness import RedisProcess
@@ -35,7 +39,7 @@ def test_concurrent_commands_are_batched_and_answered_in_order(private_redis: Re
         pipeline = AutoPipeline(client)
         sha = await client.script_load(INCR)
         replies = await asyncio.gather(
-            *(pipeline.evalsha(sha, INCR, [f"k{i % 3}"], []) for i in range(300))
+            *(pipeline.run_script(pack("EVALSHA", sha, 1, f"k{i % 3}"), INCR) for i in range(300))
         )
         info = await client.info("stats")
         await pipeline.close()
@@ -54,9 +58,9 @@ def test_an_error_reply_fails_only_its_own_command(private_redis: RedisProcess) 
         await client.set("text", "not a number")
         pipeline = AutoPipeline(client)
         results = await asyncio.gather(
-            pipeline.execute(("INCR", "counter")),
-            pipeline.execute(("INCR", "text")),
-            pipeline.execute(("INCR", "counter")),
+            pipeline.execute("INCR", "counter"),
+            pipeline.execute("INCR", "text"),
+            pipeline.execute("INCR", "counter"),
             return_exceptions=True,
         )
         await pipeline.close()
@@ -72,14 +76,70 @@ def test_outage_fails_fast_and_recovers_with_script_reload(private_redis: RedisP
     async def scenario() -> None:
         client = connect(private_redis.url, RedisConfig())  # the sidecar's own client settings
         pipeline = AutoPipeline(client)
-        sha = await client.script_load(INCR)
-        assert await pipeline.evalsha(sha, INCR, ["k"], []) == 1
+        command = pack("EVALSHA", await client.script_load(INCR), 1, "k")
+        assert await pipeline.run_script(command, INCR) == 1
         private_redis.stop()
         with pytest.raises(redis_errors.ConnectionError):
-            await pipeline.evalsha(sha, INCR, ["k"], [])
+            await pipeline.run_script(command, INCR)
         private_redis.start()  # same port, empty, no scripts cached
-        assert await pipeline.evalsha(sha, INCR, ["k"], []) == 1
+        assert await pipeline.run_script(command, INCR) == 1
         await pipeline.close()
         await client.aclose()
 
     run(scenario())
+
+
+def test_a_redis_that_stops_answering_fails_the_waiting_commands_in_time(
+    private_redis: RedisProcess,
+) -> None:
+    async def scenario() -> float:
+        client = connect(private_redis.url, RedisConfig(socket_timeout_seconds=0.3))
+        pipeline = AutoPipeline(client)
+        assert await pipeline.execute("PING") == b"PONG"
+        os.kill(private_redis.pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            with pytest.raises(redis_errors.TimeoutError):
+                pings = asyncio.gather(*(pipeline.execute("PING") for _ in range(5)))
+                await asyncio.wait_for(pings, 10)
+            waited = time.monotonic() - started
+        finally:
+            os.kill(private_redis.pid, signal.SIGCONT)
+        assert await pipeline.execute("PING") == b"PONG"  # a new connection
+        await pipeline.close()
+        await client.aclose()
+        return waited
+
+    waited = run(scenario())
+    assert 0.3 <= waited < 2.0  # type: ignore[operator]
+
+
+def test_close_fails_commands_still_waiting(private_redis: RedisProcess) -> None:
+    async def scenario() -> None:
+        client = aioredis.Redis.from_url(private_redis.url)
+        pipeline = AutoPipeline(client)
+        blocked = pipeline.execute("BLPOP", "never", 0)  # Redis holds the reply back
+        deadline = time.monotonic() + 10
+        while not any(c["cmd"] == "blpop" for c in await client.client_list()):
+            assert time.monotonic() < deadline, "BLPOP never reached Redis"
+            await asyncio.sleep(0.01)
+        await pipeline.close()
+        with pytest.raises(redis_errors.ConnectionError):
+            await blocked
+        await client.aclose()
+
+    run(scenario())
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("EVALSHA", "a" * 40, 1, "callcov:rl:{alice}:default", 1000, 100_000_000),
+        ("SET", b"\x00\xffbinary", "ünïcode", -7),
+        ("PING",),
+        ("HSET", "k", "f", ""),
+    ],
+)
+def test_pack_matches_redis_py(args: tuple[object, ...]) -> None:
+    connection = aioredis.Connection()
+    assert pack(*args) == b"".join(connection.pack_command(*args))  # type: ignore[arg-type]
