@@ -17,7 +17,10 @@ from dataclasses import dataclass
 COMPONENTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("sidecar: access log (accesslog.py)", ("/sidecar/accesslog.py",)),
     ("sidecar: metrics (metrics.py)", ("/sidecar/metrics.py",)),
-    ("sidecar: rate limiter (ratelimit.py)", ("/sidecar/ratelimit.py",)),
+    (
+        "sidecar: rate limiter (ratelimit.py, autopipeline.py)",
+        ("/sidecar/ratelimit.py", "/sidecar/autopipeline.py"),
+    ),
     ("sidecar: upstream hop (proxy.py)", ("/sidecar/proxy.py",)),
     ("sidecar: dispatch, gateway, auth, headers", ("/sidecar/",)),
     ("logging (stdlib)", ("/logging/",)),
