@@ -44,6 +44,10 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 # Responses larger than this (or of unknown size) get a task that watches for the
 # client going away, so a long download stops pulling from the upstream at once.
 _WATCH_DISCONNECT_ABOVE = 1024 * 1024
+# An upstream still computing its response head after this long gets the same watch,
+# so a slow call whose client left is cut off (as nginx does) instead of running on
+# until the read timeout. Later rather than at once: a task per request costs ~10 µs.
+_WATCH_SLOW_HEAD_AFTER = 0.5
 # Bodies of a known size up to this are read whole and sent in one piece: for the
 # many small API calls that saves a chunked encoder upstream and two ASGI sends
 # downstream (measured: bench/README.md), and memory stays bounded per request.
@@ -186,28 +190,34 @@ class UpstreamClient:
     ) -> None:
         read_timeout = self._read_timeout
         started = time.perf_counter()
-        conn, sender = await self._request(outgoing, receive, exchange)
+        watch = _DisconnectWatch(receive)
+        try:
+            conn, sender = await self._request(outgoing, receive, exchange, watch)
+        except BaseException:
+            watch.stop()
+            raise
         exchange.upstream_seconds = time.perf_counter() - started
         exchange.status = conn.status
-        watcher: asyncio.Task[None] | None = None
         try:
             if sender is not None and not sender.done():
                 sender.add_done_callback(lambda task: _cut_if_failed(task, conn))
             if conn.complete or (
                 conn.content_length is not None and conn.content_length <= _WHOLE_AT_MOST
             ):
+                watch.stop()
                 await _relay_whole(conn, send, exchange, read_timeout)
             else:
                 size = conn.content_length
                 if size is None or size > _WATCH_DISCONNECT_ABOVE:
-                    watcher = asyncio.ensure_future(_cut_when_client_leaves(receive, sender, conn))
+                    watch.start()
+                else:
+                    watch.stop()
                 await _relay_stream(conn, send, exchange, read_timeout)
         except BaseException:
             conn.abort()
             raise
         finally:
-            if watcher is not None:
-                watcher.cancel()
+            watch.stop()
             body_done = sender is None or (
                 sender.done() and not sender.cancelled() and sender.exception() is None
             )
@@ -220,10 +230,11 @@ class UpstreamClient:
             conn.abort()
 
     async def _request(
-        self, outgoing: _Outgoing, receive: Receive, exchange: Exchange
+        self, outgoing: _Outgoing, receive: Receive, exchange: Exchange, watch: _DisconnectWatch
     ) -> tuple[UpstreamConnection, asyncio.Task[None] | None]:
         """Send the request (the body in a task if streamed) until the response head
-        arrives; the connection it arrived on and the body task, if any."""
+        arrives; the connection it arrived on and the body task, if any. ``watch`` is
+        armed to cut the exchange off if the client leaves while the head is slow."""
         read_timeout = self._read_timeout
         sender: asyncio.Task[None] | None = None
         conn = self._take_idle()
@@ -241,11 +252,14 @@ class UpstreamClient:
                     await asyncio.wait((conn.head, sender), return_when=asyncio.FIRST_COMPLETED)
                     if sender.done():
                         sender.result()  # ClientGone, PayloadTooLarge, UpstreamTimeout
-                await conn.response_head(read_timeout)
+                watch.follow(conn, sender)
+                await conn.response_head(read_timeout, watch.start, _WATCH_SLOW_HEAD_AFTER)
             except BaseException as exc:
                 conn.abort()
                 if sender is not None:
                     sender.cancel()
+                if conn.cut is not None:
+                    raise conn.cut from None  # the client left while we waited
                 if isinstance(exc, TimeoutError):
                     raise UpstreamTimeout() from exc
                 if isinstance(exc, _FAILURES):
@@ -304,6 +318,35 @@ def _cut_if_failed(sender: asyncio.Task[None], conn: UpstreamConnection) -> None
     if error is not None:
         conn.cut = error if isinstance(error, Exception) else None
         conn.abort()
+
+
+class _DisconnectWatch:
+    """At most one task per exchange reading ``receive`` for the client going away
+    (``_cut_when_client_leaves``), on the connection it was last told to follow."""
+
+    __slots__ = ("_conn", "_receive", "_sender", "_task")
+
+    def __init__(self, receive: Receive) -> None:
+        self._receive = receive
+        self._conn: UpstreamConnection | None = None
+        self._sender: asyncio.Task[None] | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def follow(self, conn: UpstreamConnection, sender: asyncio.Task[None] | None) -> None:
+        if conn is not self._conn:
+            self.stop()
+        self._conn, self._sender = conn, sender
+
+    def start(self) -> None:
+        if self._task is None and self._conn is not None:
+            self._task = asyncio.ensure_future(
+                _cut_when_client_leaves(self._receive, self._sender, self._conn)
+            )
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
 
 
 async def _cut_when_client_leaves(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httptools
@@ -247,8 +248,31 @@ class UpstreamConnection(asyncio.Protocol):
         finally:
             timer.cancel()
 
-    async def response_head(self, timeout: float) -> None:
-        await self._wait(self.head, timeout)
+    async def response_head(
+        self,
+        timeout: float,
+        on_slow: Callable[[], None] | None = None,
+        slow_after: float = 0.0,
+    ) -> None:
+        """Wait for the response head, at most ``timeout``; call ``on_slow`` if it has
+        not come after ``slow_after`` seconds. One timer either way."""
+        head = self.head
+        if head.done() or on_slow is None or slow_after >= timeout:
+            return await self._wait(head, timeout)
+        loop = self._loop
+        timer: asyncio.TimerHandle | None = None
+
+        def slow() -> None:
+            nonlocal timer
+            timer = loop.call_later(timeout - slow_after, _settle, head, TimeoutError())
+            on_slow()
+
+        timer = loop.call_later(slow_after, slow)
+        try:
+            await head
+        finally:
+            if timer is not None:
+                timer.cancel()
 
     async def next_chunk(self, timeout: float) -> bytes | None:
         """The body bytes received so far (at least one), or None at its end."""

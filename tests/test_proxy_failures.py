@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -27,7 +28,9 @@ def nothing_upstream(
 def impatient(
     config_for: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[SidecarProcess]:
-    config = config_for(upstream={"read_timeout_seconds": 0.5})
+    # Longer than proxy._WATCH_SLOW_HEAD_AFTER: the read timeout then runs on a timer
+    # re-armed when the slow-head watch starts.
+    config = config_for(upstream={"read_timeout_seconds": 1.0})
     process = SidecarProcess(config, tmp_path_factory.mktemp("impatient")).start()
     yield process
     process.stop()
@@ -69,10 +72,13 @@ def test_upstream_too_slow_gives_504_json(
     impatient: SidecarProcess, user: str, recorder: Any
 ) -> None:
     client = Api(impatient.url)
+    started = time.monotonic()
     response = client.http.get(
-        "/slow", params={"seconds": 1.5}, headers={**client.bearer(user), "X-Request-ID": "r-504"}
+        "/slow", params={"seconds": 3}, headers={**client.bearer(user), "X-Request-ID": "r-504"}
     )
+    waited = time.monotonic() - started
     assert response.status_code == 504
+    assert 0.95 <= waited < 2.9  # the read timeout, not the watch delay nor the answer
     assert response.headers["content-type"] == "application/json"
     assert response.json() == {"detail": "Upstream timed out"}
     assert response.headers["x-request-id"] == "r-504"

@@ -250,6 +250,40 @@ def test_a_client_leaving_mid_upload_cuts_the_upstream_request_off(
     assert access_log_status(sidecar, "gone-mid-upload") == 499
 
 
+@pytest.mark.parametrize("body", [b"", b"a small body read whole"])
+def test_a_client_leaving_while_the_upstream_is_slow_to_answer_cuts_the_call_off(
+    sidecar: SidecarProcess, recorder: RecordingUpstream, user: str, body: bytes
+) -> None:
+    """The upstream has the whole request and is still working on it: the sidecar
+    notices the client leaving (within ~0.5 s) instead of waiting for the answer."""
+    token = Api(sidecar.url).bearer(user)["Authorization"]
+    request_id = f"gone-while-slow-{len(body)}"
+    sock = connect(sidecar)
+    sock.sendall(
+        f"POST /hold?seconds=30 HTTP/1.1\r\nHost: x\r\nX-Request-ID: {request_id}\r\n"
+        f"Authorization: {token}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    wait_until(lambda: len(recorder.received) == 1, timeout=10)
+    sock.close()
+    wait_until(lambda: recorder.abandoned == 1, timeout=5)
+    wait_until(lambda: access_log_status(sidecar, request_id) is not None, timeout=5)
+    assert access_log_status(sidecar, request_id) == 499
+    assert recorder.received[0].body_bytes == len(body)
+
+
+def test_a_slow_answer_still_reaches_a_client_that_waits(
+    sidecar: SidecarProcess, recorder: RecordingUpstream, user: str
+) -> None:
+    client = Api(sidecar.url)
+    response = client.http.post(
+        "/hold?seconds=1.2", headers=client.bearer(user), content=b"body", timeout=10
+    )
+    assert response.status_code == 200
+    assert response.json()["body_bytes"] == 4
+    assert recorder.abandoned == 0
+
+
 def test_a_client_leaving_mid_download_releases_the_upstream_response(
     small: SidecarProcess, recorder: RecordingUpstream, user: str
 ) -> None:

@@ -2,6 +2,8 @@
 
 Paths with special behaviour (everything else echoes):
 - ``/slow?seconds=S``          answers after S seconds
+- ``/hold?seconds=S``          answers after S seconds unless the connection goes away
+                               first, which it counts in ``abandoned``
 - ``/download?bytes=N``        streams N bytes of ``pattern(N)`` (in 64 KiB chunks)
 - ``/gated-download?bytes=N``  sends the first chunk, then waits for ``release`` to be set
 - ``/stream-forever``          streams until the client goes away; counts open streams
@@ -67,12 +69,14 @@ class RecordingUpstream:
     received: list[Received] = field(default_factory=list)
     open_streams: int = 0
     aborted: int = 0
+    abandoned: int = 0
     first_chunk: threading.Event = field(default_factory=threading.Event)
     release: threading.Event = field(default_factory=threading.Event)
 
     def reset(self) -> None:
         self.received.clear()
         self.aborted = 0
+        self.abandoned = 0
         self.first_chunk.clear()
         self.release.clear()
 
@@ -108,6 +112,15 @@ class RecordingUpstream:
         params = {k: v[0] for k, v in parse_qs(query).items()}
         if scope["path"] == "/slow":
             await asyncio.sleep(float(params.get("seconds", "1")))
+        if scope["path"] == "/hold":
+            try:
+                async with asyncio.timeout(float(params.get("seconds", "1"))):
+                    while (await receive())["type"] != "http.disconnect":
+                        pass
+                self.abandoned += 1
+                return
+            except TimeoutError:
+                pass
         if scope["path"] == "/download":
             await self._download(send, int(params["bytes"]))
             return
