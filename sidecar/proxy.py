@@ -88,7 +88,9 @@ class _Outgoing(NamedTuple):
 
 
 class UpstreamClient:
-    def __init__(self, settings: UpstreamConfig, max_body_bytes: int) -> None:
+    def __init__(
+        self, settings: UpstreamConfig, max_body_bytes: int, *, idle_seconds: float = _IDLE_SECONDS
+    ) -> None:
         url = urlsplit(settings.url)
         secure = url.scheme == "https"
         self._host = url.hostname or "127.0.0.1"
@@ -100,6 +102,7 @@ class UpstreamClient:
         self._connect_timeout = settings.connect_timeout_seconds
         self._read_timeout = settings.read_timeout_seconds
         self._max_body = max_body_bytes
+        self._idle_seconds = idle_seconds
         self._idle: list[UpstreamConnection] = []
         self._slots: asyncio.Semaphore | None = None
 
@@ -140,7 +143,7 @@ class UpstreamClient:
         idle = self._idle
         if not idle:
             return None
-        oldest = time.monotonic() - _IDLE_SECONDS
+        oldest = time.monotonic() - self._idle_seconds
         while idle:
             conn = idle.pop()
             if not conn.closed and conn.idle_since > oldest:
@@ -391,13 +394,15 @@ async def _relay_stream(
         while (data := await conn.next_chunk(timeout)) is not None:
             exchange.bytes_out += len(data)
             await send({"type": "http.response.body", "body": data, "more_body": True})
-    except _FAILURES:
+    except _FAILURES as exc:
         # Headers are gone, so the client sees a cut-off body; record why.
         cut = conn.cut
         if isinstance(cut, ClientGone):
             exchange.status = CLIENT_CLOSED
         elif isinstance(cut, SidecarError):
             exchange.status = cut.status
+        elif isinstance(exc, TimeoutError):
+            exchange.status = 504  # the upstream stalled mid-body past the read timeout
         else:
             exchange.status = 502
         conn.abort()

@@ -101,3 +101,37 @@ def test_upstream_dropping_the_connection_mid_body_cuts_the_client_body_off(
     wait_until(lambda: logged_status(sidecar, "r-cut-off") is not None, timeout=5)
     assert logged_status(sidecar, "r-cut-off") == 502
     assert api.http.get("/api/v1/analysis/", headers=api.bearer(user)).status_code == 200
+
+
+def test_an_upstream_stalling_in_a_small_body_gives_a_clean_504(
+    impatient: SidecarProcess, user: str, recorder: Any
+) -> None:
+    """Small bodies are read whole before anything is sent: still time for a 504."""
+    client = Api(impatient.url)
+    headers = {**client.bearer(user), "X-Request-ID": "r-stall-small"}
+    response = client.http.get("/stall", params={"bytes": 1000}, headers=headers, timeout=10)
+    assert response.status_code == 504
+    assert response.json() == {"detail": "Upstream timed out"}
+    wait_until(lambda: recorder.stalls_released == 1, timeout=5)  # connection closed
+
+
+def test_an_upstream_stalling_mid_stream_cuts_the_client_off_and_logs_504(
+    impatient: SidecarProcess, user: str, recorder: Any
+) -> None:
+    client = Api(impatient.url)
+    headers = {**client.bearer(user), "X-Request-ID": "r-stall-stream"}
+    received = 0
+    with (
+        pytest.raises(httpx.RemoteProtocolError),
+        client.http.stream(
+            "GET", "/stall", params={"bytes": 2 * 1024 * 1024}, headers=headers, timeout=10
+        ) as response,
+    ):
+        assert response.status_code == 200  # the head went out before the stall
+        for piece in response.iter_raw():
+            received += len(piece)
+    assert received == 2 * 1024 * 1024  # all it had, then the connection was cut
+    wait_until(lambda: logged_status(impatient, "r-stall-stream") is not None, timeout=5)
+    assert logged_status(impatient, "r-stall-stream") == 504
+    wait_until(lambda: recorder.stalls_released == 1, timeout=5)
+    assert client.http.get("/api/v1/analysis/", headers=client.bearer(user)).status_code == 200

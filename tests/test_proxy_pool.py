@@ -3,12 +3,13 @@ retried once only for requests without a body; https upstreams are verified."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import hashlib
 import ipaddress
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from sidecar.config import UpstreamConfig
+from sidecar.proxy import Exchange, UpstreamClient
 from tests.conftest import Api
 from tests.harness import ServerThread
 from tests.upstream_app import RecordingUpstream, pattern
@@ -61,6 +64,63 @@ class DroppingUpstream:
 
     def close(self) -> None:
         self._listener.close()
+
+
+class KeepAliveUpstream(DroppingUpstream):
+    """Answers every request on a connection and keeps it open."""
+
+    def _serve(self, sock: socket.socket) -> None:
+        with sock:
+            data = b""
+            while True:
+                while b"\r\n\r\n" not in data:
+                    piece = sock.recv(65536)
+                    if not piece:
+                        return
+                    data += piece
+                head, _, data = data.partition(b"\r\n\r\n")
+                self.requests.append(head.split(b" ")[0])
+                sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+
+async def _get(client: UpstreamClient) -> int:
+    sent: list[MutableMapping[str, Any]] = []
+
+    async def receive() -> MutableMapping[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(message)
+
+    exchange = Exchange([])
+    await client.forward(
+        method="GET", path=b"/", query=b"", headers=[], content_length=None, chunked=False,
+        receive=receive, send=send, exchange=exchange,
+    )  # fmt: skip
+    assert sent[-1]["body"] == b"ok"
+    return exchange.status
+
+
+def test_a_pooled_connection_idle_too_long_is_dropped_rather_than_reused() -> None:
+    """Reusing a connection the upstream may be closing (its keep-alive timeout) would
+    race it; the pool drops connections idle longer than ``idle_seconds`` instead."""
+    upstream = KeepAliveUpstream()
+
+    async def scenario() -> list[int]:
+        client = UpstreamClient(UpstreamConfig(url=upstream.url), 1024, idle_seconds=0.3)
+        await client.start()
+        counts = []
+        for pause in (0.0, 0.0, 0.5, 0.0):
+            await asyncio.sleep(pause)  # the idle time itself is what is tested
+            assert await _get(client) == 200
+            counts.append(upstream.connections)
+        await client.close()
+        return counts
+
+    try:
+        assert asyncio.run(scenario()) == [1, 1, 2, 2]
+    finally:
+        upstream.close()
 
 
 @pytest.fixture

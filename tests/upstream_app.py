@@ -9,6 +9,8 @@ Paths with special behaviour (everything else echoes):
 - ``/stream-forever``          streams until the client goes away; counts open streams
 - ``/respond-headers?name=value&...``  answers with those response headers
 - ``/truncate?bytes=N``        promises 2N bytes, sends N, and drops the connection
+- ``/stall?bytes=N``           promises 2N bytes, sends N, then sends nothing more until
+                               the connection goes away (counted in ``stalls_released``)
 - ``/duplex``                  answers after the first body chunk, before reading the rest;
                                the body it sends ends with the sha256 of all it read
 
@@ -70,6 +72,7 @@ class RecordingUpstream:
     open_streams: int = 0
     aborted: int = 0
     abandoned: int = 0
+    stalls_released: int = 0
     first_chunk: threading.Event = field(default_factory=threading.Event)
     release: threading.Event = field(default_factory=threading.Event)
 
@@ -77,6 +80,7 @@ class RecordingUpstream:
         self.received.clear()
         self.aborted = 0
         self.abandoned = 0
+        self.stalls_released = 0
         self.first_chunk.clear()
         self.release.clear()
 
@@ -136,6 +140,15 @@ class RecordingUpstream:
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             await send({"type": "http.response.body", "body": b"t" * size, "more_body": True})
             raise ConnectionAbortedError("upstream gave up mid-body (on purpose)")
+        if scope["path"] == "/stall":
+            size = int(params["bytes"])
+            headers = [(b"content-length", str(2 * size).encode())]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": b"s" * size, "more_body": True})
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            self.stalls_released += 1
+            return
         if scope["path"] == "/respond-headers":
             pairs = [(k.encode(), v.encode()) for k, v in parse_qsl(query)]
             await send({"type": "http.response.start", "status": 200, "headers": pairs})
