@@ -177,15 +177,21 @@ class AutoPipeline:
                 if not data:
                     raise redis_errors.ConnectionError("Redis closed the connection")
                 parser.feed(data)
+                demoted = False
                 while (reply := parser.gets()) is not False:
                     future = owed.popleft()
-                    if future.done():
-                        continue
                     if isinstance(reply, hiredis.ReplyError):
-                        future.set_exception(_error(reply))
-                    else:
+                        error = _error(reply)
+                        demoted |= isinstance(error, redis_errors.ReadOnlyError)
+                        if not future.done():
+                            future.set_exception(error)
+                    elif not future.done():
                         future.set_result(reply)
                 link.last_reply = time.monotonic()
+                if demoted:
+                    # This server became a replica (a failover): reconnect, and through
+                    # Sentinel reach the new master.
+                    raise redis_errors.ReadOnlyError("Redis is read-only")
         except asyncio.CancelledError:
             self._drop(link, redis_errors.ConnectionError("pipeline closed"))
             raise

@@ -143,3 +143,32 @@ def test_close_fails_commands_still_waiting(private_redis: RedisProcess) -> None
 def test_pack_matches_redis_py(args: tuple[object, ...]) -> None:
     connection = aioredis.Connection()
     assert pack(*args) == b"".join(connection.pack_command(*args))  # type: ignore[arg-type]
+
+
+def test_a_server_turned_replica_is_left_for_a_new_connection(tmp_path: Path) -> None:
+    """After a failover the old master answers READONLY: the pipeline must not keep
+    writing to it (it would fail every rate-limit check until a restart)."""
+    servers = [RedisProcess(tmp_path / name) for name in ("a", "b")]
+    for server in servers:
+        server.directory.mkdir()
+        server.start()
+    first, second = servers
+
+    async def scenario() -> None:
+        client = aioredis.Redis.from_url(first.url)
+        pipeline = AutoPipeline(client)
+        assert await pipeline.execute("INCR", "n") == 1
+        connection_before = await pipeline.execute("CLIENT", "ID")
+        first.client().execute_command("REPLICAOF", "127.0.0.1", second.port)
+        with pytest.raises(redis_errors.ReadOnlyError):
+            await pipeline.execute("INCR", "n")
+        first.client().execute_command("REPLICAOF", "NO", "ONE")
+        assert await pipeline.execute("CLIENT", "ID") != connection_before
+        await pipeline.close()
+        await client.aclose()
+
+    try:
+        run(scenario())
+    finally:
+        for server in servers:
+            server.stop()
