@@ -52,7 +52,11 @@ class ClusterNode:
         ]  # fmt: skip
         self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL)
         self.client = redis.Redis(host="127.0.0.1", port=self.port)
-        wait_until(self._up, timeout=10)
+        try:
+            wait_until(self._up, timeout=10)
+        except BaseException:
+            self.stop()
+            raise
 
     def _up(self) -> bool:
         try:
@@ -76,8 +80,9 @@ def cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Three masters sharing the 16384 slots, formed with CLUSTER ADDSLOTS and MEET (no
     redis-cli needed)."""
     base = tmp_path_factory.mktemp("cluster")
-    nodes = [ClusterNode(base / f"node{i}") for i in range(3)]
+    nodes: list[ClusterNode] = []
     try:
+        nodes += (ClusterNode(base / f"node{i}") for i in range(3))
         bounds = [0, SLOTS // 3, 2 * SLOTS // 3, SLOTS]
         for node, start, end in zip(nodes, bounds, bounds[1:], strict=False):
             node.client.execute_command("CLUSTER", "ADDSLOTS", *range(start, end))
