@@ -47,31 +47,12 @@ class DroppingUpstream:
             self.connections += 1
             threading.Thread(target=self._serve, args=(sock,), daemon=True).start()
 
-    def _serve(self, sock: socket.socket) -> None:
-        with sock:
-            data = b""
-            for answered in (True, False):
-                while b"\r\n\r\n" not in data:
-                    piece = sock.recv(65536)
-                    if not piece:
-                        return
-                    data += piece
-                head, _, data = data.partition(b"\r\n\r\n")
-                self.requests.append(head.split(b" ")[0])
-                if not answered:
-                    return  # closes the socket without answering
-                sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-
-    def close(self) -> None:
-        self._listener.close()
-
-
-class KeepAliveUpstream(DroppingUpstream):
-    """Answers every request on a connection and keeps it open."""
+    answers: int | None = 1  # per connection; the next request is dropped (None: never)
 
     def _serve(self, sock: socket.socket) -> None:
         with sock:
             data = b""
+            answered = 0
             while True:
                 while b"\r\n\r\n" not in data:
                     piece = sock.recv(65536)
@@ -80,7 +61,19 @@ class KeepAliveUpstream(DroppingUpstream):
                     data += piece
                 head, _, data = data.partition(b"\r\n\r\n")
                 self.requests.append(head.split(b" ")[0])
+                if answered == self.answers:
+                    return  # closes the socket without answering
                 sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                answered += 1
+
+    def close(self) -> None:
+        self._listener.close()
+
+
+class KeepAliveUpstream(DroppingUpstream):
+    """Answers every request on a connection and keeps it open."""
+
+    answers = None
 
 
 async def _get(client: UpstreamClient) -> int:
