@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import random
 import re
 from collections.abc import Iterable
@@ -24,8 +25,9 @@ _FORWARDED = frozenset(
 _RESPONSE_DROPPED = HOP_BY_HOP | {b"date", b"x-request-id"}
 _REQUEST_ID_SHAPE = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 # Request ids must be unique, not unguessable: a PRNG seeded from os.urandom per process
-# (workers are spawned, not forked) instead of uuid4's getrandom() call per request.
+# (and again in a forked child) instead of uuid4's getrandom() call per request.
 _ids = random.Random()
+os.register_at_fork(after_in_child=_ids.seed)
 
 
 def canonical(name: bytes) -> bytes:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any
 
@@ -243,3 +244,18 @@ def test_request_id_is_propagated_only_when_well_formed(incoming: bytes | None, 
     else:
         assert re.fullmatch(rb"[0-9a-f]{32}", result)
         assert request_id(incoming) != result  # freshly generated each time
+
+
+def test_generated_request_ids_differ_in_a_forked_child() -> None:
+    """Two processes forked from one must not hand out the same ids."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its next id and leave at once
+        os.write(write_end, request_id(None))
+        os._exit(0)
+    os.close(write_end)
+    os.waitpid(pid, 0)
+    child_id = os.read(read_end, 64)
+    os.close(read_end)
+    assert child_id != request_id(None)
+    assert re.fullmatch(rb"[0-9a-f]{32}", child_id)
