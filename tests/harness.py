@@ -87,6 +87,13 @@ class RedisProcess:
         # retry=None: redis-py otherwise retries a refused connection with backoff (~4 s).
         return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2, retry=None)
 
+    def __enter__(self) -> RedisProcess:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     def stop(self) -> None:
         if self._process is not None and self._process.poll() is None:
             self._process.kill()

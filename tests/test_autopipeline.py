@@ -7,6 +7,7 @@ import asyncio
 import os
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,11 +23,9 @@ INCR = "return redis.call('INCR', KEYS[1])"
 
 
 @pytest.fixture
-def private_redis(tmp_path: Path) -> RedisProcess:
-    server = RedisProcess(tmp_path)
-    server.start()
-    yield server  # type: ignore[misc]
-    server.stop()
+def private_redis(tmp_path: Path) -> Iterator[RedisProcess]:
+    with RedisProcess(tmp_path) as server:
+        yield server
 
 
 def run(coroutine: object) -> object:
@@ -148,13 +147,10 @@ def test_pack_matches_redis_py(args: tuple[object, ...]) -> None:
 def test_a_server_turned_replica_is_left_for_a_new_connection(tmp_path: Path) -> None:
     """After a failover the old master answers READONLY: the pipeline must not keep
     writing to it (it would fail every rate-limit check until a restart)."""
-    servers = [RedisProcess(tmp_path / name) for name in ("a", "b")]
-    for server in servers:
-        server.directory.mkdir()
-        server.start()
-    first, second = servers
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
 
-    async def scenario() -> None:
+    async def scenario(first: RedisProcess, second: RedisProcess) -> None:
         client = aioredis.Redis.from_url(first.url)
         pipeline = AutoPipeline(client)
         assert await pipeline.execute("INCR", "n") == 1
@@ -167,8 +163,5 @@ def test_a_server_turned_replica_is_left_for_a_new_connection(tmp_path: Path) ->
         await pipeline.close()
         await client.aclose()
 
-    try:
-        run(scenario())
-    finally:
-        for server in servers:
-            server.stop()
+    with RedisProcess(tmp_path / "a") as first, RedisProcess(tmp_path / "b") as second:
+        run(scenario(first, second))

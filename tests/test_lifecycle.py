@@ -109,12 +109,18 @@ def _serve(config: dict[str, Any], tmp_path: Path) -> subprocess.CompletedProces
     return subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
 
 
+def _serve_with_port_taken(
+    config: dict[str, Any], section: str, tmp_path: Path
+) -> subprocess.CompletedProcess[str]:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", config[section]["port"]))
+        taken.listen()
+        return _serve(config, tmp_path)
+
+
 def test_a_public_port_in_use_fails_fast_with_exit_1(config_for: Any, tmp_path: Path) -> None:
     config = config_for()
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", config["server"]["port"]))
-        taken.listen()
-        result = _serve(config, tmp_path)
+    result = _serve_with_port_taken(config, "server", tmp_path)
     assert result.returncode == 1
     assert (
         f"cannot listen on 127.0.0.1:{config['server']['port']} for the public listener "
@@ -124,10 +130,7 @@ def test_a_public_port_in_use_fails_fast_with_exit_1(config_for: Any, tmp_path: 
 
 def test_an_admin_port_in_use_fails_fast_with_exit_1(config_for: Any, tmp_path: Path) -> None:
     config = config_for()
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", config["admin"]["port"]))
-        taken.listen()
-        result = _serve(config, tmp_path)
+    result = _serve_with_port_taken(config, "admin", tmp_path)
     assert result.returncode == 1
     assert (
         f"cannot listen on 127.0.0.1:{config['admin']['port']} for the admin listener "

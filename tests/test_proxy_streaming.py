@@ -49,6 +49,22 @@ def connect(process: SidecarProcess) -> socket.socket:
     return socket.create_connection(("127.0.0.1", process.config["server"]["port"]), timeout=10)
 
 
+def post_raw(
+    process: SidecarProcess,
+    user: str,
+    headers: str,
+    body: bytes = b"",
+    target: str = "/api/v1/analysis/",
+) -> socket.socket:
+    """A POST written by hand on a new connection (``headers``: CRLF-terminated lines),
+    authenticated as ``user``; the caller reads the answer, or leaves."""
+    sock = connect(process)
+    token = Api(process.url).bearer(user)["Authorization"]
+    head = f"POST {target} HTTP/1.1\r\nHost: x\r\nAuthorization: {token}\r\n{headers}\r\n"
+    sock.sendall(head.encode() + body)
+    return sock
+
+
 def read_response(sock: socket.socket) -> tuple[int, bytes]:
     """Status and body of one response with a Content-Length."""
     data = b""
@@ -179,12 +195,7 @@ def test_a_chunked_upload_is_forwarded_intact(
 def test_content_length_over_the_limit_gets_413_and_nothing_reaches_the_upstream(
     small: SidecarProcess, recorder: RecordingUpstream, user: str
 ) -> None:
-    sock = connect(small)
-    token = Api(small.url).bearer(user)["Authorization"]
-    sock.sendall(
-        b"POST /api/v1/analysis/ HTTP/1.1\r\nHost: x\r\n"
-        + f"Authorization: {token}\r\nContent-Length: {LIMIT + 1}\r\n\r\n".encode()
-    )
+    sock = post_raw(small, user, f"Content-Length: {LIMIT + 1}\r\n")
     status, body = read_response(sock)  # answered before a single body byte was sent
     sock.close()
     assert status == 413
@@ -216,13 +227,7 @@ def test_a_chunked_body_growing_past_the_limit_gets_413_and_the_upstream_never_g
     completes, so the upstream can never act on it) and answers the client 413."""
     piece = b"y" * (256 * 1024)
     chunk = f"{len(piece):x}\r\n".encode() + piece + b"\r\n"
-    sock = connect(small)
-    token = Api(small.url).bearer(user)["Authorization"]
-    sock.sendall(
-        b"POST /api/v1/analysis/ HTTP/1.1\r\nHost: x\r\n"
-        + f"Authorization: {token}\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
-        + chunk * 3
-    )
+    sock = post_raw(small, user, "Transfer-Encoding: chunked\r\n", chunk * 3)
     assert recorder.first_chunk.wait(10)  # streaming: the upstream is already reading
     sock.sendall(chunk * 2 + b"0\r\n\r\n")  # now 1.25 MiB in all
     status, body = read_response(sock)
@@ -236,11 +241,11 @@ def test_a_chunked_body_growing_past_the_limit_gets_413_and_the_upstream_never_g
 def test_a_client_leaving_mid_upload_cuts_the_upstream_request_off(
     sidecar: SidecarProcess, recorder: RecordingUpstream, user: str
 ) -> None:
-    token = Api(sidecar.url).bearer(user)["Authorization"]
-    sock = connect(sidecar)
-    sock.sendall(
-        b"POST /api/v1/analysis/ HTTP/1.1\r\nHost: x\r\nX-Request-ID: gone-mid-upload\r\n"
-        + f"Authorization: {token}\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\n".encode()
+    sock = post_raw(
+        sidecar,
+        user,
+        "X-Request-ID: gone-mid-upload\r\nTransfer-Encoding: chunked\r\n",
+        b"4\r\nabcd\r\n",
     )
     assert recorder.first_chunk.wait(10)
     sock.close()
@@ -256,14 +261,9 @@ def test_a_client_leaving_while_the_upstream_is_slow_to_answer_cuts_the_call_off
 ) -> None:
     """The upstream has the whole request and is still working on it: the sidecar
     notices the client leaving (within ~0.5 s) instead of waiting for the answer."""
-    token = Api(sidecar.url).bearer(user)["Authorization"]
     request_id = f"gone-while-slow-{len(body)}"
-    sock = connect(sidecar)
-    sock.sendall(
-        f"POST /hold?seconds=30 HTTP/1.1\r\nHost: x\r\nX-Request-ID: {request_id}\r\n"
-        f"Authorization: {token}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
-        + body
-    )
+    headers = f"X-Request-ID: {request_id}\r\nContent-Length: {len(body)}\r\n"
+    sock = post_raw(sidecar, user, headers, body, target="/hold?seconds=30")
     wait_until(lambda: len(recorder.received) == 1, timeout=10)
     sock.close()
     wait_until(lambda: recorder.abandoned == 1, timeout=5)
@@ -319,13 +319,8 @@ def test_expect_100_continue_is_honoured(
     sidecar: SidecarProcess, recorder: RecordingUpstream, user: str
 ) -> None:
     """As curl does for bodies over 1 MB: headers first, the body only after a 100."""
-    token = Api(sidecar.url).bearer(user)["Authorization"]
     body = b"b" * 100_000
-    sock = connect(sidecar)
-    sock.sendall(
-        b"POST /api/v1/analysis/ HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
-        + f"Authorization: {token}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
-    )
+    sock = post_raw(sidecar, user, f"Expect: 100-continue\r\nContent-Length: {len(body)}\r\n")
     interim = b""
     while b"\r\n\r\n" not in interim:
         piece = sock.recv(1)
@@ -342,12 +337,7 @@ def test_expect_100_continue_is_honoured(
 def test_expect_100_continue_over_the_limit_gets_413_without_a_100(
     small: SidecarProcess, recorder: RecordingUpstream, user: str
 ) -> None:
-    token = Api(small.url).bearer(user)["Authorization"]
-    sock = connect(small)
-    sock.sendall(
-        b"POST /api/v1/analysis/ HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
-        + f"Authorization: {token}\r\nContent-Length: {LIMIT + 1}\r\n\r\n".encode()
-    )
+    sock = post_raw(small, user, f"Expect: 100-continue\r\nContent-Length: {LIMIT + 1}\r\n")
     status, _ = read_response(sock)
     sock.close()
     assert status == 413

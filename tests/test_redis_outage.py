@@ -27,10 +27,8 @@ RETRY_AFTER = 3
 
 @pytest.fixture
 def own_redis(tmp_path: Path) -> Iterator[RedisProcess]:
-    server = RedisProcess(tmp_path, persistent=True)
-    server.start()
-    yield server
-    server.stop()
+    with RedisProcess(tmp_path, persistent=True) as server:
+        yield server
 
 
 @pytest.fixture
