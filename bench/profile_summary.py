@@ -15,7 +15,10 @@ from dataclasses import dataclass
 
 # (component, path fragments), checked in order for each frame.
 COMPONENTS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("sidecar: access log (accesslog.py)", ("/sidecar/accesslog.py",)),
+    (
+        "sidecar: access log (accesslog.py, logsetup.py, timeutil.py)",
+        ("/sidecar/accesslog.py", "/sidecar/logsetup.py", "/sidecar/timeutil.py"),
+    ),
     ("sidecar: metrics (metrics.py)", ("/sidecar/metrics.py",)),
     (
         "sidecar: rate limiter (ratelimit.py, autopipeline.py)",
@@ -31,7 +34,7 @@ COMPONENTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("starlette", ("/starlette/",)),
 )
 # Entry points that sit at the root of every stack: never charged.
-NEUTRAL = ("/sidecar/server.py", "/sidecar/cli.py", "/sidecar/__main__.py")
+NEUTRAL = ("/sidecar/server.py", "/sidecar/serving.py", "/sidecar/cli.py", "/sidecar/__main__.py")
 EVENT_LOOP = "event loop (asyncio/uvloop, C callbacks)"
 _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
 

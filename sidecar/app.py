@@ -11,15 +11,14 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import MutableMapping
-from typing import Any
 
 from redis.asyncio import Redis
+from starlette.types import Message, Receive, Scope, Send
 
 from sidecar.accesslog import AccessLog
 from sidecar.authn import Authenticator
 from sidecar.config import Config
-from sidecar.errors import SidecarError
+from sidecar.errors import CLIENT_CLOSED, SidecarError
 from sidecar.gateway import Gateway
 from sidecar.headers import HeaderRules, request_id
 from sidecar.jwt_auth import JwtVerifier
@@ -30,7 +29,7 @@ from sidecar.keys_api import KeysApi
 from sidecar.metrics import Metrics
 from sidecar.observe import RequestRecord
 from sidecar.paths import PrefixMatcher, normalise
-from sidecar.proxy import ClientGone, Receive, Send, UpstreamClient
+from sidecar.proxy import ClientGone, UpstreamClient
 from sidecar.ratelimit import limiter_for
 from sidecar.redis_conn import connect
 from sidecar.revocations import RevocationListener
@@ -122,7 +121,7 @@ class Sidecar:
         await self.limiter.close()
         await self.redis.aclose()
 
-    async def __call__(self, scope: MutableMapping[str, Any], receive: Receive, send: Send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
             await self._http(scope, receive, send)
@@ -131,7 +130,7 @@ class Sidecar:
         elif kind == "websocket":
             await send({"type": "websocket.close", "code": 1003})
 
-    async def _http(self, scope: MutableMapping[str, Any], receive: Receive, send: Send) -> None:
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         incoming_id = None
         for name, value in scope["headers"]:
             if name.lower() == b"x-request-id":
@@ -163,7 +162,7 @@ class Sidecar:
             if not record.responded:
                 await _send_error(send, exc, rid)
         except ClientGone:
-            record.status = 499
+            record.status = CLIENT_CLOSED
         except Exception:
             log.exception("unhandled error on %s %s", record.method, record.path)
             record.status = 500
@@ -203,7 +202,7 @@ class _Started:
         self._request_id = rid
         self._record = record
 
-    async def __call__(self, message: MutableMapping[str, Any]) -> None:
+    async def __call__(self, message: Message) -> None:
         if message["type"] == "http.response.start":
             self._record.responded = True
             headers = list(message.get("headers", []))

@@ -11,11 +11,12 @@ import time
 from typing import NamedTuple
 
 from sidecar import keyformat
+from sidecar.domain import VerifiedKey
 from sidecar.errors import NotAuthenticated, StoreUnavailable
 from sidecar.jwt_auth import JwtVerifier
 from sidecar.keycache import KeyCache
 from sidecar.keyhash import KeyHasher
-from sidecar.store import KeyStore, VerifiedKey
+from sidecar.store import KeyStore
 from sidecar.usage import UsageTracker
 
 API_KEY = "api_key"

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import re
 import sys
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -21,13 +20,17 @@ import yaml
 
 from sidecar import config as config_module
 from sidecar.config import Config, ConfigError
+from sidecar.domain import (
+    MAX_DESCRIPTION,
+    USER_ID_RULE,
+    expired_json,
+    key_list_json,
+    valid_user_id,
+)
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 DEFAULT_CONFIG = "config/sidecar.yaml"
 EXIT_CODES = "exit codes: 0 ok, 1 runtime failure, 2 usage error or invalid configuration"
-# The same rules as the HTTP API: user ids as accepted from a JWT, descriptions as in POST.
-_USER_ID = re.compile(r"[\x21-\x7e]{1,256}")
-_MAX_DESCRIPTION = 500
 
 
 class _Usage(Exception):
@@ -110,7 +113,7 @@ def _parser() -> argparse.ArgumentParser:
     actions = keys.add_subparsers(metavar="ACTION", required=True)
     create = command(actions, "create", "create a key for a user (prints it once)", _keys_create)
     create.add_argument("--user", required=True, help="the user id the key belongs to")
-    create.add_argument("--description", help="free text, at most 500 characters")
+    create.add_argument("--description", help=f"free text, at most {MAX_DESCRIPTION} characters")
     listing = command(actions, "list", "list a user's keys, newest first", _keys_list)
     listing.add_argument("--user", required=True)
     listing.add_argument(
@@ -172,25 +175,20 @@ def _token(config: Config, args: argparse.Namespace) -> int:
 
 
 def _user(value: str) -> str:
-    if not _USER_ID.fullmatch(value):
-        raise _Usage("a user id is 1 to 256 printable ASCII characters, without spaces")
+    # The same rule as the HTTP API applies to a JWT's user id.
+    if not valid_user_id(value):
+        raise _Usage(USER_ID_RULE)
     return value
 
 
 def _keys_create(config: Config, args: argparse.Namespace) -> int:
     user = _user(args.user)
-    if args.description is not None and len(args.description) > _MAX_DESCRIPTION:
-        raise _Usage(f"--description is longer than {_MAX_DESCRIPTION} characters")
+    if args.description is not None and len(args.description) > MAX_DESCRIPTION:
+        raise _Usage(f"--description is longer than {MAX_DESCRIPTION} characters")
 
     async def action(store: Any) -> Any:
         created = await store.create(user, args.description)
-        return {
-            "id": created.id,
-            "api_key": created.api_key,
-            "key_prefix": created.key_prefix,
-            "description": created.description,
-            "created_at": created.created_at,
-        }
+        return created.as_json()
 
     return _with_store(config, action)
 
@@ -199,8 +197,7 @@ def _keys_list(config: Config, args: argparse.Namespace) -> int:
     user = _user(args.user)
 
     async def action(store: Any) -> Any:
-        keys = await store.list(user, args.include_expired)
-        return {"api_keys": keys, "total": len(keys)}
+        return key_list_json(await store.list(user, args.include_expired))
 
     return _with_store(config, action)
 
@@ -213,7 +210,7 @@ def _keys_revoke(config: Config, args: argparse.Namespace) -> int:
 
     async def action(store: Any) -> Any:
         await store.revoke(key_id, None)
-        return {"message": "API key expired successfully", "success": True}
+        return expired_json()
 
     return _with_store(config, action)
 

@@ -21,6 +21,8 @@ from typing import Any
 import orjson
 
 UNAUTHENTICATED_DETAIL = "Could not validate credentials"
+# Recorded (never sent) when the client went away before its response was complete, as nginx.
+CLIENT_CLOSED = 499
 
 
 class SidecarError(Exception):

@@ -7,15 +7,12 @@ the benchmark. It streams the request body through a hash, so any size works.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import MutableMapping
-from typing import Any
 
 import orjson
+from starlette.types import Receive, Scope, Send
 
-from sidecar.proxy import Receive, Send
 
-
-async def echo_app(scope: MutableMapping[str, Any], receive: Receive, send: Send) -> None:
+async def echo_app(scope: Scope, receive: Receive, send: Send) -> None:
     if scope["type"] != "http":
         return
     digest = hashlib.sha256()

@@ -6,16 +6,17 @@ Raw ASGI (no Starlette response machinery) because this is the hot path.
 from __future__ import annotations
 
 import time
-from collections.abc import MutableMapping
-from typing import Any
+
+from starlette.types import Receive, Scope, Send
 
 from sidecar.authn import JWT, Authenticator, Identity, credential_from
+from sidecar.domain import key_prefix
 from sidecar.errors import NotAuthenticated, StoreUnavailable
 from sidecar.headers import HeaderRules, Headers
 from sidecar.keyformat import looks_like_api_key
 from sidecar.observe import RequestRecord
 from sidecar.paths import PrefixMatcher, upstream_path
-from sidecar.proxy import Exchange, Receive, Send, UpstreamClient
+from sidecar.proxy import Exchange, UpstreamClient
 from sidecar.ratelimit import RateLimiter
 
 
@@ -37,7 +38,7 @@ class Gateway:
 
     async def handle(
         self,
-        scope: MutableMapping[str, Any],
+        scope: Scope,
         receive: Receive,
         send: Send,
         *,
@@ -119,7 +120,7 @@ class Gateway:
         except NotAuthenticated as exc:
             record.auth_outcome = exc.reason
             if credential is not None and exc.reason in _WELL_FORMED_KEY_REJECTED:
-                record.key_prefix = credential.value[:14]  # public; tells ops which key
+                record.key_prefix = key_prefix(credential.value)  # public; tells ops which key
             raise
         except StoreUnavailable:
             record.auth_outcome = "store_unavailable"

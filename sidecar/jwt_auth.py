@@ -8,7 +8,6 @@ validation enforces that), so algorithm confusion cannot happen.
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from pathlib import Path
 from typing import Any
@@ -17,11 +16,9 @@ import jwt
 import jwt.types
 
 from sidecar.config import HMAC_ALGORITHMS, JwtConfig
+from sidecar.domain import valid_user_id
 from sidecar.errors import NotAuthenticated
 from sidecar.keyformat import looks_like_api_key
-
-_USER_ID = re.compile(r"[\x21-\x7e]{1,256}")  # printable ASCII, no spaces or controls
-
 
 _REMEMBER_SECONDS = 60.0
 _REMEMBER_AT_MOST = 10_000
@@ -90,7 +87,7 @@ class JwtVerifier:
         if not isinstance(subject, (str, int)) or isinstance(subject, bool):
             raise NotAuthenticated("jwt_invalid")
         user_id = str(subject)
-        if not _USER_ID.fullmatch(user_id):  # it becomes a header value and a Redis key part
+        if not valid_user_id(user_id):  # it becomes a header value and a Redis key part
             raise NotAuthenticated("jwt_invalid")
         return user_id, float(claims["exp"]) + self._leeway
 

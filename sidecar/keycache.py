@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from sidecar.store import VerifiedKey
+from sidecar.domain import VerifiedKey
 
 V = TypeVar("V")
 

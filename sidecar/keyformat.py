@@ -11,13 +11,14 @@ import secrets
 import zlib
 from dataclasses import dataclass
 
+from sidecar.domain import key_prefix
+
 ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 ENVIRONMENT = "live"
 KEY_BODY_PREFIX = f"sk_{ENVIRONMENT}_"
 RANDOM_LENGTH = 42
 CHECKSUM_LENGTH = 6
 KEY_LENGTH = len(KEY_BODY_PREFIX) + RANDOM_LENGTH + CHECKSUM_LENGTH  # 56
-PREFIX_LENGTH = 14
 
 _SHAPE = re.compile(rf"sk_{ENVIRONMENT}_[0-9A-Za-z]{{{RANDOM_LENGTH + CHECKSUM_LENGTH}}}")
 
@@ -70,4 +71,4 @@ def parse(value: str) -> ParsedKey | None:
     body, check = value[:-CHECKSUM_LENGTH], value[-CHECKSUM_LENGTH:]
     if checksum(body) != check:
         return None
-    return ParsedKey(key=value, prefix=value[:PREFIX_LENGTH])
+    return ParsedKey(key=value, prefix=key_prefix(value))

@@ -13,7 +13,8 @@ from starlette.responses import Response
 from starlette.routing import Route, Router
 
 from sidecar.authn import Authenticator, credential_from
-from sidecar.errors import PayloadTooLarge, RequestInvalid, SidecarError
+from sidecar.domain import MAX_DESCRIPTION, expired_json, key_list_json
+from sidecar.errors import PayloadTooLarge, RequestInvalid
 from sidecar.store import KeyStore
 
 PREFIX = "/api/v1/api-keys"
@@ -24,18 +25,11 @@ _UUID = TypeAdapter(UUID)
 
 class CreateKeyBody(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    description: str | None = Field(default=None, max_length=500)
+    description: str | None = Field(default=None, max_length=MAX_DESCRIPTION)
 
 
 def json_response(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
     return Response(orjson.dumps(body), status, headers, media_type="application/json")
-
-
-def error_response(exc: SidecarError) -> Response:
-    response = Response(exc.body(), exc.status, media_type="application/json")
-    for name, value in exc.headers():
-        response.headers.append(name.decode(), value.decode())
-    return response
 
 
 def _errors(exc: ValidationError, *where: str) -> list[dict[str, Any]]:
@@ -71,27 +65,22 @@ class KeysApi:
         )
         return await self._auth.jwt_only(credential)
 
+    # A SidecarError raised here propagates to app.py, which renders every error.
     async def _collection(self, request: Request) -> Response:
-        try:
-            user_id = await self._user(request)
-            if request.method == "POST":
-                return await self._create(request, user_id)
-            return await self._list(request, user_id)
-        except SidecarError as exc:
-            return error_response(exc)
+        user_id = await self._user(request)
+        if request.method == "POST":
+            return await self._create(request, user_id)
+        return await self._list(request, user_id)
 
     async def _item(self, request: Request) -> Response:
+        user_id = await self._user(request)
+        raw_id = request.path_params["api_key_id"]
         try:
-            user_id = await self._user(request)
-            raw_id = request.path_params["api_key_id"]
-            try:
-                key_id = _UUID.validate_python(raw_id)
-            except ValidationError as exc:
-                raise RequestInvalid(_errors(exc, "path", "api_key_id")) from None
-            self._on_revoked(await self._store.revoke(str(key_id), user_id))
-            return json_response(200, {"message": "API key expired successfully", "success": True})
-        except SidecarError as exc:
-            return error_response(exc)
+            key_id = _UUID.validate_python(raw_id)
+        except ValidationError as exc:
+            raise RequestInvalid(_errors(exc, "path", "api_key_id")) from None
+        self._on_revoked(await self._store.revoke(str(key_id), user_id))
+        return json_response(200, expired_json())
 
     async def _create(self, request: Request, user_id: str) -> Response:
         body = await _read_limited(request, _MAX_CREATE_BODY)
@@ -116,16 +105,7 @@ class KeysApi:
         except ValidationError as exc:
             raise RequestInvalid(_errors(exc, "body")) from None
         created = await self._store.create(user_id, parsed.description)
-        return json_response(
-            201,
-            {
-                "id": created.id,
-                "api_key": created.api_key,
-                "key_prefix": created.key_prefix,
-                "description": created.description,
-                "created_at": created.created_at,
-            },
-        )
+        return json_response(201, created.as_json())
 
     async def _list(self, request: Request, user_id: str) -> Response:
         raw = request.query_params.get("include_expired", "false")
@@ -133,8 +113,7 @@ class KeysApi:
             include_expired = _BOOL.validate_python(raw)
         except ValidationError as exc:
             raise RequestInvalid(_errors(exc, "query", "include_expired")) from None
-        keys = await self._store.list(user_id, include_expired)
-        return json_response(200, {"api_keys": keys, "total": len(keys)})
+        return json_response(200, key_list_json(await self._store.list(user_id, include_expired)))
 
 
 async def _read_limited(request: Request, limit: int) -> bytes:

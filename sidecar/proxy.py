@@ -22,13 +22,21 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import NamedTuple
 from urllib.parse import urlsplit
 
+from starlette.types import Receive, Send
+
 from sidecar.config import UpstreamConfig
-from sidecar.errors import PayloadTooLarge, SidecarError, UpstreamTimeout, UpstreamUnavailable
+from sidecar.errors import (
+    CLIENT_CLOSED,
+    PayloadTooLarge,
+    SidecarError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 from sidecar.headers import HeaderRules, Headers
 from sidecar.upstream_conn import (
     LAST_CHUNK,
@@ -37,9 +45,6 @@ from sidecar.upstream_conn import (
     chunk,
     request_head,
 )
-
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 # Responses larger than this (or of unknown size) get a task that watches for the
 # client going away, so a long download stops pulling from the upstream at once.
@@ -55,7 +60,6 @@ _WHOLE_AT_MOST = 64 * 1024
 # Idle pooled connections older than this are dropped rather than reused: below the
 # 5 s keep-alive timeout of uvicorn and Node, so we rarely race the upstream's close.
 _IDLE_SECONDS = 4.0
-CLIENT_CLOSED = 499  # status recorded when the client went away mid-response (as nginx)
 _FAILURES = (OSError, *PARSE_ERRORS)  # TimeoutError and ssl.SSLError are OSErrors
 
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -36,6 +35,7 @@ from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
 from sidecar import keyformat
+from sidecar.domain import CreatedKey, VerifiedKey, key_prefix
 from sidecar.errors import KeyLimitReached, KeyNotFound, StoreUnavailable
 from sidecar.keyhash import KeyHasher
 from sidecar.timeutil import now_iso, parse_iso, to_iso
@@ -92,32 +92,6 @@ def prefix_index_key(prefix: str) -> str:
     return f"{NAMESPACE}:prefix:{prefix}"
 
 
-@dataclass(frozen=True, slots=True)
-class VerifiedKey:
-    """What verification learns about a key; holds no secret."""
-
-    id: str
-    user_id: str
-    prefix: str
-    active: bool
-    expires_at: float | None  # epoch seconds
-
-    def usable_at(self, now: float) -> bool:
-        return self.active and (self.expires_at is None or now < self.expires_at)
-
-
-@dataclass(frozen=True, slots=True)
-class CreatedKey:
-    id: str
-    api_key: str
-    key_prefix: str
-    description: str | None
-    created_at: str
-
-    def __repr__(self) -> str:
-        return f"CreatedKey(id={self.id!r}, key_prefix={self.key_prefix!r})"
-
-
 class KeyStore:
     def __init__(
         self,
@@ -143,7 +117,7 @@ class KeyStore:
 
     async def create(self, user_id: str, description: str | None) -> CreatedKey:
         api_key = self._generate()
-        prefix = api_key[: keyformat.PREFIX_LENGTH]
+        prefix = key_prefix(api_key)
         key_hash = self._hasher.hash(api_key)
         key_id = str(uuid.uuid4())
         moment = datetime.now(UTC)

@@ -22,6 +22,7 @@ import multiprocessing
 import os
 import shutil
 import signal
+import socket
 import tempfile
 import time
 from collections.abc import Iterator
@@ -31,9 +32,23 @@ from multiprocessing.process import BaseProcess
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
 
+from sidecar import logsetup
+from sidecar.app import Sidecar
 from sidecar.config import Config
+from sidecar.proxy import UpstreamClient
+from sidecar.redis_conn import connect
+from sidecar.serving import (
+    Server,
+    admin_listener,
+    bind,
+    log_listening,
+    run_loop,
+    uvicorn_config,
+    warn_if_redis_down,
+)
 
 log = logging.getLogger("sidecar")
 
@@ -44,9 +59,9 @@ _RESPAWN_DELAY = 1.0
 _SYNC_EVERY = 1.0
 
 
-def supervise(config: Config, redis_url: str, admin_sock: object, *, example_upstream: bool) -> int:
-    from sidecar.server import run_loop
-
+def supervise(
+    config: Config, redis_url: str, admin_sock: socket.socket, *, example_upstream: bool
+) -> int:
     metrics_dir = tempfile.mkdtemp(prefix="callcov-sidecar-metrics-")
     # Read by prometheus-client when a worker imports it: set before any worker starts.
     os.environ[_METRICS_ENV] = metrics_dir
@@ -82,20 +97,7 @@ class Supervisor:
         self._restarts = 0
         self._stopping = asyncio.Event()
 
-    async def run(self, admin_sock: object, example_upstream: bool) -> int:
-        from prometheus_client.multiprocess import MultiProcessCollector
-
-        from sidecar.admin import build_admin_app
-        from sidecar.proxy import UpstreamClient
-        from sidecar.redis_conn import connect
-        from sidecar.server import (
-            Server,
-            example_upstream_server,
-            log_listening,
-            uvicorn_config,
-            warn_if_redis_down,
-        )
-
+    async def run(self, admin_sock: socket.socket, example_upstream: bool) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopping.set)
@@ -104,31 +106,25 @@ class Supervisor:
         registry = CollectorRegistry()
         MultiProcessCollector(registry, path=self._metrics_dir)  # type: ignore[no-untyped-call]
         registry.register(_WorkerCollector(self))
-        admin_app = build_admin_app(
-            redis=redis,
-            upstream=UpstreamClient(config.upstream, config.server.max_body_bytes),
-            scrape=lambda: generate_latest(registry),
-            problems=self._problems,
-        )
-        helpers = [Server(uvicorn_config(admin_app, config), handle_signals=False)]
-        if example_upstream:
-            helpers.append(example_upstream_server(config))
-        helper_tasks: list[asyncio.Task[None]] = []
         try:
             await warn_if_redis_down(redis)
             if not await self._start_all():
                 told_to_stop = self._stopping.is_set()
                 status = await self._stop_all()
                 return status if told_to_stop else 1
-            helper_tasks.append(asyncio.create_task(helpers[0].serve(sockets=[admin_sock])))  # type: ignore[list-item]
-            helper_tasks += [asyncio.create_task(h.serve()) for h in helpers[1:]]
-            log_listening(config)
-            await self._watch()
-            return await self._stop_all()
+            async with admin_listener(
+                config,
+                admin_sock,
+                redis=redis,
+                upstream=UpstreamClient(config.upstream, config.server.max_body_bytes),
+                scrape=lambda: generate_latest(registry),
+                problems=self._problems,
+                example_upstream=example_upstream,
+            ):
+                log_listening(config)
+                await self._watch()
+                return await self._stop_all()
         finally:
-            for helper in helpers:
-                helper.should_exit = True
-            await asyncio.gather(*helper_tasks, return_exceptions=True)
             await redis.aclose()
 
     def _problems(self) -> list[str]:
@@ -214,8 +210,6 @@ class Supervisor:
         return status
 
     def _forget(self, worker: _Worker) -> None:
-        from prometheus_client.multiprocess import mark_process_dead
-
         worker.ready.close()
         if worker.process.pid is not None:
             mark_process_dead(worker.process.pid, self._metrics_dir)  # type: ignore[no-untyped-call]
@@ -238,19 +232,13 @@ class _WorkerCollector(Collector):
 
 def worker_main(config: Config, redis_url: str, ready: Connection, supervisor_pid: int) -> None:
     """A worker process's entry point (spawned: a fresh interpreter)."""
-    from sidecar import accesslog
-    from sidecar.server import run_loop
-
-    accesslog.configure(config.logging.level)
+    logsetup.configure(config.logging.level)
     raise SystemExit(run_loop(_serve_worker(config, redis_url, ready, supervisor_pid)))
 
 
 async def _serve_worker(
     config: Config, redis_url: str, ready: Connection, supervisor_pid: int
 ) -> int:
-    from sidecar.app import Sidecar
-    from sidecar.server import Server, bind, uvicorn_config
-
     sock = bind(config.server.host, config.server.port, reuse_port=True)
     sidecar = Sidecar(config, redis_url)
 

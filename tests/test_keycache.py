@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import pytest
 
+from sidecar.domain import VerifiedKey
 from sidecar.keycache import KeyCache
-from sidecar.store import VerifiedKey
 
 KEY = VerifiedKey(id="id-1", user_id="u", prefix="sk_live_abcdef", active=True, expires_at=None)
 

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from sidecar import accesslog, keyformat
-from sidecar.accesslog import JsonFormatter, RedactingFilter, redact
+from sidecar import accesslog, keyformat, logsetup
+from sidecar.logsetup import JsonFormatter, RedactingFilter, redact
 from tests.conftest import Api, make_token
 from tests.harness import SidecarProcess, leaked_secrets, remember_secret, wait_until
 
@@ -109,10 +109,10 @@ def test_a_message_with_broken_arguments_is_still_redacted() -> None:
 
 @pytest.fixture
 def configured() -> Iterator[io.StringIO]:
-    """accesslog.configure() on the real root logger, writing to a buffer."""
+    """logsetup.configure() on the real root logger, writing to a buffer."""
     root = logging.getLogger()
     saved = (root.handlers[:], root.level)
-    accesslog.configure("INFO")
+    logsetup.configure("INFO")
     stream = io.StringIO()
     handler = root.handlers[0]
     assert isinstance(handler, logging.StreamHandler)

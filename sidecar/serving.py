@@ -1,0 +1,170 @@
+"""uvicorn plumbing shared by the single-process server (server.py) and the workers
+(workers.py): the Server with the sidecar's signal handling, sockets, uvicorn settings,
+the event loop, and the admin listener with its helpers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import signal
+import socket
+import threading
+from collections.abc import AsyncIterator, Callable, Coroutine, Generator
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import uvicorn
+from redis.asyncio import Redis
+
+from sidecar.admin import build_admin_app
+from sidecar.config import Config
+from sidecar.proxy import UpstreamClient
+from sidecar.store import REDIS_ERRORS
+
+log = logging.getLogger("sidecar")
+
+_BACKLOG = 2048
+
+
+class Server(uvicorn.Server):
+    """uvicorn's server with the sidecar's signal handling: SIGTERM or SIGINT starts a
+    graceful shutdown (a second SIGINT forces it) and the process then exits normally.
+    (uvicorn re-raises the signal after shutting down, so the exit status would be 143.)"""
+
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        *,
+        handle_signals: bool = True,
+        on_started: Callable[[], None] | None = None,
+    ) -> None:
+        super().__init__(config)
+        self._handle_signals = handle_signals
+        self._on_started = on_started
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        if not self._handle_signals or threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        handled = (signal.SIGINT, signal.SIGTERM)
+        original = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
+        try:
+            yield
+        finally:
+            for sig, handler in original.items():
+                signal.signal(sig, handler)
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started and self._on_started is not None:
+            self._on_started()
+
+
+def bind(host: str, port: int, *, reuse_port: bool = False, listen: bool = True) -> socket.socket:
+    """A TCP socket bound to host:port; raises OSError (port in use, bad address)."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(address)
+        if listen:
+            sock.listen(_BACKLOG)
+    except OSError:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock
+
+
+def uvicorn_config(
+    app: Any, config: Config, *, lifespan: Literal["on", "off"] = "off"
+) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,
+        lifespan=lifespan,
+        http="httptools",
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        # X-Forwarded-* are honoured by headers.py, from server.trusted_proxies only;
+        # uvicorn would otherwise trust them from any loopback peer.
+        proxy_headers=False,
+        backlog=_BACKLOG,
+        timeout_graceful_shutdown=math.ceil(config.server.graceful_timeout_seconds),
+    )
+
+
+def run_loop(main: Coroutine[Any, Any, int]) -> int:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop ships with uvicorn[standard]
+        return asyncio.run(main)
+    return uvloop.run(main)
+
+
+@contextlib.asynccontextmanager
+async def admin_listener(
+    config: Config,
+    sock: socket.socket,
+    *,
+    redis: Redis,
+    upstream: UpstreamClient,
+    scrape: Callable[[], bytes],
+    problems: Callable[[], list[str]],
+    example_upstream: bool,
+) -> AsyncIterator[None]:
+    """Serve the admin app on ``sock`` (and the example upstream when asked) until the
+    block ends; then stop them."""
+    app = build_admin_app(redis=redis, upstream=upstream, scrape=scrape, problems=problems)
+    admin = Server(uvicorn_config(app, config), handle_signals=False)
+    helpers = [admin]
+    tasks = [asyncio.create_task(admin.serve(sockets=[sock]))]
+    if example_upstream:
+        helpers.append(example_upstream_server(config))
+        tasks.append(asyncio.create_task(helpers[-1].serve()))
+    try:
+        yield
+    finally:
+        for helper in helpers:
+            helper.should_exit = True
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def log_listening(config: Config) -> None:
+    server, admin = config.server, config.admin
+    log.info(
+        "listening: public http://%s:%d, admin http://%s:%d, %d worker(s)",
+        server.host, server.port, admin.host, admin.port, server.workers,
+    )  # fmt: skip
+
+
+def example_upstream_server(config: Config) -> Server:
+    from sidecar.example_upstream import echo_app
+
+    target = urlsplit(config.upstream.url)
+    settings = uvicorn.Config(
+        echo_app,
+        host=target.hostname or "127.0.0.1",
+        port=target.port or 80,
+        lifespan="off",
+        log_config=None,
+        access_log=False,
+    )
+    return Server(settings, handle_signals=False)
+
+
+async def warn_if_redis_down(redis: Redis) -> None:
+    """Start anyway: JWT traffic works without Redis, API-key requests get 503 with
+    Retry-After, /readyz says 503, and everything recovers when Redis is back."""
+    try:
+        await redis.ping()
+    except REDIS_ERRORS as exc:
+        reason = type(exc).__name__
+        log.warning("redis unreachable at start (%s); serving, /readyz reports 503", reason)
