@@ -55,6 +55,7 @@ class AccessLog:
             "auth_outcome": record.auth_outcome,
             "user_id": record.user_id,
             "key_prefix": record.key_prefix,
+            "would_deny": record.would_deny,
             "client": record.client,
             "bytes_in": record.bytes_in,
             "bytes_out": record.bytes_out,

@@ -81,6 +81,7 @@ class Sidecar:
             authenticator=self.authenticator,
             limiter=self.limiter,
             upstream=self.upstream,
+            report_only=report_only_matcher(config),
         )
         self._owned = PrefixMatcher((KEYS_PREFIX,))
         self.access_log = AccessLog() if config.logging.access_log else None
@@ -189,6 +190,14 @@ class Sidecar:
                 await self.shutdown()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+def report_only_matcher(config: Config) -> PrefixMatcher | None:
+    """Where refusals are only reported: everywhere (``auth.mode: report``), under
+    ``auth.report_only_paths``, or nowhere (None)."""
+    if config.auth.mode == "report":
+        return PrefixMatcher(("/",))
+    return PrefixMatcher(config.auth.report_only_paths) if config.auth.report_only_paths else None
 
 
 class _Started:

@@ -17,6 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
+from sidecar import signing_keys
 from sidecar.interpolate import interpolate
 
 MIB = 1024 * 1024
@@ -102,6 +103,8 @@ class AuthConfig(_Section):
     jwt: JwtConfig = JwtConfig()
     api_keys: ApiKeysConfig
     public_paths: tuple[str, ...] = ()
+    mode: Literal["enforce", "report"] = "enforce"
+    report_only_paths: tuple[str, ...] = ()
 
 
 class IdentityHeaders(_Section):
@@ -110,8 +113,29 @@ class IdentityHeaders(_Section):
     key_id: str = Field("X-CallCov-Key-Id", pattern=r"^[A-Za-z0-9-]+$")
 
 
+class AssertionConfig(_Section):
+    enabled: bool = False
+    header: str = Field("X-CallCov-Identity", pattern=r"^[A-Za-z0-9-]+$")
+    private_key_file: str | None = None
+    algorithm: Literal["EdDSA", "ES256"] = "EdDSA"
+    key_id: str | None = Field(None, min_length=1, max_length=200)
+    issuer: str = Field("callcov-sidecar", min_length=1)
+    audience: str = Field("callcov-upstream", min_length=1)
+    ttl_seconds: int = Field(60, ge=1, le=3600)
+    previous_public_key_files: tuple[str, ...] = ()
+
+
 class IdentityConfig(_Section):
     headers: IdentityHeaders = IdentityHeaders()
+    assertion: AssertionConfig = AssertionConfig()
+
+
+class ForwardAuthConfig(_Section):
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: Port = 8081
+    path_prefix: str | None = Field(None, pattern=r"^/")
+    cache_seconds: int = Field(0, ge=0, le=86400)
 
 
 class RateLimit(_Section):
@@ -122,6 +146,7 @@ class RateLimit(_Section):
 class RateRule(RateLimit):
     method: str | None = Field(None, pattern=r"^[A-Z]+$")
     path: str = Field(pattern=r"^/")
+    name: str | None = Field(None, pattern=r"^[\x20-\x7e]{1,100}$")
 
 
 class RateLimitsConfig(_Section):
@@ -129,6 +154,7 @@ class RateLimitsConfig(_Section):
     fail_open: bool = True
     default: RateLimit = RateLimit(requests=100, per_seconds=60)
     rules: tuple[RateRule, ...] = ()
+    headers: Literal["x-ratelimit", "ietf", "both"] = "x-ratelimit"
 
 
 class LoggingConfig(_Section):
@@ -144,6 +170,7 @@ class Config(_Section):
     auth: AuthConfig
     identity: IdentityConfig = IdentityConfig()
     rate_limits: RateLimitsConfig = RateLimitsConfig()
+    forward_auth: ForwardAuthConfig = ForwardAuthConfig()
     logging: LoggingConfig = LoggingConfig()
 
 
@@ -255,11 +282,8 @@ def _cross_field_problems(data: dict[str, Any]) -> list[str]:
         problems.append("auth.api_keys.hash_secret: must be at least 32 bytes")
     problems.extend(_url_problems(data))
     problems.extend(_listener_problems(data))
-    for i, path in enumerate(_get(data, "auth", "public_paths") or []):
-        if not isinstance(path, str) or not path.startswith("/"):
-            problems.append(f"auth.public_paths[{i}]: must be a path starting with /")
-        elif path.rstrip("/").lower() == "/api/v1/api-keys" or path == "/":
-            problems.append(f"auth.public_paths[{i}]: would make {path} unauthenticated")
+    problems.extend(_path_list_problems(data))
+    problems.extend(_assertion_problems(data))
     for i, proxy in enumerate(_get(data, "server", "trusted_proxies") or []):
         try:
             ipaddress.ip_network(str(proxy), strict=False)
@@ -317,16 +341,61 @@ def _redis_url_problem(url: str) -> str | None:
 
 
 def _listener_problems(data: dict[str, Any]) -> list[str]:
-    server, admin = _get(data, "server") or {}, _get(data, "admin") or {}
-    if not isinstance(server, dict) or not isinstance(admin, dict):
+    sections = {name: _get(data, name) or {} for name in ("server", "admin", "forward_auth")}
+    if not all(isinstance(section, dict) for section in sections.values()):
         return []
-    server_at = (server.get("host", "127.0.0.1"), server.get("port", 8080))
-    admin_at = (admin.get("host", "127.0.0.1"), admin.get("port", 9090))
+    defaults = {"server": 8080, "admin": 9090, "forward_auth": 8081}
+    listeners = [("server", sections["server"]), ("admin", sections["admin"])]
+    if sections["forward_auth"].get("enabled"):
+        listeners.append(("forward_auth", sections["forward_auth"]))
     wildcard = {"0.0.0.0", "::", ""}
-    same_host = server_at[0] == admin_at[0] or {server_at[0], admin_at[0]} & wildcard
-    if same_host and str(server_at[1]) == str(admin_at[1]):
-        return ["admin.port: must differ from server.port (the admin listener is separate)"]
-    return []
+    problems: list[str] = []
+    for i, (name, section) in enumerate(listeners):
+        host, port = section.get("host", "127.0.0.1"), section.get("port", defaults[name])
+        for other_name, other in listeners[:i]:
+            other_host = other.get("host", "127.0.0.1")
+            same_host = host == other_host or {host, other_host} & wildcard
+            if same_host and str(port) == str(other.get("port", defaults[other_name])):
+                problems.append(
+                    f"{name}.port: must differ from {other_name}.port "
+                    f"(the {name} listener is separate)"
+                )
+    return problems
+
+
+def _path_list_problems(data: dict[str, Any]) -> list[str]:
+    problems: list[str] = []
+    for i, path in enumerate(_get(data, "auth", "public_paths") or []):
+        if not isinstance(path, str) or not path.startswith("/"):
+            problems.append(f"auth.public_paths[{i}]: must be a path starting with /")
+        elif path.rstrip("/").lower() == "/api/v1/api-keys" or path == "/":
+            problems.append(f"auth.public_paths[{i}]: would make {path} unauthenticated")
+    for i, path in enumerate(_get(data, "auth", "report_only_paths") or []):
+        if not isinstance(path, str) or not path.startswith("/"):
+            problems.append(f"auth.report_only_paths[{i}]: must be a path starting with /")
+    return problems
+
+
+def _assertion_problems(data: dict[str, Any]) -> list[str]:
+    assertion = _get(data, "identity", "assertion")
+    if not isinstance(assertion, dict) or not assertion.get("enabled"):
+        return []
+    where = "identity.assertion"
+    problems: list[str] = []
+    key_file = assertion.get("private_key_file")
+    algorithm = assertion.get("algorithm", "EdDSA")
+    if not key_file:
+        problems.append(f"{where}.private_key_file: required when assertions are enabled")
+    elif isinstance(key_file, str) and algorithm in signing_keys.ALGORITHMS:
+        problem = signing_keys.private_key_problem(key_file, algorithm)
+        if problem is not None:
+            problems.append(f"{where}.private_key_file: {problem}")
+    previous = assertion.get("previous_public_key_files") or []
+    for i, path in enumerate(previous if isinstance(previous, list) else []):
+        problem = signing_keys.public_key_problem(str(path))
+        if problem is not None:
+            problems.append(f"{where}.previous_public_key_files[{i}]: {problem}")
+    return problems
 
 
 def mask_url(url: str) -> str:

@@ -1,4 +1,10 @@
-"""Every request the sidecar does not own: authenticate, rate-limit, forward.
+"""Every request the sidecar does not own: decide, then forward.
+
+``Gateway.decide`` is the one authorisation decision — public path, credential,
+authentication, rate limit, report-only mode — used by the proxy path here, by the
+forward-auth listener (forward_auth.py) and by anything else that admits a request.
+In enforce mode it raises the SidecarError the client gets; in report-only mode a
+401, 429 or 503 becomes a Decision with ``would_deny`` set and no identity.
 
 Raw ASGI (no Starlette response machinery) because this is the hot path.
 """
@@ -6,18 +12,33 @@ Raw ASGI (no Starlette response machinery) because this is the hot path.
 from __future__ import annotations
 
 import time
+from typing import NamedTuple
 
 from starlette.types import Receive, Scope, Send
 
 from sidecar.authn import JWT, Authenticator, Identity, credential_from
 from sidecar.domain import key_prefix
-from sidecar.errors import NotAuthenticated, StoreUnavailable
-from sidecar.headers import HeaderRules, Headers
+from sidecar.errors import NotAuthenticated, RateLimited, SidecarError, StoreUnavailable
+from sidecar.headers import WOULD_DENY, HeaderRules, Headers
 from sidecar.keyformat import looks_like_api_key
 from sidecar.observe import RequestRecord
 from sidecar.paths import PrefixMatcher, upstream_path
 from sidecar.proxy import Exchange, UpstreamClient
 from sidecar.ratelimit import RateLimiter
+
+# The refusals report-only mode turns into "forwarded, marked": 401, 429, and 503 for a
+# key that cannot be verified. Anything else (413, 502...) is not an auth decision.
+REPORTABLE = frozenset({401, 429, 503})
+
+
+class Decision(NamedTuple):
+    identity: Identity | None  # None: a public path, or a report-only would-be refusal
+    rate_headers: Headers  # for the client's response
+    would_deny: int | None = None  # report-only: the status enforce mode would answer
+    public: bool = False
+
+
+_PUBLIC = Decision(None, [], None, True)
 
 
 class Gateway:
@@ -29,12 +50,57 @@ class Gateway:
         authenticator: Authenticator,
         limiter: RateLimiter,
         upstream: UpstreamClient,
+        report_only: PrefixMatcher | None = None,
     ) -> None:
         self._rules = rules
         self._public = public_paths
         self._auth = authenticator
         self._limiter = limiter
         self._upstream = upstream
+        self._report_only = report_only
+
+    async def decide(
+        self,
+        method: str,
+        normalised: str,
+        *,
+        api_key: bytes | None,
+        authorization: bytes | None,
+        ambiguous: bool,
+        record: RequestRecord,
+    ) -> Decision:
+        """Admit or refuse ``method normalised`` with this credential; charges the rate
+        limit. Raises NotAuthenticated, RateLimited or StoreUnavailable to refuse."""
+        if self._public.matches(normalised):
+            return _PUBLIC
+        try:
+            if ambiguous:  # a credential header sent twice: which one would the upstream use?
+                record.auth_outcome = "ambiguous"
+                raise NotAuthenticated("ambiguous")
+            identity = await self._authenticate(api_key, authorization, record)
+            rate_headers = await self._limiter.admit(identity.user_id, method, normalised)
+        except SidecarError as exc:
+            if (
+                self._report_only is None
+                or exc.status not in REPORTABLE
+                or not self._report_only.matches(normalised)
+            ):
+                raise
+            record.would_deny = exc.status
+            rate_headers = exc.rate_headers if isinstance(exc, RateLimited) else []
+            return Decision(None, rate_headers, exc.status)
+        return Decision(identity, rate_headers)
+
+    def identity_headers(self, identity: Identity) -> Headers:
+        """The request headers that tell the upstream who is calling."""
+        rules = self._rules
+        out = [
+            (rules.user_id, identity.user_id.encode()),
+            (rules.auth_method, identity.method.encode()),
+        ]
+        if identity.key_id is not None:
+            out.append((rules.key_id, identity.key_id.encode()))
+        return out
 
     async def handle(
         self,
@@ -48,7 +114,7 @@ class Gateway:
     ) -> None:
         incoming: Headers = scope["headers"]
         api_key = authorization = None
-        ambiguous = False  # a credential header sent twice: which one would the upstream use?
+        ambiguous = False
         content_length: int | None = None
         chunked = False
         for name, value in incoming:
@@ -64,16 +130,18 @@ class Gateway:
             elif lowered == b"transfer-encoding":
                 chunked = True
         method: str = scope["method"]
-        response_headers: Headers = [(b"x-request-id", request_id)]
-        identity: Identity | None = None
-        if self._public.matches(normalised):
+        decision = await self.decide(
+            method,
+            normalised,
+            api_key=api_key,
+            authorization=authorization,
+            ambiguous=ambiguous,
+            record=record,
+        )
+        if decision.public:
             record.route = "public"
-        else:
-            if ambiguous:
-                record.auth_outcome = "ambiguous"
-                raise NotAuthenticated("ambiguous")
-            identity = await self._authenticate(api_key, authorization, record)
-            response_headers += await self._limiter.admit(identity.user_id, method, normalised)
+        identity = decision.identity
+        response_headers: Headers = [(b"x-request-id", request_id), *decision.rate_headers]
         outgoing = self._rules.upstream_request(
             incoming,
             forward_authorization=not ambiguous
@@ -84,10 +152,9 @@ class Gateway:
             request_id=request_id,
         )
         if identity is not None:
-            outgoing.append((self._rules.user_id, identity.user_id.encode()))
-            outgoing.append((self._rules.auth_method, identity.method.encode()))
-            if identity.key_id is not None:
-                outgoing.append((self._rules.key_id, identity.key_id.encode()))
+            outgoing += self.identity_headers(identity)
+        elif decision.would_deny is not None:
+            outgoing.append((WOULD_DENY, b"%d" % decision.would_deny))
         exchange = Exchange(response_headers)
         try:
             await self._upstream.forward(

@@ -22,6 +22,10 @@ HOP_BY_HOP = frozenset(
 _FORWARDED = frozenset(
     {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded"}
 )
+# Set by the sidecar only, so always stripped from what a client sends: the report-only
+# mark, and the signed identity assertion's default name (even with assertions off).
+WOULD_DENY = b"x-callcov-auth-would-deny"
+ASSERTION = b"x-callcov-identity"
 _RESPONSE_DROPPED = HOP_BY_HOP | {b"date", b"x-request-id"}
 _REQUEST_ID_SHAPE = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 # Request ids must be unique, not unguessable: a PRNG seeded from os.urandom per process
@@ -62,6 +66,7 @@ class HeaderRules:
         self.auth_method = names.auth_method.encode().lower()
         self.key_id = names.key_id.encode().lower()
         identity = {canonical(n) for n in (self.user_id, self.auth_method, self.key_id)}
+        identity |= {WOULD_DENY, ASSERTION, canonical(config.identity.assertion.header.encode())}
         self._always_dropped = frozenset(
             HOP_BY_HOP | identity | _FORWARDED | {b"x-api-key", b"host", b"x-request-id"}
         )

@@ -133,10 +133,18 @@ class Metrics:
             "Rate-limit checks that could not reach Redis",
             registry=r,
         )
+        self.report_only = Counter(
+            "sidecar_report_only",
+            "Report-only mode: requests forwarded that enforce mode would have refused, "
+            "by the status it would have sent (401, 429, 503)",
+            ["outcome"],
+            registry=r,
+        )
         self.in_flight = _Level()
         # Since the last sync(): (route, status) and (auth method, outcome) -> count.
         self._requests: dict[tuple[str, int], int] = {}
         self._auth: dict[tuple[str | None, str], int] = {}
+        self._report_only: dict[int, int] = {}
         self._auth_seconds = _Batch(self.auth_seconds)
         self._upstream_seconds = _Batch(self.upstream_seconds)
         self._sources: list[_Source] = []
@@ -147,6 +155,8 @@ class Metrics:
         if record.auth_outcome is not None:
             auth = (record.auth_method, record.auth_outcome)
             self._auth[auth] = self._auth.get(auth, 0) + 1
+        if record.would_deny is not None:
+            self._report_only[record.would_deny] = self._report_only.get(record.would_deny, 0) + 1
         if record.auth_seconds is not None:
             self._auth_seconds.observe(record.auth_seconds)
         if record.upstream_seconds is not None:
@@ -167,6 +177,9 @@ class Metrics:
         auths, self._auth = self._auth, {}
         for (method, outcome), n in auths.items():
             self.auth.labels(method or "none", outcome).inc(n)
+        reported, self._report_only = self._report_only, {}
+        for status, n in reported.items():
+            self.report_only.labels(str(status)).inc(n)
         self._auth_seconds.flush()
         self._upstream_seconds.flush()
         self.in_flight_gauge.set(self.in_flight.value)

@@ -22,5 +22,6 @@ class RequestRecord:
     auth_outcome: str | None = None  # "ok" or a NotAuthenticated reason / "store_unavailable"
     user_id: str | None = None
     key_prefix: str | None = None
+    would_deny: int | None = None  # report-only mode: the status enforce mode would have sent
     bytes_in: int = 0
     bytes_out: int = 0

@@ -165,8 +165,8 @@ def _request_record() -> Any:
 
 ACCESS_FIELDS = {
     "time", "request_id", "method", "path", "route", "status", "duration_ms", "upstream_ms",
-    "auth_method", "auth_outcome", "user_id", "key_prefix", "client", "bytes_in", "bytes_out",
-    "pid",
+    "auth_method", "auth_outcome", "user_id", "key_prefix", "would_deny", "client", "bytes_in",
+    "bytes_out", "pid",
 }  # fmt: skip
 
 
