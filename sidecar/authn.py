@@ -2,17 +2,24 @@
 
 Three outcomes, as in Starlette's authentication: an Identity, NotAuthenticated
 (with a machine-readable reason), or StoreUnavailable when an API key cannot be
-verified because Redis is down and the cache cannot vouch for it.
+verified because Redis is down and the cache cannot vouch for it. With the
+failed-auth limit on, a fourth: TooManyFailedAuth, decided before the Redis lookup.
+
+A canary key verifies like any key and then fails as ``canary``: to its user exactly
+an unknown key's 401, after the same Redis lookup an unknown key costs.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from typing import NamedTuple
 
 from sidecar import keyformat
+from sidecar.clientaddr import TrustedProxies
 from sidecar.domain import VerifiedKey
 from sidecar.errors import NotAuthenticated, StoreUnavailable
+from sidecar.failed_auth import FailedAuthLimiter
 from sidecar.jwt_auth import JwtVerifier
 from sidecar.keycache import KeyCache
 from sidecar.keyhash import KeyHasher
@@ -68,6 +75,8 @@ class Authenticator:
         jwt_verifier: JwtVerifier,
         usage: UsageTracker,
         retry_after: int,
+        failed_auth: FailedAuthLimiter | None = None,
+        proxies: TrustedProxies | None = None,
     ) -> None:
         self._store = store
         self._hasher = hasher
@@ -75,20 +84,38 @@ class Authenticator:
         self._jwt = jwt_verifier
         self._usage = usage
         self._retry_after = retry_after
+        self._failed = failed_auth
+        self._proxies = proxies or TrustedProxies(())
         self.cache_hits = 0
         self.cache_misses = 0
+        self.canary_hits = 0
 
-    async def authenticate(self, credential: Credential) -> Identity:
+    async def authenticate(
+        self,
+        credential: Credential,
+        *,
+        peer: str | None = None,
+        headers: Iterable[tuple[bytes, bytes]] = (),
+    ) -> Identity:
+        """``peer`` and ``headers`` say who the client is, for the failed-auth limit;
+        they are only looked at when that limit is on and the cache cannot answer."""
         if credential.kind == JWT:
             return Identity(await self._jwt.user_id(credential.value), JWT)
-        return await self._api_key(credential.value)
+        if self._failed is None:
+            return await self._api_key(credential.value, None)
+        client = _Client(self._proxies, peer, headers)
+        try:
+            return await self._api_key(credential.value, client)
+        except NotAuthenticated:
+            self._failed.failed(client.address())
+            raise
 
     async def jwt_only(self, credential: Credential) -> str:
         if credential.kind != JWT:
             raise NotAuthenticated("api_key_not_allowed")
         return await self._jwt.user_id(credential.value)
 
-    async def _api_key(self, value: str) -> Identity:
+    async def _api_key(self, value: str, client: _Client | None) -> Identity:
         parsed = keyformat.parse(value)
         if parsed is None:
             raise NotAuthenticated("malformed")
@@ -96,18 +123,26 @@ class Authenticator:
         key = self._cache.fresh(key_hash)
         if key is None:
             self.cache_misses += 1
-            key = await self._lookup(parsed, key_hash)
+            key = await self._lookup(parsed, key_hash, client)
         else:
             self.cache_hits += 1
+        if key.canary:
+            self.canary_hits += 1
+            raise NotAuthenticated("canary")
         now = time.time()
         if not key.usable_at(now):
             raise NotAuthenticated("revoked" if not key.active else "expired")
         self._usage.record(key.id)
         return Identity(key.user_id, API_KEY, key.id, key.prefix)
 
-    async def _lookup(self, parsed: keyformat.ParsedKey, key_hash: str) -> VerifiedKey:
+    async def _lookup(
+        self, parsed: keyformat.ParsedKey, key_hash: str, client: _Client | None
+    ) -> VerifiedKey:
         if self._cache.known_unknown(key_hash):
             raise NotAuthenticated("unknown")
+        if client is not None:
+            assert self._failed is not None
+            self._failed.admit(client.address())
         epoch = self._cache.epoch
         try:
             key = await self._store.verify(parsed, key_hash)
@@ -123,3 +158,25 @@ class Authenticator:
             raise NotAuthenticated("unknown")
         self._cache.put(key_hash, key, epoch)
         return key
+
+
+class _Client:
+    """The client's address, worked out (from the peer and X-Forwarded-For) only when
+    first needed: a request answered from the cache never needs it."""
+
+    __slots__ = ("_address", "_headers", "_peer", "_proxies", "_resolved")
+
+    def __init__(
+        self, proxies: TrustedProxies, peer: str | None, headers: Iterable[tuple[bytes, bytes]]
+    ) -> None:
+        self._proxies = proxies
+        self._peer = peer
+        self._headers = headers
+        self._address: str | None = None
+        self._resolved = False
+
+    def address(self) -> str | None:
+        if not self._resolved:
+            self._address = self._proxies.client(self._peer, self._headers)
+            self._resolved = True
+        return self._address

@@ -34,6 +34,7 @@ class VerifiedKey:
     prefix: str
     active: bool
     expires_at: float | None  # epoch seconds
+    canary: bool = False
 
     def usable_at(self, now: float) -> bool:
         return self.active and (self.expires_at is None or now < self.expires_at)

@@ -7,6 +7,7 @@
     ├── RequestInvalid          422  FastAPI-shaped validation errors
     ├── PayloadTooLarge         413  request body over server.max_body_bytes
     ├── RateLimited             429  over the matching rate-limit rule
+    ├── TooManyFailedAuth       429  the client failed authentication too often (with Retry-After)
     ├── StoreUnavailable        503  Redis could not be reached (with Retry-After)
     ├── UpstreamUnavailable     502  upstream refused or unreachable
     └── UpstreamTimeout         504  upstream did not answer in time
@@ -88,6 +89,18 @@ class RateLimited(SidecarError):
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         return [(b"retry-after", str(self.retry_after).encode()), *self.rate_headers]
+
+
+class TooManyFailedAuth(SidecarError):
+    status = 429
+    detail = "Too many failed authentication attempts"
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(retry_after)
+        self.retry_after = retry_after
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        return [(b"retry-after", str(self.retry_after).encode())]
 
 
 class StoreUnavailable(SidecarError):

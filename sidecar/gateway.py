@@ -11,14 +11,22 @@ Raw ASGI (no Starlette response machinery) because this is the hot path.
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Sequence
 from typing import NamedTuple
 
 from starlette.types import Receive, Scope, Send
 
 from sidecar.authn import JWT, Authenticator, Identity, credential_from
 from sidecar.domain import key_prefix
-from sidecar.errors import NotAuthenticated, RateLimited, SidecarError, StoreUnavailable
+from sidecar.errors import (
+    NotAuthenticated,
+    RateLimited,
+    SidecarError,
+    StoreUnavailable,
+    TooManyFailedAuth,
+)
 from sidecar.headers import WOULD_DENY, HeaderRules, Headers
 from sidecar.keyformat import looks_like_api_key
 from sidecar.observe import RequestRecord
@@ -39,6 +47,7 @@ class Decision(NamedTuple):
 
 
 _PUBLIC = Decision(None, [], None, True)
+log = logging.getLogger("sidecar.auth")
 
 
 class Gateway:
@@ -68,16 +77,19 @@ class Gateway:
         authorization: bytes | None,
         ambiguous: bool,
         record: RequestRecord,
+        headers: Sequence[tuple[bytes, bytes]] = (),
     ) -> Decision:
         """Admit or refuse ``method normalised`` with this credential; charges the rate
-        limit. Raises NotAuthenticated, RateLimited or StoreUnavailable to refuse."""
+        limit. Raises NotAuthenticated, RateLimited, TooManyFailedAuth or StoreUnavailable
+        to refuse. ``headers`` (the request's) tell who the client is behind a trusted
+        proxy, for the failed-auth limit."""
         if self._public.matches(normalised):
             return _PUBLIC
         try:
             if ambiguous:  # a credential header sent twice: which one would the upstream use?
                 record.auth_outcome = "ambiguous"
                 raise NotAuthenticated("ambiguous")
-            identity = await self._authenticate(api_key, authorization, record)
+            identity = await self._authenticate(api_key, authorization, headers, record)
             rate_headers = await self._limiter.admit(identity.user_id, method, normalised)
         except SidecarError as exc:
             if (
@@ -137,6 +149,7 @@ class Gateway:
             authorization=authorization,
             ambiguous=ambiguous,
             record=record,
+            headers=incoming,
         )
         if decision.public:
             record.route = "public"
@@ -176,21 +189,33 @@ class Gateway:
             record.upstream_seconds = exchange.upstream_seconds
 
     async def _authenticate(
-        self, api_key: bytes | None, authorization: bytes | None, record: RequestRecord
+        self,
+        api_key: bytes | None,
+        authorization: bytes | None,
+        incoming: Sequence[tuple[bytes, bytes]],
+        record: RequestRecord,
     ) -> Identity:
         started = time.perf_counter()
         credential = None
         try:
             credential = credential_from(api_key, authorization)
             record.auth_method = credential.kind
-            identity = await self._auth.authenticate(credential)
+            identity = await self._auth.authenticate(
+                credential, peer=record.client, headers=incoming
+            )
         except NotAuthenticated as exc:
             record.auth_outcome = exc.reason
             if credential is not None and exc.reason in _WELL_FORMED_KEY_REJECTED:
                 record.key_prefix = key_prefix(credential.value)  # public; tells ops which key
+                if exc.reason == "canary":
+                    client = self._rules.proxies.client(record.client, incoming)
+                    _report_canary(record, client)
             raise
         except StoreUnavailable:
             record.auth_outcome = "store_unavailable"
+            raise
+        except TooManyFailedAuth:
+            record.auth_outcome = "failed_auth_limited"
             raise
         finally:
             record.auth_seconds = time.perf_counter() - started
@@ -200,7 +225,19 @@ class Gateway:
         return identity
 
 
-_WELL_FORMED_KEY_REJECTED = frozenset({"unknown", "revoked", "expired"})
+_WELL_FORMED_KEY_REJECTED = frozenset({"unknown", "revoked", "expired", "canary"})
+
+
+def _report_canary(record: RequestRecord, client: str | None) -> None:
+    context = {
+        "key_prefix": record.key_prefix,
+        "client": client,
+        "peer": record.client,
+        "method": record.method,
+        "path": record.path,
+        "request_id": record.request_id,
+    }
+    log.warning("canary key used", extra={"context": context})
 
 
 def _may_forward(authorization: bytes | None) -> bool:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import random
 import re
 from collections.abc import Iterable
 
+from sidecar.clientaddr import TrustedProxies
 from sidecar.config import Config
 
 Headers = list[tuple[bytes, bytes]]
@@ -71,9 +71,7 @@ class HeaderRules:
             HOP_BY_HOP | identity | _FORWARDED | {b"x-api-key", b"host", b"x-request-id"}
         )
         self._forward_authorization = config.upstream.forward_authorization
-        self._trusted = tuple(
-            ipaddress.ip_network(p, strict=False) for p in config.server.trusted_proxies
-        )
+        self.proxies = TrustedProxies(config.server.trusted_proxies)
 
     def upstream_request(
         self,
@@ -94,7 +92,7 @@ class HeaderRules:
         out: Headers = []
         host = b""
         prior_for: list[bytes] = []
-        trusted = self._is_trusted(client)
+        trusted = self.proxies.is_trusted(client)
         prior_proto = prior_host = None
         for name, value in incoming:
             key = canonical(name)
@@ -131,12 +129,3 @@ class HeaderRules:
         out = [(n, v) for n, v in upstream if canonical(n) not in dropped]
         out.extend(ours)
         return out
-
-    def _is_trusted(self, client: str | None) -> bool:
-        if not self._trusted or client is None:
-            return False
-        try:
-            address = ipaddress.ip_address(client)
-        except ValueError:
-            return False
-        return any(address in network for network in self._trusted)

@@ -12,14 +12,20 @@ key                                         type    holds
                                                     created_at, updated_at, last_used_at, expires_at
 ``callcov:{callcov-keys}:user:<uid>:active`` SET    ids of the user's active keys (SCARD = limit)
 ``callcov:{callcov-keys}:user:<uid>:all``   ZSET    every id the user ever had, score = created µs
+``callcov:{callcov-keys}:user:<uid>:canary`` ZSET   the user's canary keys, score = created µs
 ``callcov:{callcov-keys}:prefix:<prefix>``  HASH    field = HMAC of the full key, value = JSON
-                                                    {id, user_id, hash, active, expires_at}: what
+                                                    {id, user_id, hash, active, expires_at,
+                                                    canary (only when true)}: what
                                                     verification needs, in one HGET
 ``callcov:revocations`` (pub/sub channel)  —       the HMAC of each revoked key, for cache eviction
 =========================================  ======  =============================================
 
 A prefix maps to a hash of entries, so any number of keys may share a prefix.
 The full key is never stored, only its keyed hash.
+
+A canary key (record field ``canary: 1``) is in the prefix index like any key, so it
+verifies like one, but in neither of the user's ``active`` nor ``all`` sets: it never
+counts against the limit and is never listed, except by ``list_canaries``.
 """
 
 from __future__ import annotations
@@ -86,6 +92,10 @@ def active_set_key(user_id: str) -> str:
 
 def all_keys_key(user_id: str) -> str:
     return f"{NAMESPACE}:user:{user_id}:all"
+
+
+def canary_keys_key(user_id: str) -> str:
+    return f"{NAMESPACE}:user:{user_id}:canary"
 
 
 def prefix_index_key(prefix: str) -> str:
