@@ -19,6 +19,7 @@ from sidecar.accesslog import AccessLog
 from sidecar.authn import Authenticator
 from sidecar.config import Config
 from sidecar.errors import CLIENT_CLOSED, SidecarError
+from sidecar.failed_auth import FailedAuthLimiter
 from sidecar.gateway import Gateway
 from sidecar.headers import HeaderRules, request_id
 from sidecar.jwt_auth import JwtVerifier
@@ -55,6 +56,13 @@ class Sidecar:
             stale_window=keys.stale_window_seconds,
         )
         self.usage = UsageTracker(self.store, keys.last_used_flush_seconds)
+        rules = HeaderRules(config)
+        failed = config.auth.failed_auth
+        self.failed_auth = (
+            FailedAuthLimiter(requests=failed.requests, per_seconds=failed.per_seconds)
+            if failed.enabled
+            else None
+        )
         self.authenticator = Authenticator(
             store=self.store,
             hasher=hasher,
@@ -62,6 +70,8 @@ class Sidecar:
             jwt_verifier=JwtVerifier(config.auth.jwt),
             usage=self.usage,
             retry_after=config.redis.retry_after_seconds,
+            failed_auth=self.failed_auth,
+            proxies=rules.proxies,
         )
         self.metrics = metrics or Metrics()
         self.listener = RevocationListener(
@@ -76,7 +86,7 @@ class Sidecar:
             on_store_error=self.metrics.rate_limit_store_errors.inc,
         )
         self.gateway = Gateway(
-            rules=HeaderRules(config),
+            rules=rules,
             public_paths=PrefixMatcher(config.auth.public_paths),
             authenticator=self.authenticator,
             limiter=self.limiter,
@@ -101,6 +111,15 @@ class Sidecar:
             "Redis operations that failed",
             lambda: {"key_store": self.store.errors, "revocations": self.listener.errors},
             "component",
+        )
+        self.metrics.count_total(
+            "sidecar_canary_hits", "Requests that used a canary key", lambda: auth.canary_hits
+        )
+        failed = self.failed_auth
+        self.metrics.count_total(
+            "sidecar_failed_auth_limited",
+            "API-key requests refused by the failed-authentication limit",
+            lambda: failed.limited if failed is not None else 0,
         )
 
     async def startup(self) -> None:

@@ -17,8 +17,9 @@ from urllib.parse import parse_qs, urlsplit
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
-from sidecar import signing_keys
+from sidecar import scanning_keys, signing_keys
 from sidecar.interpolate import interpolate
+from sidecar.paths import normalise
 
 MIB = 1024 * 1024
 HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
@@ -99,12 +100,19 @@ class ApiKeysConfig(_Section):
     last_used_flush_seconds: float = Field(60.0, gt=0, le=3600)
 
 
+class FailedAuthConfig(_Section):
+    enabled: bool = False
+    requests: int = Field(20, ge=1, le=1_000_000)
+    per_seconds: float = Field(60.0, gt=0, le=86400)
+
+
 class AuthConfig(_Section):
     jwt: JwtConfig = JwtConfig()
     api_keys: ApiKeysConfig
     public_paths: tuple[str, ...] = ()
     mode: Literal["enforce", "report"] = "enforce"
     report_only_paths: tuple[str, ...] = ()
+    failed_auth: FailedAuthConfig = FailedAuthConfig()
 
 
 class IdentityHeaders(_Section):
@@ -157,6 +165,13 @@ class RateLimitsConfig(_Section):
     headers: Literal["x-ratelimit", "ietf", "both"] = "x-ratelimit"
 
 
+class SecretScanningConfig(_Section):
+    enabled: bool = False
+    path: str = Field("/api/v1/secret-scanning/", pattern=r"^/")
+    public_keys_file: str | None = None
+    public_keys_url: str | None = None
+
+
 class LoggingConfig(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     access_log: bool = True
@@ -171,6 +186,7 @@ class Config(_Section):
     identity: IdentityConfig = IdentityConfig()
     rate_limits: RateLimitsConfig = RateLimitsConfig()
     forward_auth: ForwardAuthConfig = ForwardAuthConfig()
+    secret_scanning: SecretScanningConfig = SecretScanningConfig()
     logging: LoggingConfig = LoggingConfig()
 
 
@@ -284,6 +300,7 @@ def _cross_field_problems(data: dict[str, Any]) -> list[str]:
     problems.extend(_listener_problems(data))
     problems.extend(_path_list_problems(data))
     problems.extend(_assertion_problems(data))
+    problems.extend(_secret_scanning_problems(data))
     for i, proxy in enumerate(_get(data, "server", "trusted_proxies") or []):
         try:
             ipaddress.ip_network(str(proxy), strict=False)
@@ -307,6 +324,33 @@ def _url_problems(data: dict[str, Any]) -> list[str]:
     jwks = _get(data, "auth", "jwt", "jwks_url")
     if isinstance(jwks, str) and jwks and urlsplit(jwks).scheme not in ("http", "https"):
         problems.append("auth.jwt.jwks_url: must be an http(s) URL")
+    return problems
+
+
+def _secret_scanning_problems(data: dict[str, Any]) -> list[str]:
+    section = _get(data, "secret_scanning")
+    if not isinstance(section, dict):
+        return []
+    problems: list[str] = []
+    key_file, url = section.get("public_keys_file"), section.get("public_keys_url")
+    if section.get("enabled") is True and not (key_file or url):
+        problems.append("secret_scanning: enabled needs public_keys_file or public_keys_url")
+    if isinstance(key_file, str) and key_file:
+        try:
+            scanning_keys.parse(Path(key_file).read_bytes())
+        except OSError as exc:
+            problems.append(f"secret_scanning.public_keys_file: cannot read {key_file}: "
+                            f"{exc.strerror}")  # fmt: skip
+        except ValueError as exc:
+            problems.append(f"secret_scanning.public_keys_file: {exc}")
+    if isinstance(url, str) and url and urlsplit(url).scheme not in ("http", "https"):
+        problems.append("secret_scanning.public_keys_url: must be an http(s) URL")
+    path = section.get("path")
+    if isinstance(path, str) and path.startswith("/"):
+        if normalise(path) != path:
+            problems.append(f"secret_scanning.path: not a normalised path: {path}")
+        elif path.rstrip("/").lower().startswith("/api/v1/api-keys"):
+            problems.append("secret_scanning.path: must not be under /api/v1/api-keys")
     return problems
 
 

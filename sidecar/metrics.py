@@ -29,6 +29,7 @@ _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 
 class _Source:
     counter: Counter
     read: Callable[[], dict[str, float]]
+    labelled: bool = True
     seen: dict[str, float] = field(default_factory=dict)
 
 
@@ -169,6 +170,11 @@ class Metrics:
         counter = Counter(name, doc, [label], registry=self.registry)
         self._sources.append(_Source(counter, read))
 
+    def count_total(self, name: str, doc: str, read: Callable[[], float]) -> None:
+        """Expose one unlabelled counter kept elsewhere (a plain number)."""
+        counter = Counter(name, doc, registry=self.registry)
+        self._sources.append(_Source(counter, lambda: {"": read()}, labelled=False))
+
     def sync(self) -> None:
         """Copy into prometheus-client what was counted since the last call."""
         requests, self._requests = self._requests, {}
@@ -187,5 +193,5 @@ class Metrics:
             for value, count in source.read().items():
                 delta = count - source.seen.get(value, 0)
                 if delta > 0:
-                    source.counter.labels(value).inc(delta)
+                    (source.counter.labels(value) if source.labelled else source.counter).inc(delta)
                 source.seen[value] = count
