@@ -134,6 +134,13 @@ def test_the_healthcheck_probes_the_admin_healthz_without_curl() -> None:
     compile(command[2], "<healthcheck>", "exec")
 
 
+def test_the_build_needs_no_compiler() -> None:
+    # Every dependency ships wheels: no apt-get, no build-essential in any stage.
+    for stage in dockerfile_stages():
+        for keyword, args in stage:
+            assert not (keyword == "RUN" and ("apt-get" in args or "build-essential" in args))
+
+
 def test_what_the_build_copies_exists_and_is_not_ignored() -> None:
     ignored = [
         line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
@@ -171,14 +178,29 @@ def test_the_mounted_config_is_valid_with_the_compose_environment() -> None:
     assert set(required) <= set(compose_environment()), "a ${VAR} the compose file does not set"
 
 
-def test_published_ports_match_the_config() -> None:
-    config = container_config()
+def published_ports(env: dict[str, str]) -> dict[int, str]:
+    """Container port -> host side of each mapping, as compose resolves it with ``env``."""
     published = {}
-    for mapping in sidecar_service()["ports"]:
+    for mapping in interpolate(sidecar_service()["ports"], env):
         *host, container = mapping.split(":")
         published[int(container)] = ":".join(host)
+    return published
+
+
+def test_published_ports_match_the_config() -> None:
+    config = container_config()
+    published = published_ports({})
     assert published[config.server.port] == str(config.server.port)
     assert published[config.admin.port] == f"127.0.0.1:{config.admin.port}"  # not public
+
+
+def test_the_host_ports_can_be_moved_and_admin_stays_on_loopback() -> None:
+    # scripts/container-smoke publishes on free ports through these two variables.
+    config = container_config()
+    published = published_ports({"CALLCOV_PUBLIC_PORT": "18080", "CALLCOV_ADMIN_PORT": "19090"})
+    assert published == {config.server.port: "18080", config.admin.port: "127.0.0.1:19090"}
+    smoke = (ROOT / "scripts" / "container-smoke").read_text()
+    assert "CALLCOV_PUBLIC_PORT" in smoke and "CALLCOV_ADMIN_PORT" in smoke
 
 
 def test_the_sidecar_reaches_redis_and_the_upstream_by_service_name() -> None:
@@ -218,6 +240,35 @@ def test_compose_waits_longer_than_the_graceful_timeout() -> None:
     assert grace > config.server.graceful_timeout_seconds
 
 
-@pytest.mark.parametrize("text", [CONFIG_IN_IMAGE, "docker compose up"])
+@pytest.mark.parametrize("text", [CONFIG_IN_IMAGE, "docker compose up", "scripts/container-smoke"])
 def test_the_readme_documents_the_container(text: str) -> None:
     assert text in (ROOT / "README.md").read_text()
+
+
+def documented_commands(path: Path) -> list[list[str]]:
+    """Every ``docker run`` and compose ``exec`` in a file (code or comments), lines joined."""
+    text = re.sub(r"\\\n#?\s*", " ", path.read_text())
+    found = re.findall(r"docker(?:-compose| compose) exec [^`)\n]*|docker run [^`)\n]*", text)
+    return [shlex.split(command) for command in found]
+
+
+@pytest.mark.parametrize("name", ["README.md", "Dockerfile", "docker-compose.yml"])
+def test_documented_docker_commands_work_with_compose_v1_and_stop_gracefully(name: str) -> None:
+    graceful = container_config().server.graceful_timeout_seconds
+    commands = documented_commands(ROOT / name)
+    assert commands, f"{name} documents no docker command"
+    for argv in commands:
+        if "exec" in argv:  # used inside $(...): compose v1 allocates a TTY without -T
+            assert "-T" in argv[argv.index("exec") :], argv
+        if argv[:2] == ["docker", "run"]:
+            assert "--stop-timeout" in argv, argv
+            assert int(argv[argv.index("--stop-timeout") + 1]) > graceful, argv
+
+
+def test_the_smoke_script_is_executable_and_checks_what_it_says() -> None:
+    script = ROOT / "scripts" / "container-smoke"
+    assert script.stat().st_mode & 0o111
+    text = script.read_text()
+    assert text.startswith("#!/usr/bin/env bash\n") and "set -euo pipefail" in text
+    for step in ("exec -T sidecar callcov-sidecar token --sub alice", "docker stop", "down -v"):
+        assert step in text, step
