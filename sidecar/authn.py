@@ -35,6 +35,8 @@ class Identity(NamedTuple):
     method: str  # API_KEY or JWT
     key_id: str | None = None
     key_prefix: str | None = None
+    environment: str | None = None  # API keys: "live" or "test"
+    expires_at: float | None = None  # API keys: epoch seconds the key stops working at
 
 
 class Credential(NamedTuple):
@@ -132,8 +134,8 @@ class Authenticator:
         now = time.time()
         if not key.usable_at(now):
             raise NotAuthenticated("revoked" if not key.active else "expired")
-        self._usage.record(key.id)
-        return Identity(key.user_id, API_KEY, key.id, key.prefix)
+        self._usage.record(key.id, now)
+        return Identity(key.user_id, API_KEY, key.id, key.prefix, key.environment, key.expires_at)
 
     async def _lookup(
         self, parsed: keyformat.ParsedKey, key_hash: str, client: _Client | None

@@ -119,6 +119,7 @@ class IdentityHeaders(_Section):
     user_id: str = Field("X-CallCov-User-Id", pattern=r"^[A-Za-z0-9-]+$")
     auth_method: str = Field("X-CallCov-Auth-Method", pattern=r"^[A-Za-z0-9-]+$")
     key_id: str = Field("X-CallCov-Key-Id", pattern=r"^[A-Za-z0-9-]+$")
+    environment: str = Field("X-CallCov-Key-Environment", pattern=r"^[A-Za-z0-9-]+$")
 
 
 class AssertionConfig(_Section):

@@ -17,6 +17,21 @@ USER_ID_RULE = "a user id is 1 to 256 printable ASCII characters, without spaces
 _USER_ID = re.compile(r"[\x21-\x7e]{1,256}")
 
 
+LIVE = "live"
+TEST = "test"
+ENVIRONMENTS = (LIVE, TEST)
+# Key lifecycle (SPEC Part 2): expiry at least this far ahead (the longest is
+# configured: auth.api_keys.max_lifetime_days), rotation grace, usage window.
+MIN_EXPIRY_LEAD_SECONDS = 60
+MAX_GRACE_SECONDS = 7 * 86400
+DEFAULT_GRACE_SECONDS = 86400
+MAX_USAGE_DAYS = 90
+DEFAULT_USAGE_DAYS = 30
+# Revocation reasons recorded on the key (the first one stays).
+REVOKED = "revoked"
+LEAKED = "leaked"
+
+
 def key_prefix(value: str) -> str:
     return value[:PREFIX_LENGTH]
 
@@ -35,6 +50,7 @@ class VerifiedKey:
     active: bool
     expires_at: float | None  # epoch seconds
     canary: bool = False
+    environment: str = LIVE
 
     def usable_at(self, now: float) -> bool:
         return self.active and (self.expires_at is None or now < self.expires_at)
@@ -47,6 +63,8 @@ class CreatedKey:
     key_prefix: str
     description: str | None
     created_at: str
+    expires_at: str | None = None
+    environment: str = LIVE
 
     def __repr__(self) -> str:
         return f"CreatedKey(id={self.id!r}, key_prefix={self.key_prefix!r})"
@@ -59,7 +77,27 @@ class CreatedKey:
             "key_prefix": self.key_prefix,
             "description": self.description,
             "created_at": self.created_at,
+            "expires_at": self.expires_at,
+            "environment": self.environment,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class DailyUsage:
+    date: str  # YYYY-MM-DD, UTC
+    requests: int
+    rate_limited: int
+
+
+def usage_json(key_id: str, prefix: str, days: list[DailyUsage]) -> dict[str, Any]:
+    return {
+        "id": key_id,
+        "key_prefix": prefix,
+        "days": [
+            {"date": d.date, "requests": d.requests, "rate_limited": d.rate_limited} for d in days
+        ],
+        "total_requests": sum(d.requests for d in days),
+    }
 
 
 def expired_json() -> dict[str, Any]:

@@ -4,6 +4,9 @@
     ├── NotAuthenticated        401  credentials missing, malformed, unknown, revoked, expired
     ├── KeyLimitReached         400  the user already has the maximum of active keys
     ├── KeyNotFound             404  unknown id, or another user's key
+    ├── KeyConflict             409  the key's state forbids the action
+    │   ├── KeyNotActive             revoked or expired
+    │   └── KeyAlreadyRotated        rotated, still in its grace period
     ├── RequestInvalid          422  FastAPI-shaped validation errors
     ├── PayloadTooLarge         413  request body over server.max_body_bytes
     ├── RateLimited             429  over the matching rate-limit rule
@@ -60,6 +63,18 @@ class KeyLimitReached(SidecarError):
 class KeyNotFound(SidecarError):
     status = 404
     detail = "API key not found"
+
+
+class KeyConflict(SidecarError):
+    status = 409
+
+
+class KeyNotActive(KeyConflict):
+    detail = "API key is not active"
+
+
+class KeyAlreadyRotated(KeyConflict):
+    detail = "API key has already been rotated"
 
 
 class RequestInvalid(SidecarError):

@@ -19,7 +19,7 @@ from typing import NamedTuple
 from starlette.types import Receive, Scope, Send
 
 from sidecar.authn import JWT, Authenticator, Identity, credential_from
-from sidecar.domain import key_prefix
+from sidecar.domain import LIVE, TEST, key_prefix
 from sidecar.errors import (
     NotAuthenticated,
     RateLimited,
@@ -112,6 +112,7 @@ class Gateway:
         ]
         if identity.key_id is not None:
             out.append((rules.key_id, identity.key_id.encode()))
+            out.append((rules.environment, _ENVIRONMENT[identity.environment]))
         return out
 
     async def handle(
@@ -225,6 +226,7 @@ class Gateway:
         return identity
 
 
+_ENVIRONMENT = {LIVE: b"live", TEST: b"test", None: b"live"}
 _WELL_FORMED_KEY_REJECTED = frozenset({"unknown", "revoked", "expired", "canary"})
 
 

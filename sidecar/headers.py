@@ -65,7 +65,10 @@ class HeaderRules:
         self.user_id = names.user_id.encode().lower()
         self.auth_method = names.auth_method.encode().lower()
         self.key_id = names.key_id.encode().lower()
-        identity = {canonical(n) for n in (self.user_id, self.auth_method, self.key_id)}
+        self.environment = names.environment.encode().lower()
+        identity = {
+            canonical(n) for n in (self.user_id, self.auth_method, self.key_id, self.environment)
+        }
         identity |= {WOULD_DENY, ASSERTION, canonical(config.identity.assertion.header.encode())}
         self._always_dropped = frozenset(
             HOP_BY_HOP | identity | _FORWARDED | {b"x-api-key", b"host", b"x-request-id"}

@@ -1,4 +1,5 @@
-"""The API key format: ``sk_live_`` + 42 random base62 chars + 6-char base62 CRC32.
+"""The API key format: ``sk_live_`` (or ``sk_test_``) + 42 random base62 chars +
+6-char base62 CRC32 of everything before it.
 
 Pure functions only. The checksum lets us reject mistyped or forged-looking keys
 before any network round trip, and lets secret scanners recognise keys offline.
@@ -11,16 +12,14 @@ import secrets
 import zlib
 from dataclasses import dataclass
 
-from sidecar.domain import key_prefix
+from sidecar.domain import ENVIRONMENTS, LIVE, TEST, key_prefix
 
 ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-ENVIRONMENT = "live"
-KEY_BODY_PREFIX = f"sk_{ENVIRONMENT}_"
 RANDOM_LENGTH = 42
 CHECKSUM_LENGTH = 6
-KEY_LENGTH = len(KEY_BODY_PREFIX) + RANDOM_LENGTH + CHECKSUM_LENGTH  # 56
+KEY_LENGTH = len("sk_live_") + RANDOM_LENGTH + CHECKSUM_LENGTH  # 56, for either environment
 
-_SHAPE = re.compile(rf"sk_{ENVIRONMENT}_[0-9A-Za-z]{{{RANDOM_LENGTH + CHECKSUM_LENGTH}}}")
+_SHAPE = re.compile(rf"sk_(?:live|test)_[0-9A-Za-z]{{{RANDOM_LENGTH + CHECKSUM_LENGTH}}}")
 
 
 def base62(number: int, width: int) -> str:
@@ -38,12 +37,20 @@ def checksum(body: str) -> str:
     return base62(zlib.crc32(body.encode("ascii")), CHECKSUM_LENGTH)
 
 
-def generate(start: str = "") -> str:
+def generate(start: str = "", environment: str = LIVE) -> str:
     """A new key; ``start`` fixes the first random characters (tests use it to force
     many keys onto one prefix)."""
+    if environment not in ENVIRONMENTS:
+        raise ValueError(f"unknown environment: {environment!r}")
     fill = RANDOM_LENGTH - len(start)
-    body = KEY_BODY_PREFIX + start + "".join(secrets.choice(ALPHABET) for _ in range(fill))
+    random_part = start + "".join(secrets.choice(ALPHABET) for _ in range(fill))
+    body = f"sk_{environment}_{random_part}"
     return body + checksum(body)
+
+
+def environment_of(prefix: str) -> str:
+    """The environment a well-formed key (or its prefix) belongs to."""
+    return TEST if prefix.startswith("sk_test_") else LIVE
 
 
 @dataclass(frozen=True, slots=True)

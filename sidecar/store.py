@@ -4,24 +4,41 @@ Redis data model (every key carries the hash tag ``{callcov-keys}``, so on Redis
 Cluster all key data lives in one slot and the Lua scripts below stay atomic; key
 data is small and rarely written, so one shard is plenty):
 
-=========================================  ======  =============================================
-key                                         type    holds
-=========================================  ======  =============================================
-``callcov:{callcov-keys}:rec:<id>``         HASH    the audit record: id, user_id, key_prefix, hash,
-                                                    description (absent = null), is_active (1/0),
-                                                    created_at, updated_at, last_used_at, expires_at
-``callcov:{callcov-keys}:user:<uid>:active`` SET    ids of the user's active keys (SCARD = limit)
-``callcov:{callcov-keys}:user:<uid>:all``   ZSET    every id the user ever had, score = created µs
-``callcov:{callcov-keys}:user:<uid>:canary`` ZSET   the user's canary keys, score = created µs
-``callcov:{callcov-keys}:prefix:<prefix>``  HASH    field = HMAC of the full key, value = JSON
-                                                    {id, user_id, hash, active, expires_at,
-                                                    canary (only when true)}: what
-                                                    verification needs, in one HGET
-``callcov:revocations`` (pub/sub channel)  —       the HMAC of each revoked key, for cache eviction
-=========================================  ======  =============================================
+===============================================  ======  ========================================
+key                                               type    holds
+===============================================  ======  ========================================
+``callcov:{callcov-keys}:rec:<id>``               HASH    the audit record: id, user_id, key_prefix,
+                                                          hash, description (absent = null),
+                                                          is_active (1/0), environment (absent =
+                                                          live), created_at, updated_at,
+                                                          last_used_at, expires_at (ISO) and
+                                                          expires_us (epoch µs), rotated_from,
+                                                          rotated_to, revoked_reason, revoked_at
+                                                          and any audit fields of the revocation
+``callcov:{callcov-keys}:user:<uid>:active:<env>`` ZSET   the user's keys counting against the limit
+                                                          of environment <env>, score = expiry in
+                                                          epoch µs (``+inf``: none); ZCARD after
+                                                          pruning expired scores = the count
+``callcov:{callcov-keys}:user:<uid>:active``      SET     the layout before environments (live keys,
+                                                          none expiring): moved into ``active:live``
+                                                          by the user's next create
+``callcov:{callcov-keys}:user:<uid>:all``         ZSET    every id the user ever had, score =
+                                                          created µs
+``callcov:{callcov-keys}:user:<uid>:canary``      ZSET    the user's canary keys, score = created µs
+``callcov:{callcov-keys}:prefix:<prefix>``        HASH    field = HMAC of the full key, value = JSON
+                                                          {id, user_id, hash, active, expires_at
+                                                          (epoch s), canary (only when true)}: what
+                                                          verification needs, in one HGET
+``callcov:{callcov-keys}:usage:<id>:<date>``      HASH    requests, rate_limited on that UTC day;
+                                                          expires after the longest usage window
+``callcov:revocations`` (pub/sub channel)        —       the HMAC of each key whose verification
+                                                          answer changed, for cache eviction
+===============================================  ======  ========================================
 
 A prefix maps to a hash of entries, so any number of keys may share a prefix.
-The full key is never stored, only its keyed hash.
+The full key is never stored, only its keyed hash. Records written before
+environments and expiry existed (no ``environment``, ``expires_us``) read as live
+keys that never expire.
 
 A canary key (record field ``canary: 1``) is in the prefix index like any key, so it
 verifies like one, but in neither of the user's ``active`` nor ``all`` sets: it never
@@ -30,10 +47,12 @@ counts against the limit and is never listed, except by ``list_canaries``.
 
 from __future__ import annotations
 
+import builtins
 import time
 import uuid
-from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -41,33 +60,88 @@ from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
 from sidecar import keyformat
-from sidecar.domain import CreatedKey, VerifiedKey, key_prefix
-from sidecar.errors import KeyLimitReached, KeyNotFound, StoreUnavailable
+from sidecar.domain import LIVE, REVOKED, CreatedKey, DailyUsage, VerifiedKey, key_prefix
+from sidecar.errors import (
+    KeyAlreadyRotated,
+    KeyLimitReached,
+    KeyNotActive,
+    KeyNotFound,
+    StoreUnavailable,
+)
 from sidecar.keyhash import KeyHasher
-from sidecar.timeutil import now_iso, parse_iso, to_iso
+from sidecar.timeutil import parse_iso, to_iso
 
 NAMESPACE = "callcov:{callcov-keys}"
 REVOCATION_CHANNEL = "callcov:revocations"
+NEVER = "+inf"  # the score of a key without expiry
+USAGE_KEPT_DAYS = 91  # the longest usage window (90 days) and the day in progress
+_US = 1_000_000
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
-_CREATE = """
-if redis.call('SCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
-redis.call('HSET', KEYS[3], unpack(ARGV, 5, #ARGV - 1))
-redis.call('SADD', KEYS[1], ARGV[2])
+# Keys of the layout before environments move into the live limit set.
+_ADOPT_LEGACY = """
+local function adopt_legacy(legacy, live)
+  local ids = redis.call('SMEMBERS', legacy)
+  for _, id in ipairs(ids) do redis.call('ZADD', live, '+inf', id) end
+  if #ids > 0 then redis.call('DEL', legacy) end
+end
+"""
+# KEYS: limit set of the key's environment, all, record, prefix index, legacy set, live set.
+# ARGV: max, id, created µs, hash, now µs, expiry score, record fields..., index entry.
+_CREATE = (
+    _ADOPT_LEGACY
+    + """
+adopt_legacy(KEYS[5], KEYS[6])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[5])
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[3], unpack(ARGV, 7, #ARGV - 1))
+redis.call('ZADD', KEYS[1], ARGV[6], ARGV[2])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
 redis.call('HSET', KEYS[4], ARGV[4], ARGV[#ARGV])
 return 1
 """
-# ARGV: owner ('' = any), now, channel, revoked index entry (JSON)
+)
+# KEYS: record, limit set, prefix index, legacy set.
+# ARGV: owner ('' = any), now ISO, now µs, channel, revoked index entry, reason,
+# audit field pairs... Only a key still usable is recorded as revoked (with the reason
+# and audit fields); an expired one is just marked inactive, its reason left null.
 _REVOKE = """
-local rec = redis.call('HMGET', KEYS[1], 'user_id', 'is_active', 'hash', 'id')
+local rec = redis.call('HMGET', KEYS[1], 'user_id', 'is_active', 'hash', 'id', 'expires_us')
 if not rec[1] then return 0 end
 if ARGV[1] ~= '' and rec[1] ~= ARGV[1] then return 0 end
 if rec[2] == '1' then
-  redis.call('HSET', KEYS[1], 'is_active', '0', 'updated_at', ARGV[2], 'expires_at', ARGV[2])
-  redis.call('SREM', KEYS[2], rec[4])
-  redis.call('HSET', KEYS[3], rec[3], ARGV[4])
-  redis.call('PUBLISH', ARGV[3], rec[3])
+  redis.call('HSET', KEYS[1], 'is_active', '0', 'updated_at', ARGV[2])
+  if not rec[5] or tonumber(rec[5]) > tonumber(ARGV[3]) then
+    redis.call('HSET', KEYS[1], 'expires_at', ARGV[2], 'expires_us', ARGV[3],
+      'revoked_reason', ARGV[6], 'revoked_at', ARGV[2], unpack(ARGV, 7))
+  end
+  redis.call('ZREM', KEYS[2], rec[4])
+  redis.call('SREM', KEYS[4], rec[4])
+  redis.call('HSET', KEYS[3], rec[3], ARGV[5])
+  redis.call('PUBLISH', ARGV[4], rec[3])
 end
+return 1
+"""
+# KEYS: old record, limit set, all, new record, old prefix index, new prefix index,
+# legacy set. ARGV: owner, now µs, now ISO, old end µs, old end ISO, old index entry,
+# channel, old id, old hash, new id, created µs, new hash, new expiry score, new index
+# entry, new record fields... Returns 1, or 0 / -1 / -2: not found / not active /
+# already rotated (checked in that order: "not active" wins).
+_ROTATE = """
+local rec = redis.call('HMGET', KEYS[1], 'user_id', 'is_active', 'expires_us', 'rotated_to')
+if not rec[1] or rec[1] ~= ARGV[1] then return 0 end
+if rec[2] ~= '1' or (rec[3] and tonumber(rec[3]) <= tonumber(ARGV[2])) then return -1 end
+if rec[4] then return -2 end
+redis.call('HSET', KEYS[1], 'rotated_to', ARGV[10], 'updated_at', ARGV[3],
+  'expires_us', ARGV[4], 'expires_at', ARGV[5])
+redis.call('HSET', KEYS[5], ARGV[9], ARGV[6])
+redis.call('ZREM', KEYS[2], ARGV[8])
+redis.call('SREM', KEYS[7], ARGV[8])
+redis.call('PUBLISH', ARGV[7], ARGV[9])
+redis.call('HSET', KEYS[4], unpack(ARGV, 15))
+redis.call('ZADD', KEYS[2], ARGV[13], ARGV[10])
+redis.call('ZADD', KEYS[3], ARGV[11], ARGV[10])
+redis.call('HSET', KEYS[6], ARGV[12], ARGV[14])
 return 1
 """
 
@@ -86,7 +160,11 @@ def record_key(key_id: str) -> str:
     return f"{NAMESPACE}:rec:{key_id}"
 
 
-def active_set_key(user_id: str) -> str:
+def limit_set_key(user_id: str, environment: str) -> str:
+    return f"{NAMESPACE}:user:{user_id}:active:{environment}"
+
+
+def legacy_active_set_key(user_id: str) -> str:
     return f"{NAMESPACE}:user:{user_id}:active"
 
 
@@ -102,13 +180,66 @@ def prefix_index_key(prefix: str) -> str:
     return f"{NAMESPACE}:prefix:{prefix}"
 
 
+def usage_key(key_id: str, day: str) -> str:
+    return f"{NAMESPACE}:usage:{key_id}:{day}"
+
+
+@dataclass(frozen=True, slots=True)
+class UsageCounts:
+    """Uses of one key on one UTC day, waiting to be added to Redis."""
+
+    key_id: str
+    day: str
+    requests: int
+    rate_limited: int
+
+
+@dataclass(frozen=True, slots=True)
+class _NewKey:
+    """A key about to be written: its record fields and index entry."""
+
+    id: str
+    api_key: str
+    prefix: str
+    hash: str
+    created: datetime
+    created_at: str
+    expires_us: int | None
+    expires_at: str | None
+    environment: str
+    description: str | None
+    fields: list[str]
+    entry: bytes
+
+    @property
+    def created_score(self) -> int:
+        return _micros(self.created)
+
+    @property
+    def expiry_score(self) -> str | int:
+        return NEVER if self.expires_us is None else self.expires_us
+
+    def created_key(self) -> CreatedKey:
+        return CreatedKey(
+            self.id,
+            self.api_key,
+            self.prefix,
+            self.description,
+            self.created_at,
+            self.expires_at,
+            self.environment,
+        )
+
+
 class KeyStore:
     def __init__(
         self,
         redis: Redis,
         hasher: KeyHasher,
         max_active_per_user: int,
-        generate: Callable[[], str] = keyformat.generate,
+        generate: Callable[[str], str] = lambda environment: keyformat.generate(
+            environment=environment
+        ),
     ) -> None:
         self._redis = redis
         self._generate = generate
@@ -116,6 +247,7 @@ class KeyStore:
         self.max_active_per_user = max_active_per_user
         self._create = redis.register_script(_CREATE)
         self._revoke = redis.register_script(_REVOKE)
+        self._rotate = redis.register_script(_ROTATE)
         self.errors = 0  # Redis failures seen, for metrics
 
     async def _guarded(self, awaitable: Any) -> Any:
@@ -125,8 +257,15 @@ class KeyStore:
             self.errors += 1
             raise StoreUnavailable() from exc
 
-    async def create(self, user_id: str, description: str | None) -> CreatedKey:
-        api_key = self._generate()
+    def _new_key(
+        self,
+        user_id: str,
+        description: str | None,
+        environment: str,
+        expires_at: datetime | None,
+        **extra: str,
+    ) -> _NewKey:
+        api_key = self._generate(environment)
         prefix = key_prefix(api_key)
         key_hash = self._hasher.hash(api_key)
         key_id = str(uuid.uuid4())
@@ -138,22 +277,66 @@ class KeyStore:
             "key_prefix": prefix,
             "hash": key_hash,
             "is_active": "1",
+            "environment": environment,
             "created_at": created_at,
             "updated_at": created_at,
+            **extra,
         }
+        expires_us = expires_iso = None
+        if expires_at is not None:
+            expires_us = _micros(expires_at)
+            expires_iso = to_iso(expires_at)
+            fields["expires_at"] = expires_iso
+            fields["expires_us"] = str(expires_us)
         if description is not None:
             fields["description"] = description
-        flat = [item for pair in fields.items() for item in pair]
-        entry = _index_entry(key_id, user_id, key_hash, active=True)
-        score = int(moment.timestamp() * 1_000_000)
-        keys = [active_set_key(user_id), all_keys_key(user_id), record_key(key_id)]
-        keys.append(prefix_index_key(prefix))
-        args: list[str | int | bytes] = [self.max_active_per_user, key_id, score, key_hash]
-        args += [*flat, entry]
+        entry = _index_entry(key_id, user_id, key_hash, active=True, expires_us=expires_us)
+        return _NewKey(
+            id=key_id,
+            api_key=api_key,
+            prefix=prefix,
+            hash=key_hash,
+            created=moment,
+            created_at=created_at,
+            expires_us=expires_us,
+            expires_at=expires_iso,
+            environment=environment,
+            description=description,
+            fields=[item for pair in fields.items() for item in pair],
+            entry=entry,
+        )
+
+    async def create(
+        self,
+        user_id: str,
+        description: str | None,
+        *,
+        environment: str = LIVE,
+        expires_at: datetime | None = None,
+    ) -> CreatedKey:
+        new = self._new_key(user_id, description, environment, expires_at)
+        keys = [
+            limit_set_key(user_id, environment),
+            all_keys_key(user_id),
+            record_key(new.id),
+            prefix_index_key(new.prefix),
+            legacy_active_set_key(user_id),
+            limit_set_key(user_id, LIVE),
+        ]
+        args: list[str | int | bytes] = [
+            self.max_active_per_user,
+            new.id,
+            new.created_score,
+            new.hash,
+            _micros(new.created),
+            new.expiry_score,
+            *new.fields,
+            new.entry,
+        ]
         created = await self._guarded(self._create(keys=keys, args=args))
         if not created:
             raise KeyLimitReached(self.max_active_per_user)
-        return CreatedKey(key_id, api_key, prefix, description, created_at)
+        return new.created_key()
 
     async def list(self, user_id: str, include_expired: bool) -> list[dict[str, Any]]:
         ids = await self._guarded(self._redis.zrevrange(all_keys_key(user_id), 0, -1))
@@ -167,26 +350,123 @@ class KeyStore:
         listed = [_public_view(_decode(r), now) for r in records if r]
         return [r for r in listed if include_expired or r["is_active"]]
 
-    async def revoke(self, key_id: str, user_id: str | None) -> str:
-        """Expire a key for good; return its hash (for local cache eviction).
-        ``user_id`` None = operator action (any owner)."""
-        owner = user_id
-        if owner is None:
-            found = await self._guarded(self._redis.hget(record_key(key_id), "user_id"))
-            if found is None:
-                raise KeyNotFound()
-            owner = _text(found)
-        record = await self._guarded(self._redis.hmget(record_key(key_id), "key_prefix", "hash"))
-        prefix, key_hash = (_text(v) if v is not None else None for v in record)
-        if prefix is None or key_hash is None:
+    async def _owned(self, key_id: str, user_id: str | None, *fields: str) -> Sequence[str | None]:
+        """``user_id`` and ``fields`` of the record, when it exists and belongs to
+        ``user_id`` (None: to anyone); else KeyNotFound."""
+        found = await self._guarded(self._redis.hmget(record_key(key_id), "user_id", *fields))
+        values = [None if v is None else _text(v) for v in found]
+        if values[0] is None or (user_id is not None and values[0] != user_id):
             raise KeyNotFound()
-        now = now_iso()
+        return values
+
+    async def revoke(
+        self,
+        key_id: str,
+        user_id: str | None,
+        *,
+        reason: str = REVOKED,
+        audit: Mapping[str, str] | None = None,
+    ) -> str:
+        """Expire a key for good; return its hash (for local cache eviction).
+        ``user_id`` None = operator action (any owner). The first revocation's
+        ``reason`` and ``audit`` fields (e.g. ``{"revoked_url": ...}``) stay on the
+        record; later ones change nothing."""
+        owner, prefix, key_hash, environment = await self._owned(
+            key_id, user_id, "key_prefix", "hash", "environment"
+        )
+        if owner is None or prefix is None or key_hash is None:
+            raise KeyNotFound()
+        moment = datetime.now(UTC)
         revoked_entry = _index_entry(key_id, owner, key_hash, active=False)
-        keys = [record_key(key_id), active_set_key(owner), prefix_index_key(prefix)]
-        args: list[str | bytes] = [owner, now, REVOCATION_CHANNEL, revoked_entry]
+        keys = [
+            record_key(key_id),
+            limit_set_key(owner, environment or LIVE),
+            prefix_index_key(prefix),
+            legacy_active_set_key(owner),
+        ]
+        flat_audit = [item for pair in (audit or {}).items() for item in pair]
+        args: list[str | int | bytes] = [
+            owner,
+            to_iso(moment),
+            _micros(moment),
+            REVOCATION_CHANNEL,
+            revoked_entry,
+            reason,
+            *flat_audit,
+        ]
         if not await self._guarded(self._revoke(keys=keys, args=args)):
             raise KeyNotFound()
         return key_hash
+
+    async def rotate(self, key_id: str, user_id: str, grace_seconds: int) -> tuple[CreatedKey, str]:
+        """Replace an active key by a new one with the same description, environment
+        and expiry; the old one keeps working for ``grace_seconds`` (never past its own
+        expiry). Returns the new key and the old key's hash (for local cache eviction)."""
+        (
+            owner,
+            prefix,
+            old_hash,
+            environment,
+            description,
+            old_expires,
+            old_expires_at,
+        ) = await self._owned(
+            key_id,
+            user_id,
+            "key_prefix",
+            "hash",
+            "environment",
+            "description",
+            "expires_us",
+            "expires_at",
+        )
+        if owner is None or prefix is None or old_hash is None:
+            raise KeyNotFound()
+        environment = environment or LIVE
+        inherited = None
+        if old_expires is not None and old_expires_at is not None:
+            inherited = parse_iso(old_expires_at)
+        new = self._new_key(owner, description, environment, inherited, rotated_from=key_id)
+        now_us = _micros(new.created)
+        end_us = now_us + grace_seconds * _US
+        end_iso = to_iso(new.created + timedelta(seconds=grace_seconds))
+        if old_expires is not None and old_expires_at is not None and int(old_expires) < end_us:
+            end_us, end_iso = int(old_expires), old_expires_at
+        old_entry = _index_entry(key_id, owner, old_hash, active=True, expires_us=end_us)
+        keys = [
+            record_key(key_id),
+            limit_set_key(owner, environment),
+            all_keys_key(owner),
+            record_key(new.id),
+            prefix_index_key(prefix),
+            prefix_index_key(new.prefix),
+            legacy_active_set_key(owner),
+        ]
+        args: list[str | int | bytes] = [
+            owner,
+            now_us,
+            new.created_at,
+            end_us,
+            end_iso,
+            old_entry,
+            REVOCATION_CHANNEL,
+            key_id,
+            old_hash,
+            new.id,
+            new.created_score,
+            new.hash,
+            new.expiry_score,
+            new.entry,
+            *new.fields,
+        ]
+        outcome = await self._guarded(self._rotate(keys=keys, args=args))
+        if outcome == 0:
+            raise KeyNotFound()
+        if outcome == -1:
+            raise KeyNotActive()
+        if outcome == -2:
+            raise KeyAlreadyRotated()
+        return new.created_key(), old_hash
 
     async def verify(self, parsed: keyformat.ParsedKey, key_hash: str) -> VerifiedKey | None:
         """Look the key up by prefix; None when no key with this hash exists."""
@@ -202,20 +482,57 @@ class KeyStore:
             prefix=parsed.prefix,
             active=bool(entry["active"]),
             expires_at=entry.get("expires_at"),
+            environment=keyformat.environment_of(parsed.prefix),
+            canary=bool(entry.get("canary", False)),
         )
 
-    async def touch(self, last_used: Mapping[str, str]) -> None:
-        """Record last-use times (key id → ISO time) in one pipelined round trip."""
-        if not last_used:
+    async def touch(self, last_used: Mapping[str, str], counts: Sequence[UsageCounts] = ()) -> None:
+        """Record last-use times (key id → ISO time) and add per-day use counts, all in
+        one pipelined round trip."""
+        if not last_used and not counts:
             return
         async with self._redis.pipeline(transaction=False) as pipe:
             for key_id, moment in last_used.items():
                 pipe.hset(record_key(key_id), "last_used_at", moment)
+            for used in counts:
+                name = usage_key(used.key_id, used.day)
+                if used.requests:
+                    pipe.hincrby(name, "requests", used.requests)
+                if used.rate_limited:
+                    pipe.hincrby(name, "rate_limited", used.rate_limited)
+                pipe.expire(name, USAGE_KEPT_DAYS * 86400)
             await self._guarded(pipe.execute())
 
+    async def usage(
+        self, key_id: str, user_id: str, days: Sequence[str]
+    ) -> tuple[str, builtins.list[DailyUsage]]:
+        """The key's prefix and its counts on ``days`` (YYYY-MM-DD, UTC), in one round
+        trip; KeyNotFound for an unknown or another user's key."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.hmget(record_key(key_id), "user_id", "key_prefix")
+            for day in days:
+                pipe.hmget(usage_key(key_id, day), "requests", "rate_limited")
+            replies = await self._guarded(pipe.execute())
+        owner, prefix = (None if v is None else _text(v) for v in replies[0])
+        if owner != user_id or prefix is None:
+            raise KeyNotFound()
+        daily = [
+            DailyUsage(day, int(requests or 0), int(limited or 0))
+            for day, (requests, limited) in zip(days, replies[1:], strict=True)
+        ]
+        return prefix, daily
 
-def _index_entry(key_id: str, user_id: str, key_hash: str, *, active: bool) -> bytes:
-    entry = {"id": key_id, "user_id": user_id, "hash": key_hash, "active": active}
+
+def _micros(moment: datetime) -> int:
+    return (moment - _EPOCH) // timedelta(microseconds=1)  # exact, unlike timestamp()
+
+
+def _index_entry(
+    key_id: str, user_id: str, key_hash: str, *, active: bool, expires_us: int | None = None
+) -> bytes:
+    entry: dict[str, Any] = {"id": key_id, "user_id": user_id, "hash": key_hash, "active": active}
+    if expires_us is not None:
+        entry["expires_at"] = expires_us / _US
     return orjson.dumps(entry)
 
 
@@ -229,9 +546,14 @@ def _decode(record: Mapping[Any, Any]) -> dict[str, str]:
 
 def _public_view(record: dict[str, str], now: float) -> dict[str, Any]:
     expires_at = record.get("expires_at")
-    active = record.get("is_active") == "1" and (
-        expires_at is None or parse_iso(expires_at).timestamp() > now
-    )
+    expires_us = record.get("expires_us")
+    if expires_us is not None:
+        expires = int(expires_us) / _US
+    elif expires_at is not None:  # a record revoked before expires_us existed
+        expires = parse_iso(expires_at).timestamp()
+    else:
+        expires = None
+    active = record.get("is_active") == "1" and (expires is None or expires > now)
     return {
         "id": record["id"],
         "key_prefix": record["key_prefix"],
@@ -241,4 +563,7 @@ def _public_view(record: dict[str, str], now: float) -> dict[str, Any]:
         "expires_at": expires_at,
         "created_at": record["created_at"],
         "updated_at": record["updated_at"],
+        "environment": record.get("environment", LIVE),
+        "rotated_to": record.get("rotated_to"),
+        "revoked_reason": record.get("revoked_reason"),
     }

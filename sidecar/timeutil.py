@@ -32,3 +32,8 @@ def iso_millis(moment: float) -> str:
         cached = (second, time.strftime(_SECONDS_FORMAT, time.gmtime(second)))
         _last_second = cached  # one tuple assignment: safe if a thread logs meanwhile
     return f"{cached[1]}.{int(moment % 1 * 1000):03d}Z"
+
+
+def utc_day(epoch_seconds: float) -> str:
+    """The UTC calendar day of a moment, as ``YYYY-MM-DD``."""
+    return datetime.fromtimestamp(epoch_seconds, UTC).date().isoformat()

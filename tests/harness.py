@@ -240,7 +240,7 @@ def running_sidecar(config: dict[str, Any], workdir: Path, *args: str) -> Iterat
 SECRETS: set[str] = set()
 # Whatever the tests recorded, anything shaped like a full key or a signed JWT is a leak too.
 _SECRET_SHAPES = re.compile(
-    r"sk_live_[A-Za-z0-9]{48}|eyJ[A-Za-z0-9_-]+\.eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+"
+    r"sk_(?:live|test)_[A-Za-z0-9]{48}|eyJ[A-Za-z0-9_-]+\.eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+"
 )
 
 

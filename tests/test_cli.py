@@ -152,7 +152,9 @@ def test_keys_create_list_revoke_reach_the_running_sidecar(
 ) -> None:
     created = ok("keys", "create", "--config", config_path, "--user", user, "--description", "ops")
     key = remember_secret(created["api_key"])
-    assert set(created) == {"id", "api_key", "key_prefix", "description", "created_at"}
+    assert set(created) == {
+        "id", "api_key", "key_prefix", "description", "created_at", "expires_at", "environment",
+    }  # fmt: skip
     assert created["description"] == "ops"
     assert created["key_prefix"] == key[:14]
     for _ in range(3):  # verified, then served from the sidecar's cache

@@ -24,7 +24,9 @@ def test_create_returns_the_full_key_once_in_the_documented_shape(api: Api, user
     )
     assert response.status_code == 201
     body = response.json()
-    assert set(body) == {"id", "api_key", "key_prefix", "description", "created_at"}
+    assert set(body) == {
+        "id", "api_key", "key_prefix", "description", "created_at", "expires_at", "environment",
+    }  # fmt: skip
     uuid.UUID(body["id"])
     assert keyformat.parse(body["api_key"]) is not None
     assert body["key_prefix"] == body["api_key"][:14]
@@ -131,7 +133,7 @@ def test_list_shows_own_keys_newest_first_without_secrets(api: Api, user: str) -
     item = body["api_keys"][0]
     assert set(item) == {
         "id", "key_prefix", "description", "is_active", "last_used_at",
-        "expires_at", "created_at", "updated_at",
+        "expires_at", "created_at", "updated_at", "environment", "rotated_to", "revoked_reason",
     }  # fmt: skip
     assert item["is_active"] is True
     assert item["last_used_at"] is None

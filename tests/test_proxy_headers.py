@@ -17,11 +17,14 @@ from tests.upstream_app import RecordingUpstream
 
 PATH = "/api/v1/analysis/"
 PUBLIC = "/api/v1/auth/login"
-IDENTITY = ("x-callcov-user-id", "x-callcov-auth-method", "x-callcov-key-id")
+IDENTITY = (
+    "x-callcov-user-id", "x-callcov-auth-method", "x-callcov-key-id", "x-callcov-key-environment",
+)  # fmt: skip
 FORGED_SPELLINGS = [
     "X-CallCov-User-Id", "x-callcov-user-id", "X-CALLCOV-USER-ID", "X_CallCov_User_Id",
     "x-callcov_user-id", "X-CallCov-Auth-Method", "X_CALLCOV_AUTH_METHOD",
     "X-CallCov-Key-Id", "x_callcov_key_id",
+    "X-CallCov-Key-Environment", "x_callcov_key_environment",
 ]  # fmt: skip
 
 
@@ -61,6 +64,7 @@ def test_forged_identity_headers_never_reach_the_upstream(
             ("x-callcov-user-id", user),
             ("x-callcov-auth-method", "api_key"),
             ("x-callcov-key-id", key["id"]),
+            ("x-callcov-key-environment", "live"),
         ]
     elif credential == "jwt":
         headers += list(api.bearer(user).items())

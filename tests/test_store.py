@@ -28,7 +28,9 @@ def _forced_generator() -> Iterator[str]:
 async def _create_on_shared_prefixes(url: str, count: int, run: str) -> list[dict[str, Any]]:
     client = aioredis.Redis.from_url(url)
     keys = _forced_generator()
-    store = KeyStore(client, KeyHasher(HASH_SECRET.encode()), 10, generate=lambda: next(keys))
+    store = KeyStore(
+        client, KeyHasher(HASH_SECRET.encode()), 10, generate=lambda environment: next(keys)
+    )
     created = []
     try:
         for index in range(count):
