@@ -4,12 +4,14 @@
 - ``/readyz``: 200 when Redis answers a PING and a TCP connection to the upstream
   opens; otherwise 503 with the reasons (take it out of the load balancer).
 - ``/metrics``: Prometheus text format.
+- ``/.well-known/jwks.json``: the identity assertion's public keys (when assertions are on).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST
 from redis.asyncio import Redis
@@ -30,6 +32,7 @@ def build_admin_app(
     upstream: UpstreamClient,
     scrape: Callable[[], bytes],
     problems: Callable[[], list[str]] = list,
+    jwks: dict[str, Any] | None = None,
 ) -> Starlette:
     """``scrape`` renders the metrics; ``problems`` adds reasons not to be ready
     (shutting down, a worker missing)."""
@@ -68,4 +71,11 @@ def build_admin_app(
         Route("/readyz", readyz),
         Route("/metrics", metrics),
     ]
+    if jwks is not None:
+        published = jwks
+
+        async def keys(request: Request) -> Response:
+            return JSONResponse(published, headers={"cache-control": "public, max-age=300"})
+
+        routes.append(Route("/.well-known/jwks.json", keys))
     return Starlette(routes=routes)

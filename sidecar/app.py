@@ -16,10 +16,12 @@ from redis.asyncio import Redis
 from starlette.types import Message, Receive, Scope, Send
 
 from sidecar.accesslog import AccessLog
+from sidecar.assertion import AssertionSigner
 from sidecar.authn import Authenticator
 from sidecar.config import Config
 from sidecar.errors import CLIENT_CLOSED, SidecarError
 from sidecar.failed_auth import FailedAuthLimiter
+from sidecar.forward_auth import ForwardAuth
 from sidecar.gateway import Gateway
 from sidecar.headers import HeaderRules, request_id
 from sidecar.jwt_auth import JwtVerifier
@@ -92,9 +94,18 @@ class Sidecar:
             limiter=self.limiter,
             upstream=self.upstream,
             report_only=report_only_matcher(config),
+            assertion=(
+                AssertionSigner(config.identity.assertion)
+                if config.identity.assertion.enabled
+                else None
+            ),
         )
         self._owned = PrefixMatcher((KEYS_PREFIX,))
         self.access_log = AccessLog() if config.logging.access_log else None
+        # The decision listener's app; served by server.py/workers.py when enabled.
+        self.forward_auth = ForwardAuth(
+            self.gateway, config.forward_auth, owned=self._owned, done=self.finished
+        )
         self._tasks: list[asyncio.Task[None]] = []
         self._register_callback_metrics()
 
@@ -191,9 +202,13 @@ class Sidecar:
         finally:
             self.metrics.in_flight.dec()
             record.duration = time.perf_counter() - record.started
-            self.metrics.observe(record)
-            if self.access_log is not None:
-                self.access_log.write(record)
+            self.finished(record)
+
+    def finished(self, record: RequestRecord) -> None:
+        """A request is done: count it and log it."""
+        self.metrics.observe(record)
+        if self.access_log is not None:
+            self.access_log.write(record)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:

@@ -3,6 +3,7 @@
     SidecarError
     ├── NotAuthenticated        401  credentials missing, malformed, unknown, revoked, expired
     ├── KeyLimitReached         400  the user already has the maximum of active keys
+    ├── Forbidden               403  the key endpoints asked about through forward auth
     ├── KeyNotFound             404  unknown id, or another user's key
     ├── KeyConflict             409  the key's state forbids the action
     │   ├── KeyNotActive             revoked or expired
@@ -58,6 +59,11 @@ class KeyLimitReached(SidecarError):
     def __init__(self, limit: int) -> None:
         super().__init__(limit)
         self.detail = f"Maximum number of API keys ({limit}) reached. Please expire unused keys."
+
+
+class Forbidden(SidecarError):
+    status = 403
+    detail = "The API-key endpoints are served by the sidecar itself, never through forward auth"
 
 
 class KeyNotFound(SidecarError):

@@ -18,6 +18,7 @@ from typing import NamedTuple
 
 from starlette.types import Receive, Scope, Send
 
+from sidecar.assertion import AssertionSigner
 from sidecar.authn import JWT, Authenticator, Identity, credential_from
 from sidecar.domain import LIVE, TEST, key_prefix
 from sidecar.errors import (
@@ -60,6 +61,7 @@ class Gateway:
         limiter: RateLimiter,
         upstream: UpstreamClient,
         report_only: PrefixMatcher | None = None,
+        assertion: AssertionSigner | None = None,
     ) -> None:
         self._rules = rules
         self._public = public_paths
@@ -67,6 +69,7 @@ class Gateway:
         self._limiter = limiter
         self._upstream = upstream
         self._report_only = report_only
+        self._assertion = assertion
 
     async def decide(
         self,
@@ -103,8 +106,9 @@ class Gateway:
             return Decision(None, rate_headers, exc.status)
         return Decision(identity, rate_headers)
 
-    def identity_headers(self, identity: Identity) -> Headers:
-        """The request headers that tell the upstream who is calling."""
+    def identity_headers(self, identity: Identity, method: str, normalised: str) -> Headers:
+        """The request headers that tell the upstream who is calling (and, signed, for
+        which route)."""
         rules = self._rules
         out = [
             (rules.user_id, identity.user_id.encode()),
@@ -113,6 +117,8 @@ class Gateway:
         if identity.key_id is not None:
             out.append((rules.key_id, identity.key_id.encode()))
             out.append((rules.environment, _ENVIRONMENT[identity.environment]))
+        if self._assertion is not None:
+            out.append((self._assertion.header, self._assertion.sign(identity, method, normalised)))
         return out
 
     async def handle(
@@ -166,7 +172,7 @@ class Gateway:
             request_id=request_id,
         )
         if identity is not None:
-            outgoing += self.identity_headers(identity)
+            outgoing += self.identity_headers(identity, method, normalised)
         elif decision.would_deny is not None:
             outgoing.append((WOULD_DENY, b"%d" % decision.would_deny))
         exchange = Exchange(response_headers)

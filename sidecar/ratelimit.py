@@ -34,8 +34,14 @@ IETF RateLimit-header draft and Envoy, in the same unit as ``Retry-After`` and
 immune to clock skew between client and server. A 429 adds ``Retry-After``:
 whole seconds (>= 1) until one more request would be admitted.
 
-Redis unreachable: ``fail_open`` admits with ``X-RateLimit-Limit`` only (the rest
-is unknown); fail closed answers 503 with ``Retry-After``. Either way the event
+``rate_limits.headers: ietf`` sends draft-ietf-httpapi-ratelimit-headers-10's
+structured fields (RFC 9651) instead, ``both`` sends both sets:
+``RateLimit-Policy: "<policy>";q=<N>;w=<P>`` and ``RateLimit: "<policy>";r=<remaining>;t=<reset>``
+with the same numbers; ``<policy>`` is ``default``, or the rule's ``name``, else
+``"<METHOD or *> <path>"``.
+
+Redis unreachable: ``fail_open`` admits with ``X-RateLimit-Limit`` (``RateLimit-Policy``)
+only (the rest is unknown); fail closed answers 503 with ``Retry-After``. Either way the event
 is counted, and logged at most once per ``WARN_INTERVAL``.
 """
 
@@ -67,6 +73,8 @@ _PACKED_MAX = 10_000
 LIMIT = b"x-ratelimit-limit"
 REMAINING = b"x-ratelimit-remaining"
 RESET = b"x-ratelimit-reset"
+POLICY = b"ratelimit-policy"
+RATELIMIT = b"ratelimit"
 
 # KEYS[1] bucket; ARGV[1] emission interval P/N, ARGV[2] capacity N*(P/N), in µs.
 # Returns {admitted 0/1, remaining, µs until full, µs until the next admission}.
@@ -91,21 +99,46 @@ return {1, math.floor((capacity - (next_tat - now)) / interval), next_tat - now,
 
 @dataclass(frozen=True, slots=True)
 class Rule:
-    """One compiled limit: N requests per P seconds, as GCRA parameters."""
+    """One compiled limit: N requests per P seconds, as GCRA parameters, and its headers."""
 
     name: str  # key suffix: "default" or "<METHOD or *>:<path>"
     requests: int
     interval_us: int  # P/N, at least 1 µs
-    limit_header: tuple[bytes, bytes]
+    fixed_headers: Headers  # the same on every response: the limit / the policy
+    x_ratelimit: bool
+    ietf_policy: bytes | None  # the sf-string naming the policy, when IETF headers are on
 
     @property
     def capacity_us(self) -> int:
         return self.requests * self.interval_us
 
     @classmethod
-    def compile(cls, name: str, limit: RateLimit) -> Rule:
+    def compile(cls, name: str, limit: RateLimit, policy: str, style: str = "x-ratelimit") -> Rule:
         interval = max(1, round(limit.per_seconds * _MICROS / limit.requests))
-        return cls(name, limit.requests, interval, (LIMIT, str(limit.requests).encode()))
+        x_ratelimit = style in ("x-ratelimit", "both")
+        quoted = sf_string(policy) if style in ("ietf", "both") else None
+        fixed: Headers = []
+        if x_ratelimit:
+            fixed.append((LIMIT, str(limit.requests).encode()))
+        if quoted is not None:
+            window = max(1, math.ceil(limit.per_seconds))
+            fixed.append((POLICY, b"%s;q=%d;w=%d" % (quoted, limit.requests, window)))
+        return cls(name, limit.requests, interval, fixed, x_ratelimit, quoted)
+
+    def headers(self, remaining: int, reset: int) -> Headers:
+        out = list(self.fixed_headers)
+        if self.x_ratelimit:
+            out += [(REMAINING, str(remaining).encode()), (RESET, str(reset).encode())]
+        if self.ietf_policy is not None:
+            out.append((RATELIMIT, b"%s;r=%d;t=%d" % (self.ietf_policy, remaining, reset)))
+        return out
+
+
+def sf_string(text: str) -> bytes:
+    """An RFC 9651 sf-string: printable ASCII in quotes, ``\\`` and ``"`` escaped; any
+    other character (possible in a rule's path) becomes ``?``."""
+    escaped = "".join("\\" + c if c in '\\"' else c if " " <= c <= "~" else "?" for c in text)
+    return b'"%s"' % escaped.encode("ascii")
 
 
 class RuleTable:
@@ -114,9 +147,15 @@ class RuleTable:
     named in the rules, plus one for every other method, built once."""
 
     def __init__(self, config: RateLimitsConfig) -> None:
-        self.default = Rule.compile("default", config.default)
+        style = config.headers
+        self.default = Rule.compile("default", config.default, "default", style)
         rules = [
-            Rule.compile(f"{r.method or '*'}:{r.path.lower().rstrip('/') or '/'}", r)
+            Rule.compile(
+                f"{r.method or '*'}:{r.path.lower().rstrip('/') or '/'}",
+                r,
+                r.name or f"{r.method or '*'} {r.path}",
+                style,
+            )
             for r in config.rules
         ]
         methods = {r.method for r in config.rules if r.method is not None}
@@ -189,11 +228,7 @@ class RedisRateLimiter(RateLimiter):
         except REDIS_ERRORS as exc:
             return self._unavailable(rule, exc)
         admitted, remaining, reset_us, retry_us = (int(v) for v in reply)
-        headers = [
-            rule.limit_header,
-            (REMAINING, str(max(0, remaining)).encode()),
-            (RESET, str(_seconds(reset_us)).encode()),
-        ]
+        headers = rule.headers(max(0, remaining), _seconds(reset_us))
         if not admitted:
             raise RateLimited(_seconds(retry_us), headers)
         return headers
@@ -227,7 +262,7 @@ class RedisRateLimiter(RateLimiter):
             self._next_warning = now + WARN_INTERVAL
             self._unwarned = 0
         if self._fail_open:
-            return [rule.limit_header]
+            return list(rule.fixed_headers)
         unavailable = StoreUnavailable()
         unavailable.retry_after = self._retry_after
         raise unavailable from exc

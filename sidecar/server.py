@@ -24,6 +24,7 @@ from sidecar.serving import (
     Server,
     admin_listener,
     bind,
+    forward_auth_listener,
     log_listening,
     run_loop,
     uvicorn_config,
@@ -56,6 +57,12 @@ def run(config: Config, *, example_upstream: bool = False) -> int:
         public_sock = _bind_or_explain(
             config.server.host, config.server.port, "public", reuse_port=workers > 1
         )
+        decisions = config.forward_auth
+        decisions_sock = (
+            _bind_or_explain(decisions.host, decisions.port, "forward-auth", reuse_port=workers > 1)
+            if decisions.enabled
+            else None
+        )
     except _StartFailed:
         return EXIT_FAILURE
     try:
@@ -66,9 +73,13 @@ def run(config: Config, *, example_upstream: bool = False) -> int:
     try:
         if workers > 1:
             return supervise(config, url, admin_sock, example_upstream=example_upstream)
-        return run_loop(_serve(config, url, public_sock, admin_sock, example_upstream))
+        return run_loop(
+            _serve(config, url, public_sock, admin_sock, decisions_sock, example_upstream)
+        )
     finally:
         public_sock.close()
+        if decisions_sock is not None:
+            decisions_sock.close()
         admin_sock.close()
         if embedded is not None:
             embedded.stop()
@@ -85,7 +96,7 @@ def _bind_or_explain(
     try:
         return bind(host, port, reuse_port=reuse_port, listen=not reuse_port)
     except OSError as exc:
-        key = "server" if which == "public" else "admin"
+        key = {"public": "server", "forward-auth": "forward_auth"}.get(which, which)
         log.error(
             "cannot listen on %s:%d for the %s listener (%s.host/%s.port): %s",
             host, port, which, key, key, exc.strerror or exc,
@@ -98,6 +109,7 @@ async def _serve(
     redis_url: str,
     public_sock: socket.socket,
     admin_sock: socket.socket,
+    decisions_sock: socket.socket | None,
     example_upstream: bool,
 ) -> int:
     sidecar = Sidecar(config, redis_url)
@@ -111,14 +123,17 @@ async def _serve(
         return ["shutting down"] if public.should_exit else []
 
     await warn_if_redis_down(sidecar.redis)
-    async with admin_listener(
-        config,
-        admin_sock,
-        redis=sidecar.redis,
-        upstream=sidecar.upstream,
-        scrape=scrape,
-        problems=draining,
-        example_upstream=example_upstream,
+    async with (
+        admin_listener(
+            config,
+            admin_sock,
+            redis=sidecar.redis,
+            upstream=sidecar.upstream,
+            scrape=scrape,
+            problems=draining,
+            example_upstream=example_upstream,
+        ),
+        forward_auth_listener(config, decisions_sock, sidecar.forward_auth, public),
     ):
         log_listening(config)
         try:

@@ -19,6 +19,7 @@ import uvicorn
 from redis.asyncio import Redis
 
 from sidecar.admin import build_admin_app
+from sidecar.assertion import public_jwks
 from sidecar.config import Config
 from sidecar.proxy import UpstreamClient
 from sidecar.store import REDIS_ERRORS
@@ -43,6 +44,12 @@ class Server(uvicorn.Server):
         super().__init__(config)
         self._handle_signals = handle_signals
         self._on_started = on_started
+        self.followers: list[Server] = []  # stop draining when this one does
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        super().handle_exit(sig, frame)
+        for follower in self.followers:
+            follower.should_exit = True
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
@@ -122,7 +129,10 @@ async def admin_listener(
 ) -> AsyncIterator[None]:
     """Serve the admin app on ``sock`` (and the example upstream when asked) until the
     block ends; then stop them."""
-    app = build_admin_app(redis=redis, upstream=upstream, scrape=scrape, problems=problems)
+    jwks = public_jwks(config.identity.assertion) if config.identity.assertion.enabled else None
+    app = build_admin_app(
+        redis=redis, upstream=upstream, scrape=scrape, problems=problems, jwks=jwks
+    )
     admin = Server(uvicorn_config(app, config), handle_signals=False)
     helpers = [admin]
     tasks = [asyncio.create_task(admin.serve(sockets=[sock]))]
@@ -137,12 +147,34 @@ async def admin_listener(
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+@contextlib.asynccontextmanager
+async def forward_auth_listener(
+    config: Config, sock: socket.socket | None, app: Any, leader: Server
+) -> AsyncIterator[None]:
+    """Serve the forward-auth decisions on ``sock`` (if any) while the block runs; it
+    starts draining when ``leader`` (the public server) is told to stop."""
+    if sock is None:
+        yield
+        return
+    server = Server(uvicorn_config(app, config), handle_signals=False)
+    leader.followers.append(server)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        yield
+    finally:
+        server.should_exit = True
+        await asyncio.gather(task, return_exceptions=True)
+
+
 def log_listening(config: Config) -> None:
     server, admin = config.server, config.admin
     log.info(
         "listening: public http://%s:%d, admin http://%s:%d, %d worker(s)",
         server.host, server.port, admin.host, admin.port, server.workers,
     )  # fmt: skip
+    decisions = config.forward_auth
+    if decisions.enabled:
+        log.info("listening: forward-auth http://%s:%d", decisions.host, decisions.port)
 
 
 def example_upstream_server(config: Config) -> Server:

@@ -44,6 +44,7 @@ from sidecar.serving import (
     Server,
     admin_listener,
     bind,
+    forward_auth_listener,
     log_listening,
     run_loop,
     uvicorn_config,
@@ -240,6 +241,10 @@ async def _serve_worker(
     config: Config, redis_url: str, ready: Connection, supervisor_pid: int
 ) -> int:
     sock = bind(config.server.host, config.server.port, reuse_port=True)
+    decisions = config.forward_auth
+    decisions_sock = (
+        bind(decisions.host, decisions.port, reuse_port=True) if decisions.enabled else None
+    )
     sidecar = Sidecar(config, redis_url)
 
     def started() -> None:
@@ -258,7 +263,8 @@ async def _serve_worker(
 
     task = asyncio.create_task(housekeeping())
     try:
-        await public.serve(sockets=[sock])
+        async with forward_auth_listener(config, decisions_sock, sidecar.forward_auth, public):
+            await public.serve(sockets=[sock])
     except SystemExit:
         return 1
     finally:

@@ -75,10 +75,10 @@ def test_gcra_parameters(limit: dict[str, Any], interval_us: int, capacity_us: i
     config = RateLimitsConfig.model_validate({"default": limit})
     rule = RuleTable(config).default
     assert (rule.interval_us, rule.capacity_us) == (interval_us, capacity_us)
-    assert rule.limit_header == (b"x-ratelimit-limit", str(limit["requests"]).encode())
+    assert rule.fixed_headers == [(b"x-ratelimit-limit", str(limit["requests"]).encode())]
 
 
-RULE = Rule("default", 1, 1, (b"x-ratelimit-limit", b"1"))
+RULE = Rule("default", 1, 1, [(b"x-ratelimit-limit", b"1")], True, None)
 
 
 @pytest.mark.parametrize(

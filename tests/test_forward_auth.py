@@ -1,0 +1,217 @@
+"""The forward-auth listener's contract (SPEC "Forward-auth decision listener"), by the
+headers each front proxy sends: nginx / ingress-nginx, Traefik / Caddy, Envoy. Real
+sidecar processes, real Redis; the front proxies themselves are in
+test_forward_auth_proxies.py."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from sidecar import keyformat
+from sidecar.forward_auth import original_request
+from tests.conftest import Api, make_token
+from tests.harness import SidecarProcess, free_port, remember_secret
+from tests.upstream_app import RecordingUpstream
+
+BUDGET = 3
+ANALYSIS = 1
+
+
+def decisions_config(config_for: Any, **override: Any) -> dict[str, Any]:
+    forward_auth = {"enabled": True, "port": free_port(), "path_prefix": "/authz"}
+    forward_auth.update(override.pop("forward_auth", {}))
+    return config_for(
+        forward_auth=forward_auth,
+        rate_limits={
+            "enabled": True,
+            "default": {"requests": BUDGET, "per_seconds": 60},
+            "rules": [
+                {
+                    "method": "POST",
+                    "path": "/api/v1/analysis/",
+                    "requests": ANALYSIS,
+                    "per_seconds": 60,
+                },
+            ],
+        },
+        **override,
+    )
+
+
+class Decisions:
+    def __init__(self, process: SidecarProcess) -> None:
+        self.process = process
+        self.url = f"http://127.0.0.1:{process.config['forward_auth']['port']}"
+
+    def ask(self, path: str = "/", method: str = "GET", **headers: str) -> httpx.Response:
+        sent = {k.replace("_", "-"): v for k, v in headers.items()}
+        return httpx.request(method, self.url + path, headers=sent)
+
+
+@pytest.fixture(scope="module")
+def decisions(config_for: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Decisions]:
+    config = decisions_config(config_for, auth={"report_only_paths": ["/api/v1/trial/"]})
+    process = SidecarProcess(config, tmp_path_factory.mktemp("fa")).start()
+    yield Decisions(process)
+    process.stop()
+
+
+def nginx(method: str, uri: str) -> dict[str, str]:
+    return {"X-Original-Method": method, "X-Original-URI": uri}
+
+
+def jwt_for(user: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {make_token(user)}"}
+
+
+DIALECTS = {
+    "nginx": lambda path: ("GET", "/", {"X-Original-Method": "POST", "X-Original-URI": path}),
+    "ingress-nginx": lambda path: (
+        "GET", "/", {"X-Original-Method": "POST", "X-Original-URL": f"https://api.example{path}"},
+    ),
+    "traefik/caddy": lambda path: (
+        "GET", "/", {"X-Forwarded-Method": "POST", "X-Forwarded-Uri": path},
+    ),
+    "envoy": lambda path: ("POST", "/authz" + path, {}),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_every_dialect_allows_with_identity_and_charges_the_original_route(
+    decisions: Decisions, user: str, dialect: str
+) -> None:
+    key = Api(decisions.process.url).create_key(user)
+    method, path, dialect_headers = DIALECTS[dialect]("/api/v1/analysis/?x=1")
+    allowed = httpx.request(
+        method, decisions.url + path, headers={**dialect_headers, "X-API-Key": key["api_key"]}
+    )
+    assert allowed.status_code == 200
+    assert allowed.content == b""
+    h = allowed.headers
+    assert (h["x-callcov-user-id"], h["x-callcov-auth-method"]) == (user, "api_key")
+    assert h["x-callcov-key-id"] == key["id"]
+    assert h["cache-control"] == "no-store"
+    # the POST /api/v1/analysis/ rule (1 per minute) was charged, not the default budget
+    assert (h["x-ratelimit-limit"], h["x-ratelimit-remaining"]) == (str(ANALYSIS), "0")
+    refused = httpx.request(
+        method, decisions.url + path, headers={**dialect_headers, "X-API-Key": key["api_key"]}
+    )
+    assert refused.status_code == 429
+    assert refused.json() == {"detail": "Rate limit exceeded"}
+    assert int(refused.headers["retry-after"]) >= 1
+    assert refused.headers["cache-control"] == "no-store"
+    assert "x-callcov-user-id" not in refused.headers
+
+
+def test_dialect_order_and_paths() -> None:
+    both = {
+        b"x-original-method": b"PUT", b"x-original-uri": b"/a/%2E%2E/b?q=1",
+        b"x-forwarded-method": b"DELETE", b"x-forwarded-uri": b"/c",
+    }  # fmt: skip
+    assert original_request("GET", "/x", both, None) == ("PUT", "/a/../b")
+    assert original_request("GET", "/x", {b"x-original-url": b"http://h/u%20v?x"}, None) == (
+        "GET",
+        "/u v",
+    )
+    assert original_request("GET", "/x", {b"x-forwarded-uri": b"/c"}, None) == ("GET", "/c")
+    assert original_request("PATCH", "/authz/p/q", {}, "/authz") == ("PATCH", "/p/q")
+    assert original_request("PATCH", "/authz", {}, "/authz") == ("PATCH", "/")
+    assert original_request("PATCH", "/authzx", {}, "/authz") == ("PATCH", "/authzx")
+
+
+def test_denials_have_the_proxy_paths_shape_and_are_never_cached(decisions: Decisions) -> None:
+    for credential in ({}, {"X-API-Key": remember_secret(keyformat.generate())}):
+        denied = decisions.ask(**nginx("GET", "/api/v1/things"), **credential)
+        assert denied.status_code == 401
+        assert denied.json() == {"detail": "Could not validate credentials"}
+        assert denied.headers["www-authenticate"] == "Bearer"
+        assert denied.headers["cache-control"] == "no-store"
+        assert denied.headers["content-type"] == "application/json"
+
+
+def test_the_key_endpoints_are_never_allowed_through_a_decision(
+    decisions: Decisions, user: str
+) -> None:
+    for uri in ("/api/v1/api-keys/", "/api/v1/api-keys", "/API/v1/x/../api-keys/1/rotate"):
+        for credential in ({}, jwt_for(user)):
+            denied = decisions.ask(**nginx("POST", uri), **credential)
+            assert denied.status_code == 403
+            assert "detail" in denied.json()
+            assert denied.headers["cache-control"] == "no-store"
+
+
+def test_public_paths_are_allowed_without_a_credential(decisions: Decisions) -> None:
+    allowed = decisions.ask(**nginx("POST", "/api/v1/auth/login"))
+    assert allowed.status_code == 200
+    assert "x-callcov-user-id" not in allowed.headers
+    assert "x-ratelimit-limit" not in allowed.headers
+
+
+def test_report_only_decisions_allow_without_identity(decisions: Decisions) -> None:
+    marked = decisions.ask(**nginx("GET", "/api/v1/trial/x"))
+    assert marked.status_code == 200
+    assert marked.headers["x-callcov-auth-would-deny"] == "401"
+    assert "x-callcov-user-id" not in marked.headers
+    assert marked.headers["cache-control"] == "no-store"
+    # the same request outside the report-only prefix is refused
+    assert decisions.ask(**nginx("GET", "/api/v1/other")).status_code == 401
+
+
+def test_a_jwt_decision(decisions: Decisions, user: str) -> None:
+    allowed = decisions.ask(**nginx("GET", "/api/v1/things"), **jwt_for(user))
+    assert allowed.status_code == 200
+    assert allowed.headers["x-callcov-auth-method"] == "jwt"
+    assert "x-callcov-key-id" not in allowed.headers
+
+
+def test_cache_seconds_and_unverifiable_keys(
+    spawn: Any, config_for: Any, user: str, recorder: RecordingUpstream
+) -> None:
+    config = decisions_config(config_for, forward_auth={"cache_seconds": 30})
+    cached = Decisions(spawn(config))
+    allowed = cached.ask(**nginx("GET", "/x"), **jwt_for(user))
+    assert allowed.headers["cache-control"] == "private, max-age=30"
+    assert cached.ask(**nginx("GET", "/x")).headers["cache-control"] == "no-store"
+
+    down = decisions_config(config_for)
+    down["redis"] = {"url": f"redis://127.0.0.1:{free_port()}/0", "retry_after_seconds": 3}
+    unavailable = Decisions(spawn(down))
+    key = remember_secret(keyformat.generate())
+    refused = unavailable.ask(**nginx("GET", "/x"), **{"X-API-Key": key})
+    assert refused.status_code == 503
+    assert refused.headers["retry-after"] == "3"
+    assert refused.headers["cache-control"] == "no-store"
+    assert refused.json() == {"detail": "Authentication store unavailable, retry later"}
+
+
+def test_decisions_are_logged_and_counted(decisions: Decisions, user: str) -> None:
+    rid = uuid.uuid4().hex
+    decisions.ask(**nginx("DELETE", "/api/v1/things/1"), **jwt_for(user), X_Request_ID=rid)
+    from tests.harness import wait_until
+    from tests.test_logs import access_lines
+
+    wait_until(lambda: access_lines(decisions.process, rid) != [], timeout=5)
+    [entry] = access_lines(decisions.process, rid)
+    assert (entry["route"], entry["method"], entry["path"]) == (
+        "forward_auth",
+        "DELETE",
+        "/api/v1/things/1",
+    )
+    assert (entry["status"], entry["user_id"]) == (200, user)
+    metrics = httpx.get(decisions.process.admin_url + "/metrics").text
+    assert 'sidecar_requests_total{route="forward_auth",status="200"}' in metrics
+
+
+def test_the_listener_runs_in_workers_mode(spawn: Any, config_for: Any, user: str) -> None:
+    config = decisions_config(config_for)
+    config["server"]["workers"] = 2
+    workers = Decisions(spawn(config))
+    statuses = {
+        workers.ask(**nginx("GET", "/x"), **jwt_for(user)).status_code for _ in range(BUDGET)
+    }
+    assert statuses == {200}
