@@ -116,6 +116,7 @@ class ForwardAuth:
                 authorization=found.get(b"authorization"),
                 ambiguous=ambiguous,
                 record=record,
+                headers=scope["headers"],
             )
             status = 200
             if decision.identity is not None:
