@@ -36,6 +36,8 @@ from sidecar.proxy import ClientGone, UpstreamClient
 from sidecar.ratelimit import limiter_for
 from sidecar.redis_conn import connect
 from sidecar.revocations import RevocationListener
+from sidecar.scanning_source import ScanningKeySource
+from sidecar.secret_scanning import SecretScanning
 from sidecar.store import KeyStore
 from sidecar.usage import UsageTracker
 
@@ -101,6 +103,16 @@ class Sidecar:
             ),
         )
         self._owned = PrefixMatcher((KEYS_PREFIX,))
+        self.scanning: SecretScanning | None = None
+        self._scanning_path: str | None = None
+        if config.secret_scanning.enabled:
+            self.scanning = SecretScanning(
+                keys=ScanningKeySource(config.secret_scanning),
+                store=self.store,
+                hasher=hasher,
+                on_revoked=self.cache.evict,
+            )
+            self._scanning_path = config.secret_scanning.path.rstrip("/").lower()
         self.access_log = AccessLog() if config.logging.access_log else None
         # The decision listener's app; served by server.py/workers.py when enabled.
         self.forward_auth = ForwardAuth(
@@ -126,6 +138,11 @@ class Sidecar:
         self.metrics.count_total(
             "sidecar_canary_hits", "Requests that used a canary key", lambda: auth.canary_hits
         )
+        self.metrics.count_total(
+            "sidecar_leaked_keys",
+            "Keys revoked because secret scanning reported them leaked",
+            lambda: self.scanning.leaked if self.scanning is not None else 0,
+        )
         failed = self.failed_auth
         self.metrics.count_total(
             "sidecar_failed_auth_limited",
@@ -150,6 +167,8 @@ class Sidecar:
                 await task
         await self.upstream.close()
         await self.limiter.close()
+        if self.scanning is not None:
+            await self.scanning.close()
         await self.redis.aclose()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -180,7 +199,13 @@ class Sidecar:
         )
         self.metrics.in_flight.inc()
         try:
-            if self._owned.matches(normalised):
+            if self._scanning_path is not None and (
+                normalised.rstrip("/").lower() == self._scanning_path
+            ):
+                assert self.scanning is not None
+                record.route = "secret_scanning"
+                await self.scanning.handle(scope, receive, _Started(send, rid, record))
+            elif self._owned.matches(normalised):
                 record.route = "api_keys"
                 owned_scope = dict(scope, path=KEYS_PREFIX + normalised[len(KEYS_PREFIX) :])
                 await self.keys_api.app(owned_scope, receive, _Started(send, rid, record))

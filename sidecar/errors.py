@@ -8,11 +8,15 @@
     ├── KeyConflict             409  the key's state forbids the action
     │   ├── KeyNotActive             revoked or expired
     │   └── KeyAlreadyRotated        rotated, still in its grace period
+    ├── MethodNotAllowed        405  a method an endpoint of the sidecar's own does not serve
+    ├── ReportSignatureInvalid  401  a secret-scanning report without a valid signature
+    ├── ReportInvalid           422  a secret-scanning report that is not an array of tokens
     ├── RequestInvalid          422  FastAPI-shaped validation errors
     ├── PayloadTooLarge         413  request body over server.max_body_bytes
     ├── RateLimited             429  over the matching rate-limit rule
     ├── TooManyFailedAuth       429  the client failed authentication too often (with Retry-After)
     ├── StoreUnavailable        503  Redis could not be reached (with Retry-After)
+    ├── ScanningKeysUnavailable 503  the secret-scanning public keys URL cannot be read
     ├── UpstreamUnavailable     502  upstream refused or unreachable
     └── UpstreamTimeout         504  upstream did not answer in time
 
@@ -83,6 +87,34 @@ class KeyAlreadyRotated(KeyConflict):
     detail = "API key has already been rotated"
 
 
+class MethodNotAllowed(SidecarError):
+    status = 405
+    detail = "Method Not Allowed"
+
+    def __init__(self, allowed: str) -> None:
+        super().__init__(allowed)
+        self.allowed = allowed
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        return [(b"allow", self.allowed.encode())]
+
+
+class ReportSignatureInvalid(SidecarError):
+    status = 401
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class ReportInvalid(SidecarError):
+    status = 422
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
 class RequestInvalid(SidecarError):
     status = 422
 
@@ -128,6 +160,15 @@ class StoreUnavailable(SidecarError):
     status = 503
     detail = "Authentication store unavailable, retry later"
     retry_after = 5
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        return [(b"retry-after", str(self.retry_after).encode())]
+
+
+class ScanningKeysUnavailable(SidecarError):
+    status = 503
+    detail = "The secret-scanning public keys cannot be fetched, retry later"
+    retry_after = 60
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         return [(b"retry-after", str(self.retry_after).encode())]

@@ -51,7 +51,7 @@ import builtins
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -376,24 +376,9 @@ class KeyStore:
         )
         if owner is None or prefix is None or key_hash is None:
             raise KeyNotFound()
-        moment = datetime.now(UTC)
-        revoked_entry = _index_entry(key_id, owner, key_hash, active=False)
-        keys = [
-            record_key(key_id),
-            limit_set_key(owner, environment or LIVE),
-            prefix_index_key(prefix),
-            legacy_active_set_key(owner),
-        ]
-        flat_audit = [item for pair in (audit or {}).items() for item in pair]
-        args: list[str | int | bytes] = [
-            owner,
-            to_iso(moment),
-            _micros(moment),
-            REVOCATION_CHANNEL,
-            revoked_entry,
-            reason,
-            *flat_audit,
-        ]
+        keys, args = _revoke_call(
+            key_id, owner, prefix, key_hash, environment or LIVE, datetime.now(UTC), reason, audit
+        )
         if not await self._guarded(self._revoke(keys=keys, args=args)):
             raise KeyNotFound()
         return key_hash
@@ -471,6 +456,24 @@ class KeyStore:
     async def verify(self, parsed: keyformat.ParsedKey, key_hash: str) -> VerifiedKey | None:
         """Look the key up by prefix; None when no key with this hash exists."""
         raw = await self._guarded(self._redis.hget(prefix_index_key(parsed.prefix), key_hash))
+        return self._verified(raw, parsed.prefix, key_hash)
+
+    async def verify_many(
+        self, lookups: Sequence[tuple[keyformat.ParsedKey, str]]
+    ) -> Sequence[VerifiedKey | None]:
+        """``verify`` for many (key, hash) pairs in one pipelined round trip."""
+        if not lookups:
+            return []
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for parsed, key_hash in lookups:
+                pipe.hget(prefix_index_key(parsed.prefix), key_hash)
+            found = await self._guarded(pipe.execute())
+        return [
+            self._verified(raw, parsed.prefix, key_hash)
+            for raw, (parsed, key_hash) in zip(found, lookups, strict=True)
+        ]
+
+    def _verified(self, raw: bytes | None, prefix: str, key_hash: str) -> VerifiedKey | None:
         if raw is None:
             return None
         entry = orjson.loads(raw)
@@ -479,12 +482,36 @@ class KeyStore:
         return VerifiedKey(
             id=entry["id"],
             user_id=entry["user_id"],
-            prefix=parsed.prefix,
+            prefix=prefix,
             active=bool(entry["active"]),
             expires_at=entry.get("expires_at"),
-            environment=keyformat.environment_of(parsed.prefix),
+            environment=keyformat.environment_of(prefix),
             canary=bool(entry.get("canary", False)),
         )
+
+    async def revoke_many(self, revocations: Sequence[Revocation]) -> None:
+        """Revoke many verified keys with the revocation script DELETE uses (each is
+        atomic and published to every instance), all in one pipelined round trip."""
+        if not revocations:
+            return
+        # Loaded first (on every primary of a Cluster): a pipeline cannot load it on a miss.
+        sha = await self._guarded(self._redis.script_load(_REVOKE))
+        moment = datetime.now(UTC)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for revocation in revocations:
+                key = revocation.key
+                keys, args = _revoke_call(
+                    key.id,
+                    key.user_id,
+                    key.prefix,
+                    revocation.key_hash,
+                    key.environment,
+                    moment,
+                    revocation.reason,
+                    revocation.audit,
+                )
+                pipe.evalsha(sha, len(keys), *keys, *args)
+            await self._guarded(pipe.execute())
 
     async def touch(self, last_used: Mapping[str, str], counts: Sequence[UsageCounts] = ()) -> None:
         """Record last-use times (key id → ISO time) and add per-day use counts, all in
@@ -521,6 +548,49 @@ class KeyStore:
             for day, (requests, limited) in zip(days, replies[1:], strict=True)
         ]
         return prefix, daily
+
+
+@dataclass(frozen=True, slots=True)
+class Revocation:
+    """A verified key to revoke, why, and audit fields for its record."""
+
+    key: VerifiedKey
+    key_hash: str
+    reason: str
+    audit: Mapping[str, str] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        return f"Revocation(key_id={self.key.id!r}, reason={self.reason!r})"
+
+
+def _revoke_call(
+    key_id: str,
+    owner: str,
+    prefix: str,
+    key_hash: str,
+    environment: str,
+    moment: datetime,
+    reason: str,
+    audit: Mapping[str, str] | None,
+) -> tuple[list[str], list[str | int | bytes]]:
+    """KEYS and ARGV of the revocation script, for one key."""
+    keys = [
+        record_key(key_id),
+        limit_set_key(owner, environment),
+        prefix_index_key(prefix),
+        legacy_active_set_key(owner),
+    ]
+    flat_audit = [item for pair in (audit or {}).items() for item in pair]
+    args: list[str | int | bytes] = [
+        owner,
+        to_iso(moment),
+        _micros(moment),
+        REVOCATION_CHANNEL,
+        _index_entry(key_id, owner, key_hash, active=False),
+        reason,
+        *flat_audit,
+    ]
+    return keys, args
 
 
 def _micros(moment: datetime) -> int:
