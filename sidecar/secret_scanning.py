@@ -25,7 +25,7 @@ import orjson
 from starlette.types import Receive, Scope, Send
 
 from sidecar import keyformat, scanning_keys
-from sidecar.domain import VerifiedKey
+from sidecar.domain import LEAKED, VerifiedKey
 from sidecar.errors import (
     MethodNotAllowed,
     PayloadTooLarge,
@@ -41,7 +41,6 @@ from sidecar.timeutil import now_iso
 log = logging.getLogger("sidecar.secret_scanning")
 
 MAX_REPORT_BYTES = 5 * 1024 * 1024
-LEAKED = "leaked"
 TRUE_POSITIVE, FALSE_POSITIVE = "true_positive", "false_positive"
 _IDENTIFIER = b"github-public-key-identifier"
 _SIGNATURE = b"github-public-key-signature"

@@ -133,7 +133,9 @@ def test_a_signed_report_revokes_a_real_key_and_a_second_instance_rejects_it_wit
     listed = first_api.http.get(
         "/api/v1/api-keys/?include_expired=true", headers=first_api.bearer(user)
     ).json()["api_keys"]
-    assert [(k["id"], k["is_active"]) for k in listed] == [(key["id"], False)]
+    assert [(k["id"], k["is_active"], k["revoked_reason"]) for k in listed] == [
+        (key["id"], False, "leaked")
+    ]
     record = redis_client.hgetall(record_key(key["id"]))
     assert record[b"revoked_reason"] == b"leaked"
     assert record[b"revoked_url"] == REPORT_URL.encode()
