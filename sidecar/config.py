@@ -50,6 +50,15 @@ class _Section(BaseModel):
             yield name, mask_url(value) if isinstance(value, str) else value
 
 
+class RequestLimits(_Section):
+    """nginx-like defaults (large_client_header_buffers 4 8k; Apache's 100 fields)."""
+
+    header_line_bytes: int = Field(8 * 1024, ge=256, le=1024 * 1024)
+    header_bytes: int = Field(32 * 1024, ge=1024, le=16 * MIB)
+    headers: int = Field(100, ge=8, le=10_000)
+    target_bytes: int = Field(8 * 1024, ge=256, le=1024 * 1024)
+
+
 class ServerConfig(_Section):
     host: str = "127.0.0.1"
     port: Port = 8080
@@ -57,6 +66,7 @@ class ServerConfig(_Section):
     max_body_bytes: int = Field(500 * MIB, gt=0)
     graceful_timeout_seconds: float = Field(30.0, gt=0, le=86400)
     trusted_proxies: tuple[str, ...] = ()
+    limits: RequestLimits = RequestLimits()
 
 
 class AdminConfig(_Section):

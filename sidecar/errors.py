@@ -4,6 +4,8 @@
     ├── NotAuthenticated        401  credentials missing, malformed, unknown, revoked, expired
     ├── KeyLimitReached         400  the user already has the maximum of active keys
     ├── Forbidden               403  the key endpoints asked about through forward auth
+    ├── AmbiguousPath           400  a path the upstream might read differently (paths.py)
+    ├── MalformedRequest        400  a request the HTTP parser refused (httpserver.py)
     ├── KeyNotFound             404  unknown id, or another user's key
     ├── KeyConflict             409  the key's state forbids the action
     │   ├── KeyNotActive             revoked or expired
@@ -13,10 +15,13 @@
     ├── ReportInvalid           422  a secret-scanning report that is not an array of tokens
     ├── RequestInvalid          422  FastAPI-shaped validation errors
     ├── PayloadTooLarge         413  request body over server.max_body_bytes
+    ├── TargetTooLong           414  request-target over server.limits (httpserver.py)
+    ├── HeadersTooLarge         431  request headers over server.limits (httpserver.py)
     ├── RateLimited             429  over the matching rate-limit rule
     ├── TooManyFailedAuth       429  the client failed authentication too often (with Retry-After)
     ├── StoreUnavailable        503  Redis could not be reached (with Retry-After)
     ├── ScanningKeysUnavailable 503  the secret-scanning public keys URL cannot be read
+    ├── UnsupportedCoding       501  a request Transfer-Encoding other than chunked
     ├── UpstreamUnavailable     502  upstream refused or unreachable
     └── UpstreamTimeout         504  upstream did not answer in time
 
@@ -68,6 +73,16 @@ class KeyLimitReached(SidecarError):
 class Forbidden(SidecarError):
     status = 403
     detail = "The API-key endpoints are served by the sidecar itself, never through forward auth"
+
+
+class AmbiguousPath(SidecarError):
+    status = 400
+    detail = "Ambiguous request path"
+
+
+class MalformedRequest(SidecarError):
+    status = 400
+    detail = "Invalid HTTP request"
 
 
 class KeyNotFound(SidecarError):
@@ -131,6 +146,16 @@ class PayloadTooLarge(SidecarError):
         self.detail = f"Request body exceeds the maximum of {limit} bytes"
 
 
+class TargetTooLong(SidecarError):
+    status = 414
+    detail = "Request-target too long"
+
+
+class HeadersTooLarge(SidecarError):
+    status = 431
+    detail = "Request header fields too large"
+
+
 class RateLimited(SidecarError):
     status = 429
     detail = "Rate limit exceeded"
@@ -172,6 +197,11 @@ class ScanningKeysUnavailable(SidecarError):
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         return [(b"retry-after", str(self.retry_after).encode())]
+
+
+class UnsupportedCoding(SidecarError):
+    status = 501
+    detail = "Transfer-Encoding not implemented"
 
 
 class UpstreamUnavailable(SidecarError):

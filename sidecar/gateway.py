@@ -27,6 +27,7 @@ from sidecar.errors import (
     SidecarError,
     StoreUnavailable,
     TooManyFailedAuth,
+    UnsupportedCoding,
 )
 from sidecar.headers import WOULD_DENY, HeaderRules, Headers
 from sidecar.keyformat import looks_like_api_key
@@ -147,6 +148,8 @@ class Gateway:
             elif lowered == b"content-length":
                 content_length = int(value) if value.isdigit() else None
             elif lowered == b"transfer-encoding":
+                if value.strip().lower() != b"chunked":  # as nginx: no other coding
+                    raise UnsupportedCoding()
                 chunked = True
         method: str = scope["method"]
         decision = await self.decide(

@@ -70,8 +70,10 @@ class HeaderRules:
             canonical(n) for n in (self.user_id, self.auth_method, self.key_id, self.environment)
         }
         identity |= {WOULD_DENY, ASSERTION, canonical(config.identity.assertion.header.encode())}
+        # Expect: 100-continue is answered by our own server when the body is read (as
+        # nginx does); passed on, the upstream's 100 would only be dropped.
         self._always_dropped = frozenset(
-            HOP_BY_HOP | identity | _FORWARDED | {b"x-api-key", b"host", b"x-request-id"}
+            HOP_BY_HOP | identity | _FORWARDED | {b"x-api-key", b"host", b"x-request-id", b"expect"}
         )
         self._forward_authorization = config.upstream.forward_authorization
         self.proxies = TrustedProxies(config.server.trusted_proxies)

@@ -61,6 +61,8 @@ _WHOLE_AT_MOST = 64 * 1024
 # 5 s keep-alive timeout of uvicorn and Node, so we rarely race the upstream's close.
 _IDLE_SECONDS = 4.0
 _FAILURES = (OSError, *PARSE_ERRORS)  # TimeoutError and ssl.SSLError are OSErrors
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+_IDEMPOTENCY_KEYS = frozenset({b"idempotency-key", b"x-idempotency-key"})
 
 
 class ClientGone(Exception):
@@ -86,9 +88,18 @@ class _Outgoing(NamedTuple):
 
     method: str
     head: bytes
-    has_body: bool
     streamed_body: bool  # False: no body, or it is already in ``head``
     chunked: bool
+    headers: Headers  # only read to decide whether a failed request may be replayed
+
+    def replayable(self) -> bool:
+        """Go net/http's rule: a safe method or an idempotency key, and none of the
+        client's body already gone (a body held whole can be sent again as it was)."""
+        if self.streamed_body:
+            return False
+        if self.method in _SAFE_METHODS:
+            return True
+        return any(name.lower() in _IDEMPOTENCY_KEYS for name, _ in self.headers)
 
 
 class UpstreamClient:
@@ -185,7 +196,7 @@ class UpstreamClient:
         target = self._prefix + path + (b"?" + query if query else b"")
         head = request_head(method, target, self._host_header, headers, content_length, chunked)
         head += whole
-        outgoing = _Outgoing(method, head, has_body, streamed, chunked)
+        outgoing = _Outgoing(method, head, streamed, chunked, headers)
         await self._slots.acquire()
         try:
             await self._exchange(outgoing, receive, send, exchange)
@@ -250,8 +261,10 @@ class UpstreamClient:
             if conn is None:
                 conn = await self._connect()
             conn.begin(head_only=outgoing.method == "HEAD")
+            written = False
             try:
                 await conn.write(outgoing.head, read_timeout)
+                written = True
                 if outgoing.streamed_body:
                     sender = asyncio.ensure_future(
                         self._send_body(conn, receive, exchange, outgoing.chunked)
@@ -270,8 +283,10 @@ class UpstreamClient:
                 if isinstance(exc, TimeoutError):
                     raise UpstreamTimeout() from exc
                 if isinstance(exc, _FAILURES):
-                    # A pooled connection the upstream had closed: once more, if safe.
-                    if reused and not outgoing.has_body and not conn.received_any:
+                    # A pooled connection the upstream had closed: once more on a fresh
+                    # one if nothing went out, or if the request is safe to replay. The
+                    # upstream may have read it, so a POST is never sent a second time.
+                    if reused and not conn.received_any and (not written or outgoing.replayable()):
                         conn, reused = None, False
                         continue
                     raise UpstreamUnavailable() from exc

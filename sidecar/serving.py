@@ -21,6 +21,7 @@ from redis.asyncio import Redis
 from sidecar.admin import build_admin_app
 from sidecar.assertion import public_jwks
 from sidecar.config import Config
+from sidecar.httpserver import protocol_for
 from sidecar.proxy import UpstreamClient
 from sidecar.store import REDIS_ERRORS
 
@@ -91,12 +92,15 @@ def bind(host: str, port: int, *, reuse_port: bool = False, listen: bool = True)
 
 
 def uvicorn_config(
-    app: Any, config: Config, *, lifespan: Literal["on", "off"] = "off"
+    app: Any, config: Config, *, lifespan: Literal["on", "off"] = "off", public: bool = False
 ) -> uvicorn.Config:
+    """``public``: the hardened protocol of httpserver.py (request limits, trailers,
+    framing); uvicorn's WebSocket handling off, as websocket.py relays upgrades."""
     return uvicorn.Config(
         app,
         lifespan=lifespan,
-        http="httptools",
+        http=protocol_for(config.server.limits) if public else "httptools",
+        ws="none" if public else "auto",
         log_config=None,
         access_log=False,
         server_header=False,

@@ -2,9 +2,11 @@
 
 Only proxy.py uses this. A connection carries one exchange at a time: ``begin()``
 arms a fresh response parser, the response head arrives on ``head``, the body is
-pulled with ``next_chunk()``. Reading pauses while more than ``_HIGH_WATER`` bytes of
-body wait to be relayed; writes wait for the transport to drain. ``abort()`` ends the
-connection at once and wakes whoever waits on it.
+pulled with ``next_chunk()``. The head is frozen once complete: trailers and any bytes
+after the response (a body longer than its Content-Length, a body on 204/304) never
+touch it, and such a connection is not reused. Reading pauses while more than
+``_HIGH_WATER`` bytes of body wait to be relayed; writes wait for the transport to
+drain. ``abort()`` ends the connection at once and wakes whoever waits on it.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ _HIGH_WATER = 256 * 1024
 # Responses without a body, whatever their headers say (RFC 9110 §6.4.1).
 _NO_BODY = frozenset({204, 304})
 PARSE_ERRORS = (httptools.HttpParserError, httptools.HttpParserUpgrade)
+# Status codes a response may carry (RFC 9110 §15); anything else is an invalid response.
+_HIGHEST_STATUS = 599
 
 
 def request_head(
@@ -105,6 +109,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.complete = False
         self.keep_alive = False
         self.received_any = False
+        self._head_done = False
         self.error: BaseException | None = None
         # Why the sidecar cut this exchange off (ClientGone, PayloadTooLarge), if it did.
         self.cut: Exception | None = None
@@ -123,7 +128,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.headers = []
         self.content_length = None
         self.head = self._loop.create_future()
-        self.complete = self.keep_alive = self.received_any = False
+        self.complete = self.keep_alive = self.received_any = self._head_done = False
         self.error = self.cut = None
         self._head_only = head_only
         self._interim = self._close_delimited = False
@@ -177,19 +182,25 @@ class UpstreamConnection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         if self.complete:  # bytes after the response: never reuse this connection
             self.keep_alive = False
-        self.headers = []
+        if not self._head_done:  # after an interim response
+            self.headers = []
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
+        if not self._head_done:  # later ones are trailers, or bytes after the response
+            self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        assert self._parser is not None
-        status = self._parser.get_status_code()
+        if self._head_done:
+            return
+        parser = self._parser
+        assert parser is not None
+        status = parser.get_status_code()
         if status < 200:  # interim (100 Continue, 103 Early Hints): await the final one
             self._interim = True
             return
-        if self.complete:
-            return
+        if status > _HIGHEST_STATUS:
+            raise httptools.HttpParserError(f"invalid status {status}")
+        self._head_done = True
         self.status = status
         chunked = False
         for name, value in self.headers:
@@ -197,11 +208,16 @@ class UpstreamConnection(asyncio.Protocol):
             if lowered == b"content-length" and value.isdigit():
                 self.content_length = int(value)
             elif lowered == b"transfer-encoding":
-                chunked = True
-        self.keep_alive = self._parser.should_keep_alive()
+                # Only a final "chunked" frames the body; otherwise it runs until close.
+                chunked = value.rpartition(b",")[2].strip().lower() == b"chunked"
+        self.keep_alive = parser.should_keep_alive()
         if self._head_only or status in _NO_BODY:
             self.complete = True
-        elif self.content_length is None and not chunked:
+        elif chunked:
+            self.content_length = None
+            # A trailer named Content-Length is legal (and ignored); llhttp would refuse it.
+            parser.set_dangerous_leniencies(lenient_chunked_length=True)
+        elif self.content_length is None:
             self._close_delimited = True
         _settle(self.head)
 

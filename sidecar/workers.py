@@ -251,7 +251,7 @@ async def _serve_worker(
         ready.send("ready")
         ready.close()
 
-    public = Server(uvicorn_config(sidecar, config, lifespan="on"), on_started=started)
+    public = Server(uvicorn_config(sidecar, config, lifespan="on", public=True), on_started=started)
 
     async def housekeeping() -> None:
         while True:

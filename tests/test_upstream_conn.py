@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
+import httptools
 import pytest
 
 from sidecar.upstream_conn import LAST_CHUNK, UpstreamConnection, chunk, request_head
@@ -122,3 +123,26 @@ def test_a_connection_lost_mid_body_is_an_error() -> None:
 def test_connection_close_is_honoured() -> None:
     conn = read([b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx"])
     assert conn.complete and not conn.keep_alive
+
+
+def test_trailers_and_bytes_after_the_response_never_touch_the_head() -> None:
+    head = b"HTTP/1.1 200 OK\r\nX-Real: 1\r\nTransfer-Encoding: chunked\r\n\r\n"
+    conn = read([head + b"2\r\nok\r\n0\r\nSet-Cookie: t=1\r\nContent-Length: 1\r\n\r\n"])
+    assert conn.headers == [(b"X-Real", b"1"), (b"Transfer-Encoding", b"chunked")]
+    assert conn.body == b"ok" and conn.complete  # type: ignore[attr-defined]
+    conn = read(
+        [b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\nX-Evil: 1\r\n\r\n"]
+    )
+    assert conn.headers == [(b"Content-Length", b"2")]
+    assert conn.body == b"ok" and not conn.keep_alive  # type: ignore[attr-defined]
+
+
+def test_a_transfer_coding_without_final_chunked_runs_until_close() -> None:
+    conn = read([b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nabc", b"def"], eof=True)
+    assert conn.body == b"abcdef" and conn.complete  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("status", [b"600", b"999"])
+def test_a_status_over_599_is_an_invalid_response(status: bytes) -> None:
+    with pytest.raises(httptools.HttpParserError):
+        read([b"HTTP/1.1 " + status + b" X\r\nContent-Length: 0\r\n\r\n"])

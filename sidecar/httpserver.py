@@ -1,0 +1,189 @@
+"""The public listener's HTTP/1.1 protocol: uvicorn's httptools protocol, hardened.
+
+What it changes, and why here (the ASGI app never sees an unfinished head):
+- Request limits (``server.limits``) are enforced while the head arrives, before any
+  app code runs: a request-target over the limit gets 414, a header line, the headers'
+  total size or their number over the limit 431. Bytes of a head that never completes
+  are counted as they come, so a flood of unfinished headers holds at most one budget
+  per connection (uvicorn/httptools would buffer them without bound).
+- Request trailers never join the headers (uvicorn appends them to ``scope["headers"]``,
+  where an ``X-API-Key`` trailer would authenticate).
+- Responses: a 204/304 carrying Content-Length is relayed without a body instead of
+  failing; an HTTP/1.0 client gets a body of unknown length delimited by the close, not
+  chunked framing it cannot read.
+- ``Upgrade`` requests run the app as ordinary HTTP (uvicorn's own WebSocket handling
+  is off); ``scope["extensions"]["sidecar.take_over"]`` hands the raw connection to the
+  app (websocket.py relays its bytes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, ClassVar
+
+import httptools
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+
+from sidecar.config import RequestLimits
+from sidecar.errors import HeadersTooLarge, MalformedRequest, SidecarError, TargetTooLong
+
+TAKE_OVER = "sidecar.take_over"
+_NO_BODY = frozenset({204, 304})
+# Per header line: ": " and CRLF, which the parser does not pass on.
+_LINE_OVERHEAD = 4
+
+
+class SidecarHttpProtocol(HttpToolsProtocol):
+    limits: ClassVar[RequestLimits] = RequestLimits()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        limits = self.limits
+        self._line_limit = limits.header_line_bytes
+        self._total_limit = limits.header_bytes
+        self._count_limit = limits.headers
+        self._target_limit = limits.target_bytes
+        # Bytes an unfinished head may take, all framing included.
+        self._head_budget = (
+            limits.target_bytes + limits.header_bytes + _LINE_OVERHEAD * limits.headers + 1024
+        )
+        self._in_head = False
+        self._head_seen = 0
+        self._header_count = 0
+        self._header_bytes = 0
+        self._refusal: SidecarError | None = None
+        self._upgrade_bytes: bytearray | None = None
+
+    def data_received(self, data: bytes) -> None:
+        if self._upgrade_bytes is not None:  # the upgraded connection's first bytes
+            self._upgrade_bytes += data
+            return
+        self._unset_keepalive_if_required()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self._upgrade_bytes = bytearray(data[exc.args[0] :] if exc.args else b"")
+            self.flow.pause_reading()  # until the app takes the connection over
+            return
+        except httptools.HttpParserError:
+            if self._refusal is not None:
+                self._refuse(self._refusal)
+                return
+            self._refuse(MalformedRequest())
+            return
+        if self._in_head:
+            self._head_seen += len(data)
+            if self._head_seen > self._head_budget:
+                self._refuse(TargetTooLong() if not self._header_count else HeadersTooLarge())
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._in_head = True
+        self._head_seen = self._header_count = self._header_bytes = 0
+
+    def on_url(self, url: bytes) -> None:
+        if len(self.url) + len(url) > self._target_limit:
+            self._refusal = TargetTooLong()
+            raise self._refusal
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._in_head:
+            return  # a trailer: never a header (it must not authenticate)
+        size = len(name) + len(value)
+        self._header_count += 1
+        self._header_bytes += size
+        if (
+            size > self._line_limit
+            or self._header_bytes > self._total_limit
+            or self._header_count > self._count_limit
+        ):
+            self._refusal = HeadersTooLarge()
+            raise self._refusal
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        super().on_headers_complete()
+        self.cycle.__class__ = _Cycle
+        if self.parser.should_upgrade():
+            self.scope["extensions"] = {TAKE_OVER: self._take_over}  # type: ignore[dict-item]
+            self.cycle.keep_alive = False  # unless taken over, nothing follows on it
+
+    def _take_over(self) -> tuple[asyncio.Transport, bytes]:
+        """Hand the connection to the caller: the transport, and the bytes that arrived
+        after the head. uvicorn's cycle counts as answered; nothing more is parsed."""
+        cycle = self.cycle
+        cycle.response_started = cycle.response_complete = True
+        cycle.on_response = lambda: None
+        early = bytes(self._upgrade_bytes or b"")
+        self._upgrade_bytes = None
+        self._unset_keepalive_if_required()
+        return self.transport, early
+
+    def _unsupported_upgrade_warning(self) -> None:
+        pass  # upgrades are the app's business (websocket.py), not a warning
+
+    def _refuse(self, error: SidecarError) -> None:
+        """Answer the request whose head broke a limit, then close the connection."""
+        body = error.body()
+        self.transport.write(
+            b"HTTP/1.1 %d %b\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+            b"connection: close\r\n\r\n%b"
+            % (error.status, _REASONS.get(error.status, b""), len(body), body)
+        )
+        self.transport.close()
+        self._in_head = False
+
+
+_REASONS = {400: b"Bad Request", 414: b"URI Too Long", 431: b"Request Header Fields Too Large"}
+
+
+class _Cycle(RequestResponseCycle):
+    """uvicorn's request/response cycle with the two framing fixes above."""
+
+    _close_delimited = False
+
+    async def send(self, message: Any) -> None:
+        if not self.response_started and message["type"] == "http.response.start":
+            status = message["status"]
+            if (
+                self.scope["http_version"] == "1.0"
+                and status not in _NO_BODY
+                and self.scope["method"] != "HEAD"
+                and not _framed(message)
+            ):
+                self._close_delimited = True
+                self.chunked_encoding = False  # keeps uvicorn from adding chunked
+            await super().send(message)
+            if status in _NO_BODY:
+                self.expected_content_length = 0  # its Content-Length announces no body
+            return
+        if self._close_delimited and not self.response_complete:
+            await self._send_until_close(message)
+            return
+        await super().send(message)
+
+    async def _send_until_close(self, message: Any) -> None:
+        if self.flow.write_paused and not self.disconnected:
+            await self.flow.drain()
+        if self.disconnected:
+            return
+        self.transport.write(message.get("body", b""))
+        if not message.get("more_body", False):
+            self.response_complete = True
+            self.message_event.set()
+            self.transport.close()
+            self.on_response()
+
+
+def _framed(message: Any) -> bool:
+    return any(
+        name.lower() in (b"content-length", b"transfer-encoding")
+        for name, _ in message.get("headers", ())
+    )
+
+
+def protocol_for(limits: RequestLimits) -> type[SidecarHttpProtocol]:
+    """The protocol class uvicorn instantiates per connection, with these limits."""
+    return type("SidecarHttpProtocol", (SidecarHttpProtocol,), {"limits": limits})
