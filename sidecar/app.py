@@ -52,7 +52,12 @@ class Sidecar:
         keys = config.auth.api_keys
         self.redis: Redis = connect(redis_url, config.redis)
         hasher = KeyHasher(keys.hash_secret.get_secret_value().encode())
-        self.store = KeyStore(self.redis, hasher, keys.max_active_per_user)
+        self.store = KeyStore(
+            self.redis,
+            hasher,
+            keys.max_active_per_user,
+            retry_after=config.redis.retry_after_seconds,
+        )
         self.cache = KeyCache(
             ttl=keys.cache_ttl_seconds,
             max_entries=keys.cache_max_entries,
@@ -73,7 +78,6 @@ class Sidecar:
             cache=self.cache,
             jwt_verifier=JwtVerifier(config.auth.jwt),
             usage=self.usage,
-            retry_after=config.redis.retry_after_seconds,
             failed_auth=self.failed_auth,
             proxies=rules.proxies,
         )

@@ -76,7 +76,6 @@ class Authenticator:
         cache: KeyCache,
         jwt_verifier: JwtVerifier,
         usage: UsageTracker,
-        retry_after: int,
         failed_auth: FailedAuthLimiter | None = None,
         proxies: TrustedProxies | None = None,
     ) -> None:
@@ -85,7 +84,6 @@ class Authenticator:
         self._cache = cache
         self._jwt = jwt_verifier
         self._usage = usage
-        self._retry_after = retry_after
         self._failed = failed_auth
         self._proxies = proxies or TrustedProxies(())
         self.cache_hits = 0
@@ -148,13 +146,11 @@ class Authenticator:
         epoch = self._cache.epoch
         try:
             key = await self._store.verify(parsed, key_hash)
-        except StoreUnavailable as exc:
+        except StoreUnavailable:
             stale = self._cache.stale(key_hash)
             if stale is not None:
                 return stale
-            unavailable = StoreUnavailable()
-            unavailable.retry_after = self._retry_after
-            raise unavailable from exc
+            raise
         if key is None:
             self._cache.put_unknown(key_hash, epoch)
             raise NotAuthenticated("unknown")

@@ -232,7 +232,12 @@ def _with_store(config: Config, action: Callable[[Any], Awaitable[Any]]) -> int:
     async def run() -> Any:
         redis = connect(url, config.redis)
         secret = config.auth.api_keys.hash_secret.get_secret_value().encode()
-        store = KeyStore(redis, KeyHasher(secret), config.auth.api_keys.max_active_per_user)
+        store = KeyStore(
+            redis,
+            KeyHasher(secret),
+            config.auth.api_keys.max_active_per_user,
+            retry_after=config.redis.retry_after_seconds,
+        )
         try:
             return await action(store)
         finally:

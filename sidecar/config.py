@@ -18,8 +18,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from sidecar import scanning_keys, signing_keys
+from sidecar.domain import KEYS_API_PATH
 from sidecar.interpolate import interpolate
-from sidecar.paths import normalise
+from sidecar.paths import matched_form, normalise
 
 MIB = 1024 * 1024
 HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
@@ -423,7 +424,14 @@ def _path_list_problems(data: dict[str, Any]) -> list[str]:
     for i, path in enumerate(_get(data, "auth", "public_paths") or []):
         if not isinstance(path, str) or not path.startswith("/"):
             problems.append(f"auth.public_paths[{i}]: must be a path starting with /")
-        elif path.rstrip("/").lower() == "/api/v1/api-keys" or path == "/":
+            continue
+        matched = matched_form(path)  # what the gateway will actually compare
+        if matched == "":
+            problems.append(
+                f"auth.public_paths[{i}]: {path} is matched as / and would make every path "
+                "unauthenticated"
+            )
+        elif matched == KEYS_API_PATH:
             problems.append(f"auth.public_paths[{i}]: would make {path} unauthenticated")
     for i, path in enumerate(_get(data, "auth", "report_only_paths") or []):
         if not isinstance(path, str) or not path.startswith("/"):

@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+KEYS_API_PATH = "/api/v1/api-keys"  # served by the sidecar itself, JWT only; never public
 # "sk_live_" + 6 characters: the public part of a key, shown in listings and logs.
 PREFIX_LENGTH = 14
 MAX_DESCRIPTION = 500

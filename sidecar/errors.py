@@ -184,7 +184,10 @@ class TooManyFailedAuth(SidecarError):
 class StoreUnavailable(SidecarError):
     status = 503
     detail = "Authentication store unavailable, retry later"
-    retry_after = 5
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(retry_after)
+        self.retry_after = retry_after  # redis.retry_after_seconds
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         return [(b"retry-after", str(self.retry_after).encode())]

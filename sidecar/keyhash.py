@@ -22,7 +22,3 @@ class KeyHasher:
 
     def hash(self, key: str) -> str:
         return hmac.new(self._secret, key.encode("ascii"), hashlib.sha256).hexdigest()
-
-    @staticmethod
-    def matches(stored_hash: str, computed_hash: str) -> bool:
-        return hmac.compare_digest(stored_hash.encode("ascii"), computed_hash.encode("ascii"))

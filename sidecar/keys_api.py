@@ -13,11 +13,11 @@ from starlette.responses import Response
 from starlette.routing import Route, Router
 
 from sidecar.authn import Authenticator, credential_from
-from sidecar.domain import MAX_DESCRIPTION, expired_json, key_list_json
+from sidecar.domain import KEYS_API_PATH, MAX_DESCRIPTION, expired_json, key_list_json
 from sidecar.errors import PayloadTooLarge, RequestInvalid
 from sidecar.store import KeyStore
 
-PREFIX = "/api/v1/api-keys"
+PREFIX = KEYS_API_PATH
 _MAX_CREATE_BODY = 64 * 1024
 _BOOL = TypeAdapter(bool)
 _UUID = TypeAdapter(UUID)

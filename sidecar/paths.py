@@ -38,12 +38,19 @@ def upstream_path(raw_path: bytes, decoded: str, normalised: str) -> bytes:
     return quote(normalised, safe="/:@!$&'()*+,;=-._~").encode("ascii")
 
 
+def matched_form(prefix: str) -> str:
+    """A configured prefix as PrefixMatcher compares it: normalised, lower case, without
+    a trailing slash. ``""`` covers every path (``/``, ``//``, ``/x/..`` all become it);
+    config validation checks this form, not the string as written."""
+    return normalise(prefix).lower().rstrip("/")
+
+
 class PrefixMatcher:
     """Case-insensitive, segment-aware prefix match: ``/api/v1/auth/`` matches
     ``/api/v1/auth/login`` and ``/API/v1/auth``, never ``/api/v1/authority``."""
 
     def __init__(self, prefixes: tuple[str, ...]) -> None:
-        self._prefixes = tuple(p.lower().rstrip("/") for p in prefixes)
+        self._prefixes = tuple(matched_form(p) for p in prefixes)
 
     def matches(self, normalised: str) -> bool:
         return self.match(normalised) is not None

@@ -263,9 +263,7 @@ class RedisRateLimiter(RateLimiter):
             self._unwarned = 0
         if self._fail_open:
             return list(rule.fixed_headers)
-        unavailable = StoreUnavailable()
-        unavailable.retry_after = self._retry_after
-        raise unavailable from exc
+        raise StoreUnavailable(self._retry_after) from exc
 
 
 def limiter_for(

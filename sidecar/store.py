@@ -26,8 +26,8 @@ key                                               type    holds
                                                           created µs
 ``callcov:{callcov-keys}:user:<uid>:canary``      ZSET    the user's canary keys, score = created µs
 ``callcov:{callcov-keys}:prefix:<prefix>``        HASH    field = HMAC of the full key, value = JSON
-                                                          {id, user_id, hash, active, expires_at
-                                                          (epoch s), canary (only when true)}: what
+                                                          {id, user_id, active, expires_at (epoch
+                                                          s), canary (only when true)}: what
                                                           verification needs, in one HGET
 ``callcov:{callcov-keys}:usage:<id>:<date>``      HASH    requests, rate_limited on that UTC day;
                                                           expires after the longest usage window
@@ -43,6 +43,10 @@ keys that never expire.
 A canary key (record field ``canary: 1``) is in the prefix index like any key, so it
 verifies like one, but in neither of the user's ``active`` nor ``all`` sets: it never
 counts against the limit and is never listed, except by ``list_canaries``.
+
+Verification is that HGET, keyed by the HMAC of the presented key: there is no second
+comparison of secrets after it (one would compare the HMAC with itself). The lookup's
+timing can only depend on the HMAC, which nobody can steer without the hash secret.
 """
 
 from __future__ import annotations
@@ -237,6 +241,8 @@ class KeyStore:
         redis: Redis,
         hasher: KeyHasher,
         max_active_per_user: int,
+        *,
+        retry_after: int,
         generate: Callable[[str], str] = lambda environment: keyformat.generate(
             environment=environment
         ),
@@ -245,6 +251,7 @@ class KeyStore:
         self._generate = generate
         self._hasher = hasher
         self.max_active_per_user = max_active_per_user
+        self._retry_after = retry_after
         self._create = redis.register_script(_CREATE)
         self._revoke = redis.register_script(_REVOKE)
         self._rotate = redis.register_script(_ROTATE)
@@ -255,7 +262,7 @@ class KeyStore:
             return await awaitable
         except REDIS_ERRORS as exc:
             self.errors += 1
-            raise StoreUnavailable() from exc
+            raise StoreUnavailable(self._retry_after) from exc
 
     def _new_key(
         self,
@@ -290,7 +297,7 @@ class KeyStore:
             fields["expires_us"] = str(expires_us)
         if description is not None:
             fields["description"] = description
-        entry = _index_entry(key_id, user_id, key_hash, active=True, expires_us=expires_us)
+        entry = _index_entry(key_id, user_id, active=True, expires_us=expires_us)
         return _NewKey(
             id=key_id,
             api_key=api_key,
@@ -377,7 +384,7 @@ class KeyStore:
         if owner is None or prefix is None or key_hash is None:
             raise KeyNotFound()
         keys, args = _revoke_call(
-            key_id, owner, prefix, key_hash, environment or LIVE, datetime.now(UTC), reason, audit
+            key_id, owner, prefix, environment or LIVE, datetime.now(UTC), reason, audit
         )
         if not await self._guarded(self._revoke(keys=keys, args=args)):
             raise KeyNotFound()
@@ -417,7 +424,7 @@ class KeyStore:
         end_iso = to_iso(new.created + timedelta(seconds=grace_seconds))
         if old_expires is not None and old_expires_at is not None and int(old_expires) < end_us:
             end_us, end_iso = int(old_expires), old_expires_at
-        old_entry = _index_entry(key_id, owner, old_hash, active=True, expires_us=end_us)
+        old_entry = _index_entry(key_id, owner, active=True, expires_us=end_us)
         keys = [
             record_key(key_id),
             limit_set_key(owner, environment),
@@ -477,8 +484,6 @@ class KeyStore:
         if raw is None:
             return None
         entry = orjson.loads(raw)
-        if not self._hasher.matches(entry["hash"], key_hash):
-            return None
         return VerifiedKey(
             id=entry["id"],
             user_id=entry["user_id"],
@@ -504,7 +509,6 @@ class KeyStore:
                     key.id,
                     key.user_id,
                     key.prefix,
-                    revocation.key_hash,
                     key.environment,
                     moment,
                     revocation.reason,
@@ -567,7 +571,6 @@ def _revoke_call(
     key_id: str,
     owner: str,
     prefix: str,
-    key_hash: str,
     environment: str,
     moment: datetime,
     reason: str,
@@ -586,7 +589,7 @@ def _revoke_call(
         to_iso(moment),
         _micros(moment),
         REVOCATION_CHANNEL,
-        _index_entry(key_id, owner, key_hash, active=False),
+        _index_entry(key_id, owner, active=False),
         reason,
         *flat_audit,
     ]
@@ -598,9 +601,10 @@ def _micros(moment: datetime) -> int:
 
 
 def _index_entry(
-    key_id: str, user_id: str, key_hash: str, *, active: bool, expires_us: int | None = None
+    key_id: str, user_id: str, *, active: bool, expires_us: int | None = None
 ) -> bytes:
-    entry: dict[str, Any] = {"id": key_id, "user_id": user_id, "hash": key_hash, "active": active}
+    # Entries written by earlier versions also carry "hash", a copy of their field: ignored.
+    entry: dict[str, Any] = {"id": key_id, "user_id": user_id, "active": active}
     if expires_us is not None:
         entry["expires_at"] = expires_us / _US
     return orjson.dumps(entry)

@@ -111,6 +111,17 @@ def test_the_valid_base_config_parses() -> None:
          "auth.public_paths[0]: must be a path starting with /"),
         ({"auth": {"public_paths": ["/API/v1/api-keys/"]}},
          "auth.public_paths[0]: would make /API/v1/api-keys/ unauthenticated"),
+        ({"auth": {"public_paths": ["/api//v1/./api-keys"]}},
+         "auth.public_paths[0]: would make /api//v1/./api-keys unauthenticated"),
+        ({"auth": {"public_paths": ["/"]}},
+         "auth.public_paths[0]: / is matched as / and would make every path unauthenticated"),
+        ({"auth": {"public_paths": ["//"]}},
+         "auth.public_paths[0]: // is matched as / and would make every path unauthenticated"),
+        ({"auth": {"public_paths": ["/public/.."]}},
+         "auth.public_paths[0]: /public/.. is matched as / and would make every path "
+         "unauthenticated"),
+        ({"auth": {"public_paths": ["/api/v1/auth/", "/\\"]}},
+         "auth.public_paths[1]: /\\ is matched as / and would make every path unauthenticated"),
         ({"identity": {"headers": {"user_id": "X User"}}},
          "identity.headers.user_id: must match pattern '^[A-Za-z0-9-]+$'"),
         ({"logging": {"level": "TRACE"}},
@@ -293,3 +304,10 @@ def test_the_example_holds_the_keys_the_spec_fixes() -> None:
             {"method": "POST", "path": "/api/v1/analysis/", "requests": 20, "per_seconds": 60}
         ],
     }
+
+
+def test_a_public_path_is_checked_after_interpolation_and_normalisation() -> None:
+    raw = with_(auth={"public_paths": ["${PUBLIC_ROOT}/", "${PUBLIC_ROOT}api/v1/auth/"]})
+    assert problems(raw, {"PUBLIC_ROOT": "/"}) == [
+        "auth.public_paths[0]: // is matched as / and would make every path unauthenticated"
+    ]

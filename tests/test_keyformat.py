@@ -108,14 +108,12 @@ def test_parsed_key_repr_hides_the_key() -> None:
     assert key not in repr(keyformat.parse(key))
 
 
-def test_keyed_hash_depends_on_the_secret_and_compares_in_constant_time() -> None:
+def test_keyed_hash_depends_on_the_secret() -> None:
     key = keyformat.generate()
     one, two = KeyHasher(b"s" * 32), KeyHasher(b"t" * 32)
     assert one.hash(key) != two.hash(key)
     assert one.hash(key) == one.hash(key)
     assert len(one.hash(key)) == 64 and key not in one.hash(key)
-    assert KeyHasher.matches(one.hash(key), one.hash(key))
-    assert not KeyHasher.matches(one.hash(key), two.hash(key))
     assert "s" * 32 not in repr(one)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sidecar.paths import PrefixMatcher, normalise, upstream_path
+from sidecar.paths import PrefixMatcher, matched_form, normalise, upstream_path
 
 
 @pytest.mark.parametrize(
@@ -104,3 +104,20 @@ def test_public_prefix_never_matches_a_path_that_leaves_it(trick: str) -> None:
 def test_root_prefix_matches_everything() -> None:
     assert PrefixMatcher(("/",)).matches("/anything")
     assert not PrefixMatcher(()).matches("/anything")
+
+
+@pytest.mark.parametrize(
+    ("prefix", "form"),
+    [
+        ("/", ""),
+        ("//", ""),
+        ("///", ""),
+        ("/x/..", ""),
+        ("/API//v1/", "/api/v1"),
+        ("/a/./b", "/a/b"),
+    ],
+)
+def test_the_matched_form_of_a_prefix_is_normalised(prefix: str, form: str) -> None:
+    assert matched_form(prefix) == form
+    # "" covers everything: that is why config validation refuses it for public paths.
+    assert PrefixMatcher((prefix,)).matches("/anything") == (form == "")

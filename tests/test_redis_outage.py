@@ -86,6 +86,10 @@ def test_redis_killed_and_restarted_mid_test(
     assert_unavailable(call(api.base, {"Authorization": f"Bearer {idle['api_key']}"}))
     assert_unavailable(call(api.base, {"X-API-Key": keyformat.generate()}))
     assert recorder.received == []
+    # The keys API answers its 503s with the configured Retry-After too.
+    assert_unavailable(api.http.post("/api/v1/api-keys/", headers=jwt, json={}))
+    assert_unavailable(api.http.get("/api/v1/api-keys/", headers=jwt))
+    assert_unavailable(api.http.delete(f"/api/v1/api-keys/{idle['id']}", headers=jwt))
     # Known to be revoked: still refused.
     assert call(api.base, {"X-API-Key": revoked["api_key"]}).status_code == 401
     # The stale window is bounded: once it is over, the recent key is refused too.

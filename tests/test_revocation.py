@@ -58,7 +58,9 @@ def revoke_as_operator(url: str, key_id: str) -> None:
     async def run() -> None:
         client = aioredis.Redis.from_url(url)
         try:
-            await KeyStore(client, KeyHasher(HASH_SECRET.encode()), 10).revoke(key_id, None)
+            await KeyStore(client, KeyHasher(HASH_SECRET.encode()), 10, retry_after=1).revoke(
+                key_id, None
+            )
         finally:
             await client.aclose()
 

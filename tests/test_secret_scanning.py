@@ -308,7 +308,7 @@ def test_a_batch_of_1000_tokens_is_answered_in_one_request(
 
     async def create(count: int) -> list[str]:
         client = aioredis.Redis.from_url(redis_server.url)
-        store = KeyStore(client, KeyHasher(HASH_SECRET.encode()), count)
+        store = KeyStore(client, KeyHasher(HASH_SECRET.encode()), count, retry_after=1)
         try:
             created = [await store.create(user, None) for _ in range(count)]
         finally:

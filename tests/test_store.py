@@ -8,12 +8,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import orjson
 import redis
 import redis.asyncio as aioredis
 
 from sidecar import keyformat
 from sidecar.keyhash import KeyHasher
-from sidecar.store import KeyStore
+from sidecar.store import KeyStore, prefix_index_key
 from tests.conftest import Api
 from tests.harness import HASH_SECRET, RedisProcess, SidecarProcess
 
@@ -29,7 +30,11 @@ async def _create_on_shared_prefixes(url: str, count: int, run: str) -> list[dic
     client = aioredis.Redis.from_url(url)
     keys = _forced_generator()
     store = KeyStore(
-        client, KeyHasher(HASH_SECRET.encode()), 10, generate=lambda environment: next(keys)
+        client,
+        KeyHasher(HASH_SECRET.encode()),
+        10,
+        retry_after=1,
+        generate=lambda environment: next(keys),
     )
     created = []
     try:
@@ -70,6 +75,23 @@ def test_redis_never_holds_a_full_key(api: Api, user: str, redis_client: redis.R
         assert key.encode() not in dump
         assert key[14:-6].encode() not in dump  # not even the random part without prefix
         assert key[:14].encode() in dump  # the prefix is stored, as designed
+
+
+def test_verification_is_one_lookup_by_the_keyed_hash(
+    api: Api, user: str, redis_client: redis.Redis
+) -> None:
+    """The HMAC is the field looked up; the entry does not repeat it (a comparison of
+    the two could never fail, so there is none)."""
+    created = api.create_key(user)
+    field = KeyHasher(HASH_SECRET.encode()).hash(created["api_key"])
+    index = prefix_index_key(created["key_prefix"])
+    entry = orjson.loads(redis_client.hget(index, field) or b"null")
+    assert entry == {"id": created["id"], "user_id": user, "active": True}
+    used = api.http.get("/api/v1/analysis/", headers={"X-API-Key": created["api_key"]})
+    assert used.status_code == 200
+    api.http.delete(f"/api/v1/api-keys/{created['id']}", headers=api.bearer(user))
+    entry = orjson.loads(redis_client.hget(index, field) or b"null")
+    assert entry == {"id": created["id"], "user_id": user, "active": False}
 
 
 def _everything(client: redis.Redis) -> Iterator[bytes]:
