@@ -13,7 +13,11 @@ module) ~13-19 µs plus a task per batch and a timeout per reply; this ~3 µs (3
 the 94 µs a request costs, bench/results/2-core profile at 16fa084).
 
 redis-py still opens each connection (TLS, unix sockets, AUTH, SELECT, Sentinel
-discovery); after its handshake the connection's stream pair is used directly.
+discovery); after its handshake the connection's stream pair is used directly. Those
+streams are private attributes of redis-py (``_reader``/``_writer``): ``unsupported``
+checks at start-up that this redis-py still has them, and a connection that turns out
+not to have them raises ``PipelineUnsupported`` (never a Redis error: the caller must
+switch to redis-py's public calls for good, not fail open per request).
 Commands arrive packed (``pack``), so a caller can pack a repeated command once.
 A connection error or a missed deadline fails every command waiting on that
 connection; the next command opens a new one.
@@ -24,10 +28,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import inspect
 import time
 from typing import Any
 
 import hiredis
+import redis as redis_package
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
@@ -45,6 +51,33 @@ _ERROR_CLASSES: dict[str, type[redis_errors.RedisError]] = {
     "CLUSTERDOWN": redis_errors.ClusterDownError,
 }
 _DEFAULT_TIMEOUT = 5.0
+# redis-py's private stream attributes on an asyncio connection (redis-py 5 to 8).
+STREAM_ATTRIBUTES = ("_reader", "_writer")
+
+
+class PipelineUnsupported(Exception):
+    """This redis-py's connections are not what the pipeline drives; use redis-py."""
+
+
+def unsupported(redis: Redis) -> str | None:
+    """Why the pipeline cannot drive ``redis``'s connections, or None when it can.
+
+    Builds one connection object without connecting (no I/O) and checks the private
+    attributes and the ``disconnect(nowait=...)`` parameter the pipeline relies on.
+    """
+    pool = redis.connection_pool
+    try:
+        probe = pool.connection_class(**pool.connection_kwargs)
+    except Exception as exc:  # a constructor that changed its keywords
+        return f"cannot build a redis-py connection ({type(exc).__name__}: {exc})"
+    missing = [name for name in STREAM_ATTRIBUTES if not hasattr(probe, name)]
+    disconnect = getattr(probe, "disconnect", None)
+    if disconnect is None or "nowait" not in inspect.signature(disconnect).parameters:
+        missing.append("disconnect(nowait=...)")
+    if missing:
+        version = getattr(redis_package, "__version__", "?")
+        return f"redis-py {version} connections have no {', '.join(missing)}"
+    return None
 
 
 def pack(*args: EncodableArg) -> bytes:
@@ -71,10 +104,11 @@ class _Link:
     """One open connection and the replies it owes, oldest first."""
 
     def __init__(self, connection: AbstractConnection) -> None:
-        reader: asyncio.StreamReader | None = getattr(connection, "_reader", None)
-        writer: asyncio.StreamWriter | None = getattr(connection, "_writer", None)
-        if reader is None or writer is None:  # redis-py renamed its stream attributes
-            raise redis_errors.ConnectionError("redis-py connection has no stream pair")
+        reader_name, writer_name = STREAM_ATTRIBUTES
+        reader: asyncio.StreamReader | None = getattr(connection, reader_name, None)
+        writer: asyncio.StreamWriter | None = getattr(connection, writer_name, None)
+        if not isinstance(reader, asyncio.StreamReader) or writer is None:
+            raise PipelineUnsupported("a connected redis-py connection has no stream pair")
         self.connection = connection
         self.reader = reader
         self.writer = writer
@@ -156,10 +190,17 @@ class AutoPipeline:
             self._drop(link, redis_errors.ConnectionError(str(exc) or type(exc).__name__))
 
     async def _connect(self) -> None:
+        connection = None
         try:
             connection = self._pool.connection_class(**self._pool.connection_kwargs)
             await connection.connect()  # type: ignore[no-untyped-call]
             link = _Link(connection)
+        except PipelineUnsupported as exc:
+            if connection is not None:
+                with contextlib.suppress(Exception):
+                    await connection.disconnect()
+            self._fail_unsent(exc)
+            return
         except Exception as exc:  # REDIS_ERRORS, AuthenticationError, a bad TLS setup...
             self._fail_unsent(redis_errors.ConnectionError(str(exc) or type(exc).__name__))
             return

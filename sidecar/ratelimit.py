@@ -55,7 +55,7 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
-from sidecar.autopipeline import AutoPipeline, pack
+from sidecar.autopipeline import AutoPipeline, PipelineUnsupported, pack, unsupported
 from sidecar.config import RateLimit, RateLimitsConfig
 from sidecar.errors import RateLimited, StoreUnavailable
 from sidecar.headers import Headers
@@ -209,7 +209,13 @@ class RedisRateLimiter(RateLimiter):
     ) -> None:
         self._rules = RuleTable(config)
         self._script = redis.register_script(_GCRA)
-        self._pipeline = AutoPipeline(redis) if isinstance(redis, Redis) else None
+        self._pipeline: AutoPipeline | None = None
+        if isinstance(redis, Redis):  # not on Redis Cluster: redis-py routes per key there
+            reason = unsupported(redis)
+            if reason is None:
+                self._pipeline = AutoPipeline(redis)
+            else:
+                _fall_back(reason)
         self._packed: dict[tuple[str, str], bytes] = {}
         self._fail_open = config.fail_open
         self._retry_after = retry_after
@@ -220,9 +226,13 @@ class RedisRateLimiter(RateLimiter):
     async def admit(self, user_id: str, method: str, path: str) -> Headers:
         rule = self._rules.match(method, path)
         try:
+            reply = None
             if self._pipeline is not None:
-                reply = await self._pipeline.run_script(self._command(user_id, rule), _GCRA)
-            else:  # Redis Cluster: routed per key by redis-py
+                try:
+                    reply = await self._pipeline.run_script(self._command(user_id, rule), _GCRA)
+                except PipelineUnsupported as exc:
+                    await self._drop_pipeline(str(exc))
+            if reply is None:
                 keys = [bucket_key(user_id, rule)]
                 reply = await self._script(keys=keys, args=[rule.interval_us, rule.capacity_us])
         except REDIS_ERRORS as exc:
@@ -236,6 +246,12 @@ class RedisRateLimiter(RateLimiter):
     async def close(self) -> None:
         if self._pipeline is not None:
             await self._pipeline.close()
+
+    async def _drop_pipeline(self, reason: str) -> None:
+        pipeline, self._pipeline = self._pipeline, None
+        if pipeline is not None:  # the first of the concurrent callers to find out
+            _fall_back(reason)
+            await pipeline.close()
 
     def _command(self, user_id: str, rule: Rule) -> bytes:
         packed = self._packed.get((user_id, rule.name))
@@ -264,6 +280,14 @@ class RedisRateLimiter(RateLimiter):
         if self._fail_open:
             return list(rule.fixed_headers)
         raise StoreUnavailable(self._retry_after) from exc
+
+
+def _fall_back(reason: str) -> None:
+    log.warning(
+        "rate limiter: %s; using redis-py's script call instead (correct, but more CPU "
+        "per request; pin a redis-py version the auto-pipeliner supports)",
+        reason,
+    )
 
 
 def limiter_for(

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import logging
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import redis
-from redis.asyncio import Redis
+from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio.connection import Connection
 
+from sidecar import autopipeline
 from sidecar.config import RateLimitsConfig
+from sidecar.errors import RateLimited
 from sidecar.ratelimit import limiter_for
 from tests.conftest import Api, make_token
 from tests.harness import RedisProcess, SidecarProcess, wait_until
@@ -231,3 +235,78 @@ def test_disabled_limiter_never_touches_redis() -> None:
     unreachable = Redis(port=1)
     limiter = limiter_for(RateLimitsConfig(enabled=False), unreachable, retry_after=1)
     assert asyncio.run(limiter.admit("u", "POST", "/api/v1/analysis/")) == []
+
+
+BURST = 3
+
+
+async def _in_process_burst(
+    redis_url: str, user_id: str, monkeypatch_streams: Callable[[], None] | None = None
+) -> list[bool]:
+    """BURST + 2 checks against one limiter; True where admitted."""
+    client = Redis.from_url(redis_url)
+    config = RateLimitsConfig(default={"requests": BURST, "per_seconds": 60})
+    limiter = limiter_for(config, client, retry_after=1)
+    if monkeypatch_streams is not None:
+        monkeypatch_streams()  # redis-py "changes" after start-up
+    admitted = []
+    try:
+        for _ in range(BURST + 2):
+            try:
+                await limiter.admit(user_id, "GET", "/api/v1/things")
+                admitted.append(True)
+            except RateLimited:
+                admitted.append(False)
+    finally:
+        await limiter.close()
+        await client.aclose()
+    return admitted
+
+
+def test_missing_redis_py_internals_are_found_at_start_and_the_script_call_used(
+    redis_server: RedisProcess, user: str, monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    # As if redis-py renamed the private stream attributes the auto-pipeliner reads.
+    monkeypatch.setattr(autopipeline, "STREAM_ATTRIBUTES", ("_in_stream", "_out_stream"))
+    client = Redis.from_url(redis_server.url)
+    assert "_in_stream, _out_stream" in (autopipeline.unsupported(client) or "")
+    with caplog.at_level(logging.WARNING, logger="sidecar.ratelimit"):
+        admitted = asyncio.run(_in_process_burst(redis_server.url, user))
+    assert admitted == [True] * BURST + [False, False]  # limits exactly, never fails open
+    warnings = [r.getMessage() for r in caplog.records if r.name == "sidecar.ratelimit"]
+    assert len(warnings) == 1
+    assert "connections have no _in_stream, _out_stream" in warnings[0]  # found at start
+    assert "using redis-py's script call instead" in warnings[0]
+
+
+def test_internals_lost_after_start_switch_to_the_script_call_once(
+    redis_server: RedisProcess, user: str, monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    def rename() -> None:
+        monkeypatch.setattr(autopipeline, "STREAM_ATTRIBUTES", ("_in_stream", "_out_stream"))
+
+    with caplog.at_level(logging.WARNING, logger="sidecar.ratelimit"):
+        admitted = asyncio.run(_in_process_burst(redis_server.url, user, rename))
+    assert admitted == [True] * BURST + [False, False]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "sidecar.ratelimit"]
+    assert len(warnings) == 1
+    assert "a connected redis-py connection has no stream pair" in warnings[0]  # at run time
+    assert "using redis-py's script call instead" in warnings[0]
+
+
+class _NoStreams(Connection):
+    """A redis-py connection class as a future release might have it: other names."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        del self._reader, self._writer
+
+
+def test_a_connection_class_without_the_stream_attributes_is_detected() -> None:
+    client = Redis(connection_pool=ConnectionPool(connection_class=_NoStreams, port=1))
+    reason = autopipeline.unsupported(client)  # builds a connection object, no I/O
+    assert reason is not None and "have no _reader, _writer" in reason
+
+
+def test_this_redis_py_is_driven_by_the_auto_pipeliner(redis_server: RedisProcess) -> None:
+    assert autopipeline.unsupported(Redis.from_url(redis_server.url)) is None
