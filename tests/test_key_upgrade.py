@@ -111,7 +111,7 @@ def test_delete_records_reason_revoked_and_the_first_reason_stays(
     async def report_leaked() -> None:
         client = aioredis.Redis.from_url(redis_server.url)
         try:
-            store = KeyStore(client, KeyHasher(HASH_SECRET.encode()), 10)
+            store = KeyStore(client, KeyHasher(HASH_SECRET.encode()), 10, retry_after=1)
             await store.revoke(gone["id"], None, reason="leaked", audit={"revoked_url": "u"})
         finally:
             await client.aclose()
@@ -132,7 +132,7 @@ def test_a_leak_report_records_its_reason_and_audit_fields(
     async def report_leaked() -> None:
         client = aioredis.Redis.from_url(redis_server.url)
         try:
-            store = KeyStore(client, KeyHasher(HASH_SECRET.encode()), 10)
+            store = KeyStore(client, KeyHasher(HASH_SECRET.encode()), 10, retry_after=1)
             audit = {"revoked_url": "https://github.com/o/r/blob/x"}
             await store.revoke(key["id"], None, reason="leaked", audit=audit)
         finally:
