@@ -1,8 +1,9 @@
 """The admin listener: liveness, readiness and Prometheus metrics, on its own port.
 
 - ``/healthz``: 200 while the process serves at all (restart it if this fails).
-- ``/readyz``: 200 when Redis answers a PING and a TCP connection to the upstream
-  opens; otherwise 503 with the reasons (take it out of the load balancer).
+- ``/readyz``: 200 when Redis answers a PING and a TCP connection to the upstream (and
+  to the test-key upstream, when there is one) opens; otherwise 503 with the reasons
+  (take it out of the load balancer).
 - ``/metrics``: Prometheus text format.
 - ``/.well-known/jwks.json``: the identity assertion's public keys (when assertions are on).
 """
@@ -33,6 +34,7 @@ def build_admin_app(
     scrape: Callable[[], bytes],
     problems: Callable[[], list[str]] = list,
     jwks: dict[str, Any] | None = None,
+    test_upstream: UpstreamClient | None = None,
 ) -> Starlette:
     """``scrape`` renders the metrics; ``problems`` adds reasons not to be ready
     (shutting down, a worker missing)."""
@@ -46,18 +48,24 @@ def build_admin_app(
             return f"redis unreachable ({type(exc).__name__})"
         return None
 
-    async def upstream_problem() -> str | None:
+    async def upstream_problem(client: UpstreamClient | None, name: str) -> str | None:
+        if client is None:
+            return None
         try:
-            connectable = await asyncio.wait_for(upstream.connectable(), CHECK_TIMEOUT)
+            connectable = await asyncio.wait_for(client.connectable(), CHECK_TIMEOUT)
         except TimeoutError:
             connectable = False
-        return None if connectable else "upstream not connectable"
+        return None if connectable else f"{name} not connectable"
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
     async def readyz(request: Request) -> Response:
-        found = await asyncio.gather(redis_problem(), upstream_problem())
+        found = await asyncio.gather(
+            redis_problem(),
+            upstream_problem(upstream, "upstream"),
+            upstream_problem(test_upstream, "test upstream"),
+        )
         reasons = [*problems(), *(p for p in found if p is not None)]
         if reasons:
             return JSONResponse({"status": "unready", "problems": reasons}, status_code=503)

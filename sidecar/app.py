@@ -86,7 +86,18 @@ class Sidecar:
             self.redis, self.cache, on_message=self.metrics.revocations.inc
         )
         self.upstream = UpstreamClient(config.upstream, config.server.max_body_bytes)
-        self.keys_api = KeysApi(self.authenticator, self.store, on_revoked=self.cache.evict)
+        test_settings = config.upstream.for_test_keys()
+        self.test_upstream = (
+            None
+            if test_settings is None
+            else UpstreamClient(test_settings, config.server.max_body_bytes)
+        )
+        self.keys_api = KeysApi(
+            self.authenticator,
+            self.store,
+            on_revoked=self.cache.evict,
+            max_lifetime_days=keys.max_lifetime_days,
+        )
         self.limiter = limiter_for(
             config.rate_limits,
             self.redis,
@@ -99,6 +110,7 @@ class Sidecar:
             authenticator=self.authenticator,
             limiter=self.limiter,
             upstream=self.upstream,
+            test_upstream=self.test_upstream,
             report_only=report_only_matcher(config),
             assertion=(
                 AssertionSigner(config.identity.assertion)
@@ -156,6 +168,8 @@ class Sidecar:
 
     async def startup(self) -> None:
         await self.upstream.start()
+        if self.test_upstream is not None:
+            await self.test_upstream.start()
         self._tasks = [
             asyncio.create_task(self.listener.run(), name="revocations"),
             asyncio.create_task(self.usage.run(), name="last-used"),
@@ -170,6 +184,8 @@ class Sidecar:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         await self.upstream.close()
+        if self.test_upstream is not None:
+            await self.test_upstream.close()
         await self.limiter.close()
         if self.scanning is not None:
             await self.scanning.close()

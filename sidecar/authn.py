@@ -110,6 +110,11 @@ class Authenticator:
             self._failed.failed(client.address())
             raise
 
+    def rate_limited(self, identity: Identity) -> None:
+        """The request ``identity`` authenticated was refused with 429 (usage counts)."""
+        if identity.key_id is not None:
+            self._usage.rate_limited(identity.key_id, time.time())
+
     async def jwt_only(self, credential: Credential) -> str:
         if credential.kind != JWT:
             raise NotAuthenticated("api_key_not_allowed")

@@ -77,10 +77,18 @@ class AdminConfig(_Section):
 
 class UpstreamConfig(_Section):
     url: str
+    test_url: str | None = None
     connect_timeout_seconds: PositiveSeconds = 5.0
     read_timeout_seconds: PositiveSeconds = 60.0
     pool_size: int = Field(256, ge=1, le=10000)
     forward_authorization: bool = True
+
+    def for_test_keys(self) -> UpstreamConfig | None:
+        """Where test-key traffic goes when it has its own upstream: these settings at
+        ``test_url``."""
+        if self.test_url is None:
+            return None
+        return self.model_copy(update={"url": self.test_url, "test_url": None})
 
 
 class RedisConfig(_Section):
@@ -109,6 +117,7 @@ class ApiKeysConfig(_Section):
     negative_cache_ttl_seconds: float = Field(5.0, ge=0, le=3600)
     stale_window_seconds: float = Field(30.0, ge=0, le=3600)
     last_used_flush_seconds: float = Field(60.0, gt=0, le=3600)
+    max_lifetime_days: int = Field(365, ge=1, le=36500)
 
 
 class FailedAuthConfig(_Section):
@@ -323,11 +332,12 @@ def _cross_field_problems(data: dict[str, Any]) -> list[str]:
 
 def _url_problems(data: dict[str, Any]) -> list[str]:
     problems: list[str] = []
-    upstream = _get(data, "upstream", "url")
-    if isinstance(upstream, str):
-        parts = urlsplit(upstream)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            problems.append("upstream.url: must be an http:// or https:// URL with a host")
+    for name in ("url", "test_url"):
+        upstream = _get(data, "upstream", name)
+        if isinstance(upstream, str):
+            parts = urlsplit(upstream)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                problems.append(f"upstream.{name}: must be an http:// or https:// URL with a host")
     redis_url = _get(data, "redis", "url")
     if isinstance(redis_url, str) and redis_url != "embedded":
         problem = _redis_url_problem(redis_url)

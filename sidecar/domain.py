@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 KEYS_API_PATH = "/api/v1/api-keys"  # served by the sidecar itself, JWT only; never public
 # "sk_live_" + 6 characters: the public part of a key, shown in listings and logs.
@@ -21,6 +21,7 @@ _USER_ID = re.compile(r"[\x21-\x7e]{1,256}")
 LIVE = "live"
 TEST = "test"
 ENVIRONMENTS = (LIVE, TEST)
+Environment = Literal["live", "test"]
 # Key lifecycle (SPEC Part 2): expiry at least this far ahead (the longest is
 # configured: auth.api_keys.max_lifetime_days), rotation grace, usage window.
 MIN_EXPIRY_LEAD_SECONDS = 60

@@ -63,12 +63,14 @@ class Gateway:
         upstream: UpstreamClient,
         report_only: PrefixMatcher | None = None,
         assertion: AssertionSigner | None = None,
+        test_upstream: UpstreamClient | None = None,
     ) -> None:
         self._rules = rules
         self._public = public_paths
         self._auth = authenticator
         self._limiter = limiter
         self._upstream = upstream
+        self._test_upstream = test_upstream  # for test keys, when they have their own
         self._report_only = report_only
         self._assertion = assertion
 
@@ -94,7 +96,11 @@ class Gateway:
                 record.auth_outcome = "ambiguous"
                 raise NotAuthenticated("ambiguous")
             identity = await self._authenticate(api_key, authorization, headers, record)
-            rate_headers = await self._limiter.admit(identity.user_id, method, normalised)
+            try:
+                rate_headers = await self._limiter.admit(identity.user_id, method, normalised)
+            except RateLimited:
+                self._auth.rate_limited(identity)
+                raise
         except SidecarError as exc:
             if (
                 self._report_only is None
@@ -178,9 +184,16 @@ class Gateway:
             outgoing += self.identity_headers(identity, method, normalised)
         elif decision.would_deny is not None:
             outgoing.append((WOULD_DENY, b"%d" % decision.would_deny))
+        upstream = self._upstream
+        if (
+            self._test_upstream is not None
+            and identity is not None
+            and identity.environment == TEST
+        ):
+            upstream = self._test_upstream
         exchange = Exchange(response_headers)
         try:
-            await self._upstream.forward(
+            await upstream.forward(
                 method=method,
                 path=upstream_path(scope["raw_path"] or b"/", scope["path"], normalised),
                 query=scope["query_string"],

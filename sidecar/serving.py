@@ -134,8 +134,17 @@ async def admin_listener(
     """Serve the admin app on ``sock`` (and the example upstream when asked) until the
     block ends; then stop them."""
     jwks = public_jwks(config.identity.assertion) if config.identity.assertion.enabled else None
+    test_settings = config.upstream.for_test_keys()
     app = build_admin_app(
-        redis=redis, upstream=upstream, scrape=scrape, problems=problems, jwks=jwks
+        redis=redis,
+        upstream=upstream,
+        scrape=scrape,
+        problems=problems,
+        jwks=jwks,
+        # Only probed (connect, then close): a pool of its own is not needed.
+        test_upstream=None
+        if test_settings is None
+        else UpstreamClient(test_settings, config.server.max_body_bytes),
     )
     admin = Server(uvicorn_config(app, config), handle_signals=False)
     helpers = [admin]

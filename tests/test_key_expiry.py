@@ -1,0 +1,160 @@
+"""SPEC Part 2 "Expiry": expires_at on create, against real sidecars and Redis."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+import redis
+
+from tests.conftest import Api
+from tests.harness import RedisProcess, SidecarProcess
+from tests.lifecycle_helpers import NS, call_counts, status, store_create, user_state
+
+PROPAGATION_DEADLINE = 1.0
+
+
+@pytest.fixture(scope="module")
+def second(config_for: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SidecarProcess]:
+    process = SidecarProcess(config_for(), tmp_path_factory.mktemp("expiry")).start()
+    yield process
+    process.stop()
+
+
+def ahead(**delta: float) -> datetime:
+    return datetime.now(UTC) + timedelta(**delta)
+
+
+def test_create_with_an_expiry_answers_it_in_utc_and_lists_it(api: Api, user: str) -> None:
+    moment = ahead(hours=2).replace(microsecond=0)
+    offset = moment.astimezone(timezone(timedelta(hours=2))).isoformat()  # "+02:00" form
+    response = api.http.post(
+        "/api/v1/api-keys/", json={"expires_at": offset}, headers=api.bearer(user)
+    )
+    assert response.status_code == 201, response.text
+    body = response.json()
+    expected = moment.strftime("%Y-%m-%dT%H:%M:%S.000000Z")
+    assert body["expires_at"] == expected
+    assert body["environment"] == "live"
+    [item] = api.http.get("/api/v1/api-keys/", headers=api.bearer(user)).json()["api_keys"]
+    assert item["expires_at"] == expected and item["is_active"] is True
+
+
+def test_expiry_just_inside_the_bounds_is_accepted(api: Api, user: str) -> None:
+    for moment in (ahead(seconds=90), ahead(days=365, seconds=-90)):
+        response = api.http.post(
+            "/api/v1/api-keys/",
+            json={"expires_at": moment.isoformat().replace("+00:00", "Z")},
+            headers=api.bearer(user),
+        )
+        assert response.status_code == 201, response.text
+
+
+def test_create_without_expiry_answers_null(api: Api, user: str) -> None:
+    assert api.create_key(user)["expires_at"] is None
+
+
+BAD_EXPIRIES = {
+    "in the past": lambda: ahead(hours=-1).isoformat(),
+    "less than 60 s ahead": lambda: ahead(seconds=30).isoformat(),
+    "beyond the maximum": lambda: ahead(days=366).isoformat(),
+    "without a time zone": lambda: ahead(hours=1).replace(tzinfo=None).isoformat(),
+    "a date without a time": lambda: ahead(days=2).date().isoformat(),
+    "not a date": lambda: "next tuesday",
+    "a number": lambda: int(ahead(hours=1).timestamp()),
+    "digits in a string": lambda: str(int(ahead(hours=1).timestamp())),
+    "an object": lambda: {"at": "2030-01-01T00:00:00Z"},
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_EXPIRIES))
+def test_bad_expiries_get_422_at_body_expires_at_and_write_nothing(
+    api: Api, user: str, redis_client: redis.Redis, case: str
+) -> None:
+    before = user_state(redis_client, user)
+    response = api.http.post(
+        "/api/v1/api-keys/", json={"expires_at": BAD_EXPIRIES[case]()}, headers=api.bearer(user)
+    )
+    assert response.status_code == 422, response.text
+    [error] = response.json()["detail"]
+    assert error["loc"] == ["body", "expires_at"]
+    assert {"type", "loc", "msg", "input"} <= set(error)
+    assert user_state(redis_client, user) == before == {}
+
+
+def test_a_key_stops_at_its_expiry_on_every_instance_without_a_message(
+    api: Api,
+    second: SidecarProcess,
+    user: str,
+    redis_server: RedisProcess,
+    redis_client: redis.Redis,
+) -> None:
+    [key] = store_create(redis_server.url, user, seconds=2.5)
+    instances = [api.base, second.url]
+    for base in instances:  # cached on both
+        assert status(base, key["api_key"]) == 200
+    before = call_counts(redis_client)
+
+    def watch(base: str) -> tuple[float, float]:
+        """(last 200 seen, first 401 seen), epoch seconds."""
+        last_ok = time.time()
+        while True:
+            code = status(base, key["api_key"])
+            now = time.time()
+            if code == 401:
+                return last_ok, now
+            assert code == 200
+            last_ok = now
+
+    with ThreadPoolExecutor(2) as pool:
+        seen = list(pool.map(watch, instances))
+    for last_ok, first_refused in seen:
+        assert last_ok < key["expires"] + 0.05  # never served past the instant
+        assert first_refused - key["expires"] < PROPAGATION_DEADLINE
+    after = call_counts(redis_client)
+    assert after.get("publish", 0) == before.get("publish", 0)  # no message needed
+    assert after.get("hget", 0) == before.get("hget", 0)  # both answered from their caches
+
+
+def test_expired_keys_free_their_slots_and_list_only_with_include_expired(
+    api: Api, user: str, redis_server: RedisProcess, redis_client: redis.Redis
+) -> None:
+    expiring = store_create(redis_server.url, user, seconds=1.5, count=10)
+    refused = api.http.post("/api/v1/api-keys/", json={}, headers=api.bearer(user))
+    assert refused.status_code == 400
+    deadline = max(k["expires"] for k in expiring)
+    while time.time() <= deadline:  # the keys' own clock, not a synchronisation
+        time.sleep(deadline - time.time() + 0.01)
+    fresh = api.create_key(user)
+    assert redis_client.zrange(f"{NS}:user:{user}:active:live", 0, -1) == [fresh["id"].encode()]
+    listed = api.http.get("/api/v1/api-keys/", headers=api.bearer(user)).json()
+    assert [k["id"] for k in listed["api_keys"]] == [fresh["id"]]
+    everything = api.http.get(
+        "/api/v1/api-keys/", params={"include_expired": "true"}, headers=api.bearer(user)
+    ).json()
+    assert everything["total"] == 11
+    for item in everything["api_keys"]:
+        if item["id"] != fresh["id"]:
+            assert item["is_active"] is False
+            assert item["revoked_reason"] is None  # expiry is not a revocation
+            assert item["expires_at"] is not None
+    for key in expiring:
+        assert status(api.base, key["api_key"]) == 401
+
+
+def test_deleting_an_expired_key_records_no_revocation(
+    api: Api, user: str, redis_server: RedisProcess
+) -> None:
+    [key] = store_create(redis_server.url, user, seconds=0.5)
+    while time.time() <= key["expires"]:
+        time.sleep(key["expires"] - time.time() + 0.01)
+    deleted = api.http.delete(f"/api/v1/api-keys/{key['id']}", headers=api.bearer(user))
+    assert deleted.status_code == 200
+    [item] = api.http.get(
+        "/api/v1/api-keys/", params={"include_expired": "true"}, headers=api.bearer(user)
+    ).json()["api_keys"]
+    assert item["is_active"] is False and item["revoked_reason"] is None
