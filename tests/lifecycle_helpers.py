@@ -4,6 +4,7 @@ expiry moments closer than the API's 60 s minimum), and a view of a user's Redis
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -66,3 +67,18 @@ def status(base: str, key: str) -> int:
 def call_counts(client: redis.Redis) -> dict[str, int]:
     stats: dict[str, Any] = client.info("commandstats")
     return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
+
+
+def served_until(base: str, key: str, give_up: float) -> tuple[float, float]:
+    """Use ``key`` on ``base`` until it is refused: (last 200 seen, first 401 seen),
+    epoch seconds. Fails if any other status comes back or it still works at
+    ``give_up`` (epoch seconds)."""
+    last_ok = time.time()
+    while True:
+        code = status(base, key)
+        now = time.time()
+        if code == 401:
+            return last_ok, now
+        assert code == 200, code
+        assert now < give_up, "still accepted long after it should have stopped"
+        last_ok = now
