@@ -13,20 +13,28 @@ import os
 import sys
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 import yaml
+from pydantic import BaseModel, ValidationError
 
 from sidecar import config as config_module
 from sidecar.config import Config, ConfigError
 from sidecar.domain import (
+    DEFAULT_GRACE_SECONDS,
+    DEFAULT_USAGE_DAYS,
+    LIVE,
     MAX_DESCRIPTION,
+    MAX_GRACE_SECONDS,
+    MAX_USAGE_DAYS,
     USER_ID_RULE,
     expired_json,
     key_list_json,
+    usage_json,
     valid_user_id,
 )
+from sidecar.key_input import USAGE_DAYS, CreateKeyBody, Lifetime, RotateKeyBody, usage_window
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 DEFAULT_CONFIG = "config/sidecar.yaml"
@@ -114,6 +122,15 @@ def _parser() -> argparse.ArgumentParser:
     create = command(actions, "create", "create a key for a user (prints it once)", _keys_create)
     create.add_argument("--user", required=True, help="the user id the key belongs to")
     create.add_argument("--description", help=f"free text, at most {MAX_DESCRIPTION} characters")
+    create.add_argument(
+        "--expires-at",
+        metavar="WHEN",
+        help="ISO 8601 date-time with a time zone, e.g. 2027-01-31T00:00:00Z (default: never); "
+        "at least 60 s ahead, at most auth.api_keys.max_lifetime_days",
+    )
+    create.add_argument(
+        "--environment", default=LIVE, help="live (default) or test (an sk_test_ key)"
+    )
     listing = command(actions, "list", "list a user's keys, newest first", _keys_list)
     listing.add_argument("--user", required=True)
     listing.add_argument(
@@ -121,6 +138,28 @@ def _parser() -> argparse.ArgumentParser:
     )
     revoke = command(actions, "revoke", "expire a key by id, whoever owns it", _keys_revoke)
     revoke.add_argument("key_id", metavar="KEY_ID", help="the key's id (a UUID)")
+    rotate = command(
+        actions,
+        "rotate",
+        "replace a key by a new one (prints it once); the old one works for a grace period",
+        _keys_rotate,
+    )
+    rotate.add_argument("key_id", metavar="KEY_ID", help="the key's id (a UUID)")
+    rotate.add_argument(
+        "--grace-period",
+        metavar="SECONDS",
+        default=str(DEFAULT_GRACE_SECONDS),
+        help=f"how long the old key keeps working, 0 to {MAX_GRACE_SECONDS} "
+        f"(default {DEFAULT_GRACE_SECONDS}); never past its own expiry",
+    )
+    usage = command(actions, "usage", "a key's requests and 429s per UTC day", _keys_usage)
+    usage.add_argument("key_id", metavar="KEY_ID", help="the key's id (a UUID)")
+    usage.add_argument(
+        "--days",
+        metavar="N",
+        default=str(DEFAULT_USAGE_DAYS),
+        help=f"days up to today, 1 to {MAX_USAGE_DAYS} (default {DEFAULT_USAGE_DAYS})",
+    )
     return parser
 
 
@@ -186,8 +225,16 @@ def _keys_create(config: Config, args: argparse.Namespace) -> int:
     if args.description is not None and len(args.description) > MAX_DESCRIPTION:
         raise _Usage(f"--description is longer than {MAX_DESCRIPTION} characters")
 
+    body = _validated(
+        CreateKeyBody,
+        {"expires_at": args.expires_at, "environment": args.environment},
+        context={"lifetime": Lifetime(config.auth.api_keys.max_lifetime_days)},
+    )
+
     async def action(store: Any) -> Any:
-        created = await store.create(user, args.description)
+        created = await store.create(
+            user, args.description, environment=body.environment, expires_at=body.expires_at
+        )
         return created.as_json()
 
     return _with_store(config, action)
@@ -202,11 +249,68 @@ def _keys_list(config: Config, args: argparse.Namespace) -> int:
     return _with_store(config, action)
 
 
-def _keys_revoke(config: Config, args: argparse.Namespace) -> int:
+def _key_id(text: str) -> str:
     try:
-        key_id = str(uuid.UUID(args.key_id))
+        return str(uuid.UUID(text))
     except ValueError:
-        raise _Usage(f"KEY_ID must be a UUID, got {args.key_id!r}") from None
+        raise _Usage(f"KEY_ID must be a UUID, got {text!r}") from None
+
+
+# The API's fields as the options that carry them, for messages.
+_OPTIONS = {
+    "expires_at": "--expires-at",
+    "environment": "--environment",
+    "grace_period_seconds": "--grace-period",
+}
+M = TypeVar("M", bound=BaseModel)
+
+
+def _validated(model: type[M], values: dict[str, Any], context: Any = None) -> M:
+    """``values`` checked by the API's own request model; a problem is a usage error."""
+    try:
+        return model.model_validate(values, context=context)
+    except ValidationError as exc:
+        problems = [
+            f"{_OPTIONS.get(str(e['loc'][0]), e['loc'][0])}: {e['msg']}" for e in exc.errors()
+        ]
+        raise _Usage("; ".join(problems)) from None
+
+
+def _whole_number(text: str, option: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise _Usage(f"{option}: not a whole number: {text!r}") from None
+
+
+def _keys_rotate(config: Config, args: argparse.Namespace) -> int:
+    key_id = _key_id(args.key_id)
+    grace = _whole_number(args.grace_period, "--grace-period")
+    body = _validated(RotateKeyBody, {"grace_period_seconds": grace})
+
+    async def action(store: Any) -> Any:
+        created, _ = await store.rotate(key_id, None, body.grace_period_seconds)
+        return {**created.as_json(), "rotated_from": key_id}
+
+    return _with_store(config, action)
+
+
+def _keys_usage(config: Config, args: argparse.Namespace) -> int:
+    key_id = _key_id(args.key_id)
+    try:
+        days = USAGE_DAYS.validate_python(_whole_number(args.days, "--days"))
+    except ValidationError as exc:
+        raise _Usage(f"--days: {exc.errors()[0]['msg']}") from None
+
+    async def action(store: Any) -> Any:
+        prefix, daily = await store.usage(key_id, None, usage_window(days))
+        return usage_json(key_id, prefix, daily)
+
+    return _with_store(config, action)
+
+
+def _keys_revoke(config: Config, args: argparse.Namespace) -> int:
+    key_id = _key_id(args.key_id)
 
     async def action(store: Any) -> Any:
         await store.revoke(key_id, None)

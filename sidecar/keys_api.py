@@ -3,109 +3,32 @@ JWT only (SPEC.md)."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import Any
 from uuid import UUID
 
 import orjson
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    TypeAdapter,
-    ValidationError,
-    ValidationInfo,
-    field_validator,
-)
-from pydantic_core import PydanticCustomError
+from pydantic import TypeAdapter, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route, Router
 
 from sidecar.authn import Authenticator, credential_from
 from sidecar.domain import (
-    DEFAULT_GRACE_SECONDS,
     DEFAULT_USAGE_DAYS,
     KEYS_API_PATH,
-    MAX_DESCRIPTION,
-    MAX_GRACE_SECONDS,
-    MAX_USAGE_DAYS,
-    MIN_EXPIRY_LEAD_SECONDS,
-    Environment,
     expired_json,
     key_list_json,
     usage_json,
 )
 from sidecar.errors import PayloadTooLarge, RequestInvalid
+from sidecar.key_input import USAGE_DAYS, CreateKeyBody, Lifetime, RotateKeyBody, usage_window
 from sidecar.store import KeyStore
-from sidecar.timeutil import utc_day
 
 PREFIX = KEYS_API_PATH
 _MAX_CREATE_BODY = 64 * 1024
 _BOOL = TypeAdapter(bool)
 _UUID = TypeAdapter(UUID)
-_DAYS = TypeAdapter(Annotated[int, Field(ge=1, le=MAX_USAGE_DAYS)])
-
-
-def _iso_datetime(value: object) -> object:
-    """Only an ISO 8601 string with a time zone: pydantic alone would also take a
-    number (a Unix time) or a string of digits."""
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise PydanticCustomError(
-            "datetime_type", "Input should be an ISO 8601 date-time string with a time zone"
-        )
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise PydanticCustomError(
-            "datetime_parsing", "Input should be an ISO 8601 date-time with a time zone"
-        ) from None
-    if moment.tzinfo is None:
-        raise PydanticCustomError("timezone_aware", "Input should have timezone info")
-    return moment
-
-
-class Lifetime:
-    """What ``expires_at`` is checked against: the moment of the request and the
-    longest lifetime configured (auth.api_keys.max_lifetime_days)."""
-
-    def __init__(self, max_days: int, now: datetime | None = None) -> None:
-        self.max_days = max_days
-        self.now = now or datetime.now(UTC)
-
-
-class CreateKeyBody(BaseModel):
-    """The create request. Validate with ``context={"lifetime": Lifetime(...)}``."""
-
-    model_config = ConfigDict(extra="ignore")
-    description: str | None = Field(default=None, max_length=MAX_DESCRIPTION)
-    expires_at: Annotated[datetime | None, BeforeValidator(_iso_datetime)] = None
-    environment: Environment = "live"
-
-    @field_validator("expires_at")
-    @classmethod
-    def _within_lifetime(cls, value: datetime | None, info: ValidationInfo) -> datetime | None:
-        if value is None:
-            return None
-        lifetime: Lifetime = (info.context or {})["lifetime"]
-        ahead = value - lifetime.now
-        if ahead < timedelta(seconds=MIN_EXPIRY_LEAD_SECONDS):
-            raise ValueError(f"must be at least {MIN_EXPIRY_LEAD_SECONDS} seconds in the future")
-        if ahead > timedelta(days=lifetime.max_days):
-            raise ValueError(f"must be at most {lifetime.max_days} days in the future")
-        return value.astimezone(UTC)
-
-
-class RotateKeyBody(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    grace_period_seconds: int = Field(
-        default=DEFAULT_GRACE_SECONDS, ge=0, le=MAX_GRACE_SECONDS, strict=True
-    )
 
 
 def json_response(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
@@ -204,7 +127,7 @@ class KeysApi:
         user_id = await self._user(request)
         key_id = _key_id(request)
         try:
-            days = _DAYS.validate_python(request.query_params.get("days", DEFAULT_USAGE_DAYS))
+            days = USAGE_DAYS.validate_python(request.query_params.get("days", DEFAULT_USAGE_DAYS))
         except ValidationError as exc:
             raise RequestInvalid(_errors(exc, "query", "days")) from None
         prefix, daily = await self._store.usage(key_id, user_id, usage_window(days))
@@ -217,12 +140,6 @@ class KeysApi:
         except ValidationError as exc:
             raise RequestInvalid(_errors(exc, "query", "include_expired")) from None
         return json_response(200, key_list_json(await self._store.list(user_id, include_expired)))
-
-
-def usage_window(days: int, now: float | None = None) -> list[str]:
-    """The last ``days`` UTC days, oldest first, today included."""
-    today = time.time() if now is None else now
-    return [utc_day(today - back * 86400) for back in range(days - 1, -1, -1)]
 
 
 def _key_id(request: Request) -> str:

@@ -390,10 +390,13 @@ class KeyStore:
             raise KeyNotFound()
         return key_hash
 
-    async def rotate(self, key_id: str, user_id: str, grace_seconds: int) -> tuple[CreatedKey, str]:
+    async def rotate(
+        self, key_id: str, user_id: str | None, grace_seconds: int
+    ) -> tuple[CreatedKey, str]:
         """Replace an active key by a new one with the same description, environment
         and expiry; the old one keeps working for ``grace_seconds`` (never past its own
-        expiry). Returns the new key and the old key's hash (for local cache eviction)."""
+        expiry). Returns the new key and the old key's hash (for local cache eviction).
+        ``user_id`` None = operator action (any owner)."""
         (
             owner,
             prefix,
@@ -535,17 +538,18 @@ class KeyStore:
             await self._guarded(pipe.execute())
 
     async def usage(
-        self, key_id: str, user_id: str, days: Sequence[str]
+        self, key_id: str, user_id: str | None, days: Sequence[str]
     ) -> tuple[str, builtins.list[DailyUsage]]:
         """The key's prefix and its counts on ``days`` (YYYY-MM-DD, UTC), in one round
-        trip; KeyNotFound for an unknown or another user's key."""
+        trip; KeyNotFound for an unknown or another user's key (``user_id`` None: any
+        owner's)."""
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.hmget(record_key(key_id), "user_id", "key_prefix")
             for day in days:
                 pipe.hmget(usage_key(key_id, day), "requests", "rate_limited")
             replies = await self._guarded(pipe.execute())
         owner, prefix = (None if v is None else _text(v) for v in replies[0])
-        if owner != user_id or prefix is None:
+        if owner is None or prefix is None or (user_id is not None and owner != user_id):
             raise KeyNotFound()
         daily = [
             DailyUsage(day, int(requests or 0), int(limited or 0))

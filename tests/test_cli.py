@@ -69,6 +69,8 @@ def config_path(sidecar: SidecarProcess) -> str:
         ["keys", "create", "--help"],
         ["keys", "list", "--help"],
         ["keys", "revoke", "--help"],
+        ["keys", "rotate", "--help"],
+        ["keys", "usage", "--help"],
     ],
 )
 def test_help_everywhere(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
