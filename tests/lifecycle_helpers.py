@@ -29,7 +29,7 @@ def store_create(
     async def run() -> list[dict[str, Any]]:
         client = aioredis.Redis.from_url(url)
         try:
-            store = KeyStore(client, KeyHasher(HASH_SECRET.encode()), 10)
+            store = KeyStore(client, KeyHasher(HASH_SECRET.encode()), 10, retry_after=1)
             created = []
             for _ in range(count):
                 moment = None if seconds is None else datetime.now(UTC) + timedelta(seconds=seconds)
