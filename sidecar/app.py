@@ -19,7 +19,7 @@ from sidecar.accesslog import AccessLog
 from sidecar.assertion import AssertionSigner
 from sidecar.authn import Authenticator
 from sidecar.config import Config
-from sidecar.errors import CLIENT_CLOSED, SidecarError
+from sidecar.errors import CLIENT_CLOSED, AmbiguousPath, SidecarError
 from sidecar.failed_auth import FailedAuthLimiter
 from sidecar.forward_auth import ForwardAuth
 from sidecar.gateway import Gateway
@@ -31,7 +31,7 @@ from sidecar.keys_api import PREFIX as KEYS_PREFIX
 from sidecar.keys_api import KeysApi
 from sidecar.metrics import Metrics
 from sidecar.observe import RequestRecord
-from sidecar.paths import PrefixMatcher, normalise
+from sidecar.paths import PrefixMatcher, ambiguous, normalise
 from sidecar.proxy import ClientGone, UpstreamClient
 from sidecar.ratelimit import limiter_for
 from sidecar.redis_conn import connect
@@ -119,6 +119,7 @@ class Sidecar:
             ),
         )
         self._owned = PrefixMatcher((KEYS_PREFIX,))
+        self._reject_ambiguous = config.server.reject_ambiguous_paths
         self.scanning: SecretScanning | None = None
         self._scanning_path: str | None = None
         if config.secret_scanning.enabled:
@@ -219,6 +220,9 @@ class Sidecar:
         )
         self.metrics.in_flight.inc()
         try:
+            if self._reject_ambiguous and ambiguous(scope["raw_path"] or b"", scope["path"]):
+                record.route = "refused"
+                raise AmbiguousPath()
             if self._scanning_path is not None and (
                 normalised.rstrip("/").lower() == self._scanning_path
             ):

@@ -68,6 +68,7 @@ class ServerConfig(_Section):
     graceful_timeout_seconds: float = Field(30.0, gt=0, le=86400)
     trusted_proxies: tuple[str, ...] = ()
     limits: RequestLimits = RequestLimits()
+    reject_ambiguous_paths: bool = True
 
 
 class AdminConfig(_Section):

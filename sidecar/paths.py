@@ -3,10 +3,50 @@ decision is made on the normalised path, never on the raw string or the query.""
 
 from __future__ import annotations
 
-from urllib.parse import quote
+import re
+import unicodedata
+from urllib.parse import quote, unquote_to_bytes
 
 # Percent-escapes that could smuggle a separator or a dot segment past a matcher.
 _SUSPICIOUS_ESCAPES = (b"%2f", b"%5c", b"%2e", b"%00")
+
+
+# A percent-escape of a percent-escape of a dot, slash or backslash (%252e, %252f, %255c):
+# one more decoding by the upstream turns it into a separator or a dot segment.
+_DOUBLE_ENCODED = re.compile(rb"%25(?:2e|2f|5c)", re.IGNORECASE)
+# A dot segment with path parameters (``..;x``): Tomcat/Spring strip ``;...`` and then
+# resolve the dots, so ``/public/..;/private`` reaches /private there.
+_DOT_PARAMETER = re.compile(r"(?:^|[/\\])\.{1,2};")
+
+
+def ambiguous(raw_path: bytes, decoded: str) -> bool:
+    """Whether an upstream might resolve this path differently from ``normalise()``:
+    dot segments with parameters, double-encoded dots or separators, percent-escapes
+    that are not valid UTF-8 (overlong encodings included), or characters that Unicode
+    compatibility normalisation (NFKC, applied by some servers) turns into a dot
+    segment or a separator (fullwidth dots U+FF0E, fullwidth solidus U+FF0F)."""
+    if b"%" not in raw_path and b";" not in raw_path and decoded.isascii():
+        return False  # the common case, one scan each
+    if _DOUBLE_ENCODED.search(raw_path) or _DOT_PARAMETER.search(decoded):
+        return True
+    if b"%" in raw_path:
+        try:
+            unquote_to_bytes(raw_path).decode("utf-8")
+        except UnicodeDecodeError:
+            return True
+    if not decoded.isascii():
+        folded = unicodedata.normalize("NFKC", decoded)
+        if folded != decoded and _changes_structure(decoded, folded):
+            return True
+    return False
+
+
+def _changes_structure(decoded: str, folded: str) -> bool:
+    if any(folded.count(c) != decoded.count(c) for c in "/\\;"):
+        return True
+    return any(s in (".", "..") for s in folded.replace("\\", "/").split("/")) and not any(
+        s in (".", "..") for s in decoded.replace("\\", "/").split("/")
+    )
 
 
 def normalise(path: str) -> str:

@@ -113,9 +113,7 @@ def test_the_upstream_sees_the_path_auth_decided_on(
         ("/api/v1/auth/./refresh", "/api/v1/auth/refresh"),
         ("/api/v1//auth/x/../login", "/api/v1/auth/login"),
         ("/api/v1/analysis/../auth/login", "/api/v1/auth/login"),
-        # Not a dot segment: the upstream gets it literally, under the public prefix.
-        ("/api/v1/auth/..;/analysis/", "/api/v1/auth/..;/analysis/"),
-        ("/api/v1/auth/%252e%252e/analysis/", "/api/v1/auth/%2e%2e/analysis/"),
+        # "..;" and "%252e" are refused as ambiguous: see AMBIGUOUS below.
     ],
 )
 def test_public_paths_are_forwarded_without_credentials(
@@ -165,3 +163,58 @@ def test_key_endpoints_are_never_proxied_however_spelled(
     status, _, body = raw_request(sidecar, target)
     assert status == 401
     assert recorder.received == []
+
+
+# Paths an upstream might route differently from the sidecar's reading of them.
+AMBIGUOUS = [
+    "/api/v1/auth/..;/analysis/",
+    "/api/v1/auth/..;jsessionid=x/analysis/",
+    "/api/v1/auth/.;/x",
+    "/api/v1/auth/%2e%2e;/analysis/",
+    "/api/v1/auth/%252e%252e/analysis/",
+    "/api/v1/auth/%252E%252E%252Fanalysis/",
+    "/api/v1/auth/..%252fanalysis/",
+    "/api/v1/auth/..%255canalysis/",
+    "/api/v1/auth/%c0%ae%c0%ae/analysis/",  # overlong UTF-8 dots
+    "/api/v1/auth/%e0%80%ae%e0%80%ae/analysis/",
+    "/api/v1/auth/%ff/x",  # not UTF-8 at all
+    "/api/v1/auth/%ef%bc%8e%ef%bc%8e/analysis/",  # fullwidth dots: NFKC makes them ".."
+    "/api/v1/auth/%ef%bc%8f..%ef%bc%8fanalysis/",  # fullwidth solidus
+]
+
+
+@pytest.mark.parametrize("target", AMBIGUOUS)
+def test_ambiguous_paths_are_refused_before_any_matching(
+    sidecar: SidecarProcess, recorder: RecordingUpstream, target: str
+) -> None:
+    status, headers, body = raw_request(sidecar, target)
+    assert status == 400, body
+    assert json.loads(body) == {"detail": "Ambiguous request path"}
+    assert headers["content-type"] == "application/json"
+    assert recorder.received == []
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/api/v1/auth/login;v=1",
+        "/api/v1/auth/caf%C3%A9",
+        "/api/v1/auth/%E2%82%AC",
+        "/api/v1/auth/a%2520b",
+    ],
+)
+def test_unambiguous_paths_with_escapes_and_parameters_still_pass(
+    sidecar: SidecarProcess, recorder: RecordingUpstream, target: str
+) -> None:
+    status, _, _ = raw_request(sidecar, target)
+    assert status == 200
+    assert len(recorder.received) == 1
+
+
+def test_the_ambiguous_path_refusal_can_be_switched_off(
+    spawn: Any, config_for: Any, recorder: RecordingUpstream
+) -> None:
+    sidecar = spawn(config_for(server={"reject_ambiguous_paths": False}))
+    status, _, _ = raw_request(sidecar, "/api/v1/auth/..;/analysis/")
+    assert status == 200  # public as the sidecar reads it; the upstream's reading is its own
+    assert len(recorder.received) == 1
