@@ -10,6 +10,10 @@ Freshness rules:
   round trip (a key cannot become known later: new keys are random).
 - Every eviction bumps ``epoch``; a lookup started before an eviction does not
   store its (possibly outdated) answer, so a revocation racing a lookup wins.
+- An entry carries the key's expiry (``VerifiedKey.expires_at``: its ``expires_at``,
+  or the end of a rotation's grace, which the rotation publishes like a revocation).
+  The authenticator checks it on every use, fresh or stale, so no entry lets a key
+  work past its expiry on any instance, and none needs a message to stop it then.
 """
 
 from __future__ import annotations

@@ -145,3 +145,23 @@ def test_a_leak_report_records_its_reason_and_audit_fields(
     record = redis_client.hgetall(f"{NS}:rec:{key['id']}")
     assert record[b"revoked_url"] == b"https://github.com/o/r/blob/x"
     assert record[b"revoked_at"] == record[b"expires_at"]
+
+
+def test_a_previous_layout_key_can_be_rotated(
+    api: Api, user: str, redis_client: redis.Redis
+) -> None:
+    legacy = [write_legacy_key(redis_client, user, "old") for _ in range(10)]
+    response = api.http.post(
+        f"/api/v1/api-keys/{legacy[0]['id']}/rotate",
+        json={"grace_period_seconds": 0},
+        headers=api.bearer(user),
+    )
+    assert response.status_code == 201, response.text
+    new = response.json()
+    remember_secret(new["api_key"])
+    assert (new["description"], new["environment"], new["expires_at"]) == ("old", "live", None)
+    assert api.http.get(PATH, headers={"X-API-Key": legacy[0]["api_key"]}).status_code == 401
+    assert api.http.get(PATH, headers={"X-API-Key": new["api_key"]}).status_code == 200
+    assert legacy[0]["id"].encode() not in redis_client.smembers(f"{NS}:user:{user}:active")
+    refused = api.http.post("/api/v1/api-keys/", json={}, headers=api.bearer(user))
+    assert refused.status_code == 400  # 9 old + the new one: still at the limit
