@@ -131,11 +131,18 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument(
         "--environment", default=LIVE, help="live (default) or test (an sk_test_ key)"
     )
+    create.add_argument(
+        "--canary",
+        action="store_true",
+        help="a trap: looks and verifies like a key, never authenticates, and logs a WARNING "
+        "when used; outside the user's limit and listings",
+    )
     listing = command(actions, "list", "list a user's keys, newest first", _keys_list)
     listing.add_argument("--user", required=True)
     listing.add_argument(
         "--include-expired", action="store_true", help="also list expired (revoked) keys"
     )
+    listing.add_argument("--canary", action="store_true", help="list only the user's canary keys")
     revoke = command(actions, "revoke", "expire a key by id, whoever owns it", _keys_revoke)
     revoke.add_argument("key_id", metavar="KEY_ID", help="the key's id (a UUID)")
     rotate = command(
@@ -224,6 +231,8 @@ def _keys_create(config: Config, args: argparse.Namespace) -> int:
     user = _user(args.user)
     if args.description is not None and len(args.description) > MAX_DESCRIPTION:
         raise _Usage(f"--description is longer than {MAX_DESCRIPTION} characters")
+    if args.canary and (args.expires_at is not None or args.environment != LIVE):
+        raise _Usage("a --canary key is a live key that never expires")
 
     body = _validated(
         CreateKeyBody,
@@ -232,6 +241,8 @@ def _keys_create(config: Config, args: argparse.Namespace) -> int:
     )
 
     async def action(store: Any) -> Any:
+        if args.canary:
+            return {**(await store.create_canary(user, args.description)).as_json(), "canary": True}
         created = await store.create(
             user, args.description, environment=body.environment, expires_at=body.expires_at
         )
@@ -244,7 +255,8 @@ def _keys_list(config: Config, args: argparse.Namespace) -> int:
     user = _user(args.user)
 
     async def action(store: Any) -> Any:
-        return key_list_json(await store.list(user, args.include_expired))
+        listing = store.list_canaries if args.canary else store.list
+        return key_list_json(await listing(user, args.include_expired))
 
     return _with_store(config, action)
 

@@ -109,6 +109,14 @@ return 1
 # ARGV: owner ('' = any), now ISO, now µs, channel, revoked index entry, reason,
 # audit field pairs... Only a key still usable is recorded as revoked (with the reason
 # and audit fields); an expired one is just marked inactive, its reason left null.
+# KEYS: record, the user's canary set, prefix index. ARGV: id, created µs, hash, record
+# fields..., index entry. No limit, no listing: a canary is only a trap (authn.py).
+_CREATE_CANARY = """
+redis.call('HSET', KEYS[1], unpack(ARGV, 4, #ARGV - 1))
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+redis.call('HSET', KEYS[3], ARGV[3], ARGV[#ARGV])
+return 1
+"""
 _REVOKE = """
 local rec = redis.call('HMGET', KEYS[1], 'user_id', 'is_active', 'hash', 'id', 'expires_us')
 if not rec[1] then return 0 end
@@ -254,6 +262,7 @@ class KeyStore:
         self._retry_after = retry_after
         self._create = redis.register_script(_CREATE)
         self._revoke = redis.register_script(_REVOKE)
+        self._create_canary = redis.register_script(_CREATE_CANARY)
         self._rotate = redis.register_script(_ROTATE)
         self.errors = 0  # Redis failures seen, for metrics
 
@@ -270,6 +279,8 @@ class KeyStore:
         description: str | None,
         environment: str,
         expires_at: datetime | None,
+        *,
+        canary: bool = False,
         **extra: str,
     ) -> _NewKey:
         api_key = self._generate(environment)
@@ -297,7 +308,9 @@ class KeyStore:
             fields["expires_us"] = str(expires_us)
         if description is not None:
             fields["description"] = description
-        entry = _index_entry(key_id, user_id, active=True, expires_us=expires_us)
+        if canary:
+            fields["canary"] = "1"
+        entry = _index_entry(key_id, user_id, active=True, expires_us=expires_us, canary=canary)
         return _NewKey(
             id=key_id,
             api_key=api_key,
@@ -345,8 +358,31 @@ class KeyStore:
             raise KeyLimitReached(self.max_active_per_user)
         return new.created_key()
 
+    async def create_canary(self, user_id: str, description: str | None) -> CreatedKey:
+        """A canary key: verifies like any key but never authenticates (authn.py); outside
+        the user's limit and listings, except ``list_canaries``."""
+        new = self._new_key(user_id, description, LIVE, None, canary=True)
+        keys = [record_key(new.id), canary_keys_key(user_id), prefix_index_key(new.prefix)]
+        args: builtins.list[str | int | bytes] = [
+            new.id,
+            new.created_score,
+            new.hash,
+            *new.fields,
+            new.entry,
+        ]
+        await self._guarded(self._create_canary(keys=keys, args=args))
+        return new.created_key()
+
     async def list(self, user_id: str, include_expired: bool) -> list[dict[str, Any]]:
-        ids = await self._guarded(self._redis.zrevrange(all_keys_key(user_id), 0, -1))
+        return await self._listed(all_keys_key(user_id), include_expired)
+
+    async def list_canaries(
+        self, user_id: str, include_expired: bool
+    ) -> builtins.list[dict[str, Any]]:
+        return await self._listed(canary_keys_key(user_id), include_expired)
+
+    async def _listed(self, index: str, include_expired: bool) -> builtins.list[dict[str, Any]]:
+        ids = await self._guarded(self._redis.zrevrange(index, 0, -1))
         if not ids:
             return []
         async with self._redis.pipeline(transaction=False) as pipe:
@@ -605,12 +641,19 @@ def _micros(moment: datetime) -> int:
 
 
 def _index_entry(
-    key_id: str, user_id: str, *, active: bool, expires_us: int | None = None
+    key_id: str,
+    user_id: str,
+    *,
+    active: bool,
+    expires_us: int | None = None,
+    canary: bool = False,
 ) -> bytes:
     # Entries written by earlier versions also carry "hash", a copy of their field: ignored.
     entry: dict[str, Any] = {"id": key_id, "user_id": user_id, "active": active}
     if expires_us is not None:
         entry["expires_at"] = expires_us / _US
+    if canary:
+        entry["canary"] = True
     return orjson.dumps(entry)
 
 

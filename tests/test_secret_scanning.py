@@ -365,3 +365,19 @@ def test_the_config_names_every_secret_scanning_problem(tmp_path: Path) -> None:
     assert "secret_scanning: enabled needs public_keys_file or public_keys_url" in (
         error.value.problems
     )
+
+
+def test_a_reported_canary_is_a_true_positive_left_in_place(
+    scanning_pair: tuple[SidecarProcess, SidecarProcess], signer: Signer, user: str
+) -> None:
+    """A canary found in public code is the trap working: reported, not retired."""
+    from tests.test_canary import create_canary
+
+    first, _ = scanning_pair
+    canary = create_canary(str(first.config_path), user)
+    body = report(canary["api_key"])
+    answer = post(first.url, body, signer.headers(body))
+    assert answer.json()[0]["label"] == "true_positive"
+    wait_until(lambda: "canary key reported leaked" in first.logs(), timeout=5)
+    assert status(first.url, canary["api_key"]) == 401
+    wait_until(lambda: "canary key used" in first.logs(), timeout=5)

@@ -1,0 +1,152 @@
+"""Canary keys (SPEC Part 2, "Canary keys"): made by the CLI, indistinguishable from an
+unknown key to whoever uses one, reported to the operator, outside limits and listings."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from typing import Any
+
+import httpx
+import orjson
+import redis
+import redis.asyncio as aioredis
+
+from sidecar import keyformat
+from sidecar.keyhash import KeyHasher
+from sidecar.store import KeyStore
+from tests.conftest import Api
+from tests.harness import HASH_SECRET, RedisProcess, SidecarProcess, remember_secret, wait_until
+from tests.test_cli import ok
+
+PATH = "/api/v1/analysis/"
+
+
+def create_canary(config_path: str, user: str) -> dict[str, Any]:
+    created: dict[str, Any] = ok(
+        "--config", config_path, "keys", "create", "--user", user, "--canary"
+    )
+    remember_secret(created["api_key"])
+    return created
+
+
+async def canaries_in_process(redis_url: str, user: str, count: int) -> list[str]:
+    client = aioredis.Redis.from_url(redis_url)
+    store = KeyStore(client, KeyHasher(HASH_SECRET.encode()), 10, retry_after=1)
+    try:
+        return [
+            remember_secret((await store.create_canary(user, None)).api_key) for _ in range(count)
+        ]
+    finally:
+        await client.aclose()
+
+
+def canary_hits(sidecar: SidecarProcess) -> float:
+    for line in httpx.get(sidecar.admin_url + "/metrics").text.splitlines():
+        if line.startswith("sidecar_canary_hits_total "):
+            return float(line.split()[1])
+    raise AssertionError("sidecar_canary_hits_total not exposed")
+
+
+def test_a_canary_key_gets_exactly_an_unknown_keys_answer_and_is_reported(
+    sidecar: SidecarProcess, user: str, recorder: Any
+) -> None:
+    canary = create_canary(str(sidecar.config_path), user)
+    assert keyformat.parse(canary["api_key"]) is not None  # looks and verifies like a key
+    assert canary["canary"] is True
+    hits = canary_hits(sidecar)
+
+    used = httpx.post(
+        sidecar.url + PATH + "?x=1", headers={"X-API-Key": canary["api_key"]}, content=b"{}"
+    )
+    unknown = httpx.post(
+        sidecar.url + PATH + "?x=1", headers={"X-API-Key": keyformat.generate()}, content=b"{}"
+    )
+
+    assert (used.status_code, used.content) == (unknown.status_code, unknown.content)
+    assert used.status_code == 401
+    drop = {"x-request-id", "date"}
+    assert {k: v for k, v in used.headers.items() if k not in drop} == {
+        k: v for k, v in unknown.headers.items() if k not in drop
+    }
+    assert recorder.received == []
+    assert canary_hits(sidecar) == hits + 1
+    wait_until(lambda: "canary key used" in sidecar.logs(), timeout=5)
+    warnings = [
+        orjson.loads(line)
+        for line in sidecar.logs().splitlines()
+        if "canary key used" in line and canary["key_prefix"] in line
+    ]
+    assert len(warnings) == 1
+    warning = warnings[0]
+    assert warning["level"] == "WARNING"
+    assert warning["key_prefix"] == canary["key_prefix"]
+    assert warning["client"] == "127.0.0.1"
+    assert warning["method"] == "POST"
+    assert warning["path"] == PATH
+
+
+def test_a_canary_costs_the_same_redis_lookup_as_an_unknown_key(
+    sidecar: SidecarProcess, user: str, redis_client: redis.Redis, redis_server: RedisProcess
+) -> None:
+    redis_url = redis_server.url
+    canary = create_canary(str(sidecar.config_path), user)
+
+    def hgets() -> int:
+        stats: dict[str, Any] = redis_client.info("commandstats")
+        return int(stats.get("cmdstat_hget", {}).get("calls", 0))
+
+    def lookups_for(key: str) -> int:
+        before = hgets()
+        httpx.get(sidecar.url + PATH, headers={"X-API-Key": key})
+        return hgets() - before
+
+    assert lookups_for(canary["api_key"]) == lookups_for(keyformat.generate()) == 1
+
+    # Reported, not asserted (timings on a shared machine are noise): the median time of
+    # first uses of canaries and of unknown keys, interleaved, on one connection.
+    canaries = asyncio.run(canaries_in_process(redis_url, user, 20))
+    timings: dict[str, list[float]] = {"canary": [], "unknown": []}
+    with httpx.Client(base_url=sidecar.url) as client:
+        for key in canaries:
+            for kind, value in (("canary", key), ("unknown", keyformat.generate())):
+                started = time.perf_counter()
+                client.get(PATH, headers={"X-API-Key": value})
+                timings[kind].append(time.perf_counter() - started)
+    medians = {kind: round(statistics.median(t) * 1000, 2) for kind, t in timings.items()}
+    print(f"\nfirst use, median ms: {medians}")
+
+
+def test_canaries_are_outside_the_limit_and_listed_only_with_canary(
+    sidecar: SidecarProcess, api: Api, user: str
+) -> None:
+    config_path = str(sidecar.config_path)
+    canaries = [create_canary(config_path, user) for _ in range(3)]
+    real = [api.create_key(user) for _ in range(10)]  # the full limit, canaries aside
+    listed = api.http.get("/api/v1/api-keys/?include_expired=true", headers=api.bearer(user))
+    assert {k["id"] for k in listed.json()["api_keys"]} == {k["id"] for k in real}
+    plain = ok("--config", config_path, "keys", "list", "--user", user, "--include-expired")
+    assert {k["id"] for k in plain["api_keys"]} == {k["id"] for k in real}
+    only = ok("--config", config_path, "keys", "list", "--user", user, "--canary")
+    assert [k["id"] for k in only["api_keys"]] == [c["id"] for c in reversed(canaries)]
+    assert only["total"] == 3
+    assert all("api_key" not in k and "hash" not in k for k in only["api_keys"])
+
+
+def test_a_revoked_canary_is_retired(sidecar: SidecarProcess, user: str) -> None:
+    """Revoking a canary by id (the operator's) makes it a plain revoked key: still 401,
+    no longer reported."""
+    config_path = str(sidecar.config_path)
+    canary = create_canary(config_path, user)
+    ok("--config", config_path, "keys", "revoke", canary["id"])
+    hits = canary_hits(sidecar)
+    used = httpx.get(sidecar.url + PATH, headers={"X-API-Key": canary["api_key"]})
+    assert used.status_code == 401
+    assert canary_hits(sidecar) == hits
+    only = ok("--config", config_path, "keys", "list", "--user", user, "--canary")
+    assert only["api_keys"] == []
+    with_expired = ok(
+        "--config", config_path, "keys", "list", "--user", user, "--canary", "--include-expired"
+    )
+    assert [k["revoked_reason"] for k in with_expired["api_keys"]] == ["revoked"]
