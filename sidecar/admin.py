@@ -1,9 +1,10 @@
 """The admin listener: liveness, readiness and Prometheus metrics, on its own port.
 
 - ``/healthz``: 200 while the process serves at all (restart it if this fails).
-- ``/readyz``: 200 when Redis answers a PING and a TCP connection to the upstream (and
-  to the test-key upstream, when there is one) opens; otherwise 503 with the reasons
-  (take it out of the load balancer).
+- ``/readyz``: 200 when Redis takes a write (replicated as ``redis.min_replicas_acked``
+  asks: the probe is a durable write like a key's) and a TCP connection to the upstream
+  (and to the test-key upstream, when there is one) opens; otherwise 503 with the
+  reasons (take it out of the load balancer).
 - ``/metrics``: Prometheus text format.
 - ``/.well-known/jwks.json``: the identity assertion's public keys (when assertions are on).
 """
@@ -22,14 +23,17 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from sidecar.proxy import UpstreamClient
-from sidecar.store import REDIS_ERRORS
+from sidecar.redis_conn import REDIS_ERRORS, Durability, NotReplicated, error_code
 
 CHECK_TIMEOUT = 2.0  # a readiness probe answers within this, whatever hangs
+# In the key data's slot, so on a Cluster the probe writes where keys are written.
+PROBE_KEY = "callcov:{callcov-keys}:readyz"
 
 
 def build_admin_app(
     *,
     redis: Redis,
+    durability: Durability,
     upstream: UpstreamClient,
     scrape: Callable[[], bytes],
     problems: Callable[[], list[str]] = list,
@@ -40,11 +44,19 @@ def build_admin_app(
     (shutting down, a worker missing)."""
 
     async def redis_problem() -> str | None:
+        async def probe(pipe: Any) -> None:
+            pipe.set(PROBE_KEY, b"1", px=60_000)
+
         try:
-            await asyncio.wait_for(redis.ping(), CHECK_TIMEOUT)
+            await asyncio.wait_for(durability.write(redis, PROBE_KEY, probe), CHECK_TIMEOUT)
         except TimeoutError:
             return "redis unreachable (no answer)"
+        except NotReplicated as exc:
+            return f"redis writes not replicated ({exc})"
         except REDIS_ERRORS as exc:
+            code = error_code(exc)
+            if code is not None:  # an error reply: Redis answers, but refuses writes
+                return f"redis cannot take writes ({code})"
             return f"redis unreachable ({type(exc).__name__})"
         return None
 

@@ -34,7 +34,7 @@ from sidecar.observe import RequestRecord
 from sidecar.paths import PrefixMatcher, ambiguous, normalise
 from sidecar.proxy import ClientGone, UpstreamClient
 from sidecar.ratelimit import limiter_for
-from sidecar.redis_conn import connect
+from sidecar.redis_conn import connect, durability
 from sidecar.revocations import RevocationListener
 from sidecar.scanning_source import ScanningKeySource
 from sidecar.secret_scanning import SecretScanning
@@ -51,12 +51,14 @@ class Sidecar:
         self.config = config
         keys = config.auth.api_keys
         self.redis: Redis = connect(redis_url, config.redis)
+        self.durability = durability(redis_url, config.redis)
         hasher = KeyHasher(keys.hash_secret.get_secret_value().encode())
         self.store = KeyStore(
             self.redis,
             hasher,
             keys.max_active_per_user,
             retry_after=config.redis.retry_after_seconds,
+            durability=self.durability,
         )
         self.cache = KeyCache(
             ttl=keys.cache_ttl_seconds,

@@ -38,6 +38,8 @@ from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
 
+from sidecar.redis_conn import error_code
+
 EncodableArg = str | int | float | bytes
 
 # Error replies that mean "this Redis cannot serve now" (REDIS_ERRORS classes) or that
@@ -49,6 +51,7 @@ _ERROR_CLASSES: dict[str, type[redis_errors.RedisError]] = {
     "READONLY": redis_errors.ReadOnlyError,
     "TRYAGAIN": redis_errors.TryAgainError,
     "CLUSTERDOWN": redis_errors.ClusterDownError,
+    "MASTERDOWN": redis_errors.MasterDownError,
 }
 _DEFAULT_TIMEOUT = 5.0
 # redis-py's private stream attributes on an asyncio connection (redis-py 5 to 8).
@@ -224,7 +227,7 @@ class AutoPipeline:
                     future = owed.popleft()
                     if isinstance(reply, hiredis.ReplyError):
                         error = _error(reply)
-                        demoted |= isinstance(error, redis_errors.ReadOnlyError)
+                        demoted |= error_code(error) == "READONLY"
                         if not future.done():
                             future.set_exception(error)
                     elif not future.done():

@@ -335,7 +335,7 @@ def _with_store(config: Config, action: Callable[[Any], Awaitable[Any]]) -> int:
     from sidecar.embedded import EmbeddedRedisError
     from sidecar.errors import SidecarError, StoreUnavailable
     from sidecar.keyhash import KeyHasher
-    from sidecar.redis_conn import connect
+    from sidecar.redis_conn import connect, durability
     from sidecar.server import resolve_redis_url
     from sidecar.store import KeyStore
 
@@ -353,6 +353,7 @@ def _with_store(config: Config, action: Callable[[Any], Awaitable[Any]]) -> int:
             KeyHasher(secret),
             config.auth.api_keys.max_active_per_user,
             retry_after=config.redis.retry_after_seconds,
+            durability=durability(url, config.redis),
         )
         try:
             return await action(store)

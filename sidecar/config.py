@@ -97,6 +97,9 @@ class RedisConfig(_Section):
     embedded_dir: str = "./data/redis"
     socket_timeout_seconds: float = Field(1.0, gt=0, le=60)
     retry_after_seconds: int = Field(5, ge=1, le=3600)
+    # None: 1 behind Sentinel (a failover must not undo an acknowledged write), else 0.
+    min_replicas_acked: int | None = Field(None, ge=0, le=100)
+    replication_timeout_seconds: float = Field(1.0, gt=0, le=60)
 
 
 class JwtConfig(_Section):

@@ -60,7 +60,7 @@ from sidecar.config import RateLimit, RateLimitsConfig
 from sidecar.errors import RateLimited, StoreUnavailable
 from sidecar.headers import Headers
 from sidecar.paths import PrefixMatcher
-from sidecar.store import REDIS_ERRORS
+from sidecar.redis_conn import REDIS_ERRORS
 
 log = logging.getLogger("sidecar.ratelimit")
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import parse_qs, urlsplit
 
+from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
@@ -12,6 +15,50 @@ from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 
 from sidecar.config import RedisConfig
+
+# Every failure of a Redis call: the caller answers 503 (or fails open), never 500.
+# Besides connection errors these are error replies meaning "cannot serve now"
+# (UNAVAILABLE_CODES) — redis-py gives some their own class (READONLY, LOADING,
+# TRYAGAIN, CLUSTERDOWN, MASTERDOWN) and others a plain ResponseError (NOREPLICAS,
+# MISCONF, BUSY, OOM) — and, caught here too so a client never sees a 500, replies
+# that mean a bug (WRONGTYPE, a script error); ``unexpected`` tells them apart for logs.
+REDIS_ERRORS: tuple[type[Exception], ...] = (
+    redis_errors.RedisError,
+    redis_errors.RedisClusterException,
+    OSError,
+)
+UNAVAILABLE_CODES = frozenset(
+    {
+        *("NOREPLICAS", "READONLY", "LOADING", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN"),
+        *("MISCONF", "BUSY", "OOM"),
+    }
+)
+
+
+def error_code(exc: BaseException) -> str | None:
+    """The code of a Redis error reply (``READONLY``, ``NOREPLICAS``...), else None.
+
+    Redis 7 keeps the code of an error raised inside a script; Redis 6 wraps it as
+    ``ERR Error running script (...): @user_script:1: -NOREPLICAS ...``, so there the
+    code is the word after the last ``: -``.
+    """
+    if not isinstance(exc, redis_errors.ResponseError):
+        return None
+    code, text = getattr(exc, "status_code", None), str(exc)  # redis-py strips a code it recognised
+    if not code:
+        code, _, text = text.partition(" ")
+    if code == "ERR" and text.startswith("Error running script"):
+        code = text.rpartition(": -")[2].partition(" ")[0]
+    return code if code.isalpha() and code.isupper() else None
+
+
+def unexpected(exc: BaseException) -> bool:
+    """An error that does not mean "Redis cannot serve now" but a bug."""
+    if isinstance(exc, redis_errors.ResponseError):
+        return error_code(exc) not in UNAVAILABLE_CODES
+    if isinstance(exc, redis_errors.SlotNotCoveredError):
+        return False
+    return isinstance(exc, (redis_errors.DataError, redis_errors.RedisClusterException))
 
 
 def connect(url: str, settings: RedisConfig) -> Redis:
@@ -58,3 +105,52 @@ def _sentinel(netloc: str, path: str, query: str, options: dict[str, Any]) -> Re
 
 def _cluster_options(options: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in options.items() if k != "health_check_interval"}
+
+
+class NotReplicated(redis_errors.RedisError):
+    """Redis took a write, but fewer replicas than required confirmed it in time: a
+    failover now could undo it, so it is not acknowledged (a 503, like any Redis error)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Durability:
+    """How many replicas must confirm a write (``WAIT``), and for how long to wait."""
+
+    replicas: int
+    timeout_ms: int
+
+    async def write(
+        self, redis: Redis, route: str, queue: Callable[[Any], Awaitable[Any]]
+    ) -> list[Any]:
+        """Run the commands ``queue`` adds to a pipeline, then ``WAIT`` on the same
+        connection; their replies, or NotReplicated. All the commands' keys share the
+        slot of ``route`` (on a Cluster, the WAIT goes to that slot's master)."""
+        async with redis.pipeline(transaction=False) as pipe:
+            await queue(pipe)
+            if self.replicas:
+                where: dict[str, Any] = {}
+                if isinstance(redis, RedisCluster):
+                    where = {"target_nodes": redis.get_node_from_key(route)}
+                pipe.execute_command("WAIT", self.replicas, self.timeout_ms, **where)
+            # Errors come back unannotated (raise_on_error prefixes the message, and
+            # so hides the error code) and are raised here, the first one first.
+            replies: list[Any] = await pipe.execute(raise_on_error=False)
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        if self.replicas:
+            acked = int(replies.pop())
+            if acked < self.replicas:
+                raise NotReplicated(f"{acked} of {self.replicas} replica(s) confirmed in time")
+        return replies
+
+
+# A write is acknowledged once the master has it (a single Redis, or a test's store).
+UNREPLICATED = Durability(0, 1)
+
+
+def durability(url: str, settings: RedisConfig) -> Durability:
+    replicas = settings.min_replicas_acked
+    if replicas is None:
+        replicas = 1 if urlsplit(url).scheme == "redis+sentinel" else 0
+    return Durability(replicas, max(1, round(settings.replication_timeout_seconds * 1000)))

@@ -16,7 +16,8 @@ from collections.abc import Callable
 from redis.asyncio import Redis
 
 from sidecar.keycache import KeyCache
-from sidecar.store import REDIS_ERRORS, REVOCATION_CHANNEL
+from sidecar.redis_conn import REDIS_ERRORS
+from sidecar.store import REVOCATION_CHANNEL
 
 log = logging.getLogger("sidecar.revocations")
 

@@ -128,6 +128,7 @@ async def _serve(
             config,
             admin_sock,
             redis=sidecar.redis,
+            durability=sidecar.durability,
             upstream=sidecar.upstream,
             scrape=scrape,
             problems=draining,

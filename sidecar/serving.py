@@ -23,7 +23,7 @@ from sidecar.assertion import public_jwks
 from sidecar.config import Config
 from sidecar.httpserver import protocol_for
 from sidecar.proxy import UpstreamClient
-from sidecar.store import REDIS_ERRORS
+from sidecar.redis_conn import REDIS_ERRORS, Durability
 
 log = logging.getLogger("sidecar")
 
@@ -126,6 +126,7 @@ async def admin_listener(
     sock: socket.socket,
     *,
     redis: Redis,
+    durability: Durability,
     upstream: UpstreamClient,
     scrape: Callable[[], bytes],
     problems: Callable[[], list[str]],
@@ -137,6 +138,7 @@ async def admin_listener(
     test_settings = config.upstream.for_test_keys()
     app = build_admin_app(
         redis=redis,
+        durability=durability,
         upstream=upstream,
         scrape=scrape,
         problems=problems,

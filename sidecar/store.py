@@ -52,6 +52,7 @@ timing can only depend on the HMAC, which nobody can steer without the hash secr
 from __future__ import annotations
 
 import builtins
+import logging
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -62,6 +63,7 @@ from typing import Any
 import orjson
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
 
 from sidecar import keyformat
 from sidecar.domain import LIVE, REVOKED, CreatedKey, DailyUsage, VerifiedKey, key_prefix
@@ -73,7 +75,16 @@ from sidecar.errors import (
     StoreUnavailable,
 )
 from sidecar.keyhash import KeyHasher
+from sidecar.redis_conn import (
+    REDIS_ERRORS,
+    UNREPLICATED,
+    Durability,
+    error_code,
+    unexpected,
+)
 from sidecar.timeutil import parse_iso, to_iso
+
+log = logging.getLogger("sidecar.store")
 
 NAMESPACE = "callcov:{callcov-keys}"
 REVOCATION_CHANNEL = "callcov:revocations"
@@ -156,16 +167,6 @@ redis.call('ZADD', KEYS[3], ARGV[11], ARGV[10])
 redis.call('HSET', KEYS[6], ARGV[12], ARGV[14])
 return 1
 """
-
-REDIS_ERRORS: tuple[type[Exception], ...] = (
-    redis_errors.ConnectionError,
-    redis_errors.TimeoutError,
-    redis_errors.BusyLoadingError,
-    redis_errors.ClusterDownError,
-    redis_errors.TryAgainError,
-    redis_errors.ReadOnlyError,
-    OSError,
-)
 
 
 def record_key(key_id: str) -> str:
@@ -251,6 +252,7 @@ class KeyStore:
         max_active_per_user: int,
         *,
         retry_after: int,
+        durability: Durability = UNREPLICATED,
         generate: Callable[[str], str] = lambda environment: keyformat.generate(
             environment=environment
         ),
@@ -260,6 +262,7 @@ class KeyStore:
         self._hasher = hasher
         self.max_active_per_user = max_active_per_user
         self._retry_after = retry_after
+        self._durability = durability
         self._create = redis.register_script(_CREATE)
         self._revoke = redis.register_script(_REVOKE)
         self._create_canary = redis.register_script(_CREATE_CANARY)
@@ -271,7 +274,33 @@ class KeyStore:
             return await awaitable
         except REDIS_ERRORS as exc:
             self.errors += 1
+            if unexpected(exc):  # still a 503 for the client; a bug for the operator
+                log.error("unexpected Redis error reply %s: %s", error_code(exc), exc)
             raise StoreUnavailable(self._retry_after) from exc
+
+    async def _write(
+        self, script: AsyncScript, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]
+    ) -> builtins.list[Any]:
+        """Run a write script once per (keys, args), in one round trip; done only once
+        replicated as configured, else StoreUnavailable (the client must retry). Every
+        write of key data goes through here."""
+
+        async def queue(pipe: Any) -> None:
+            for keys, args in calls:
+                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+
+        route = calls[0][0][0]  # all key data shares one slot
+
+        async def run() -> builtins.list[Any]:
+            write = self._durability.write
+            try:
+                return await write(self._redis, route, queue)
+            except redis_errors.NoScriptError:  # a new or restarted Redis; nothing ran
+                await self._redis.script_load(script.script)
+                return await write(self._redis, route, queue)
+
+        replies: builtins.list[Any] = await self._guarded(run())
+        return replies
 
     def _new_key(
         self,
@@ -353,7 +382,7 @@ class KeyStore:
             *new.fields,
             new.entry,
         ]
-        created = await self._guarded(self._create(keys=keys, args=args))
+        created = (await self._write(self._create, [(keys, args)]))[0]
         if not created:
             raise KeyLimitReached(self.max_active_per_user)
         return new.created_key()
@@ -422,7 +451,7 @@ class KeyStore:
         keys, args = _revoke_call(
             key_id, owner, prefix, environment or LIVE, datetime.now(UTC), reason, audit
         )
-        if not await self._guarded(self._revoke(keys=keys, args=args)):
+        if not (await self._write(self._revoke, [(keys, args)]))[0]:
             raise KeyNotFound()
         return key_hash
 
@@ -490,7 +519,7 @@ class KeyStore:
             new.entry,
             *new.fields,
         ]
-        outcome = await self._guarded(self._rotate(keys=keys, args=args))
+        outcome = (await self._write(self._rotate, [(keys, args)]))[0]
         if outcome == 0:
             raise KeyNotFound()
         if outcome == -1:
@@ -538,23 +567,20 @@ class KeyStore:
         atomic and published to every instance), all in one pipelined round trip."""
         if not revocations:
             return
-        # Loaded first (on every primary of a Cluster): a pipeline cannot load it on a miss.
-        sha = await self._guarded(self._redis.script_load(_REVOKE))
         moment = datetime.now(UTC)
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for revocation in revocations:
-                key = revocation.key
-                keys, args = _revoke_call(
-                    key.id,
-                    key.user_id,
-                    key.prefix,
-                    key.environment,
-                    moment,
-                    revocation.reason,
-                    revocation.audit,
-                )
-                pipe.evalsha(sha, len(keys), *keys, *args)
-            await self._guarded(pipe.execute())
+        calls = [
+            _revoke_call(
+                r.key.id,
+                r.key.user_id,
+                r.key.prefix,
+                r.key.environment,
+                moment,
+                r.reason,
+                r.audit,
+            )
+            for r in revocations
+        ]
+        await self._write(self._revoke, calls)
 
     async def touch(self, last_used: Mapping[str, str], counts: Sequence[UsageCounts] = ()) -> None:
         """Record last-use times (key id → ISO time) and add per-day use counts, all in

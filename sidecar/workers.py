@@ -39,7 +39,7 @@ from sidecar import logsetup
 from sidecar.app import Sidecar
 from sidecar.config import Config
 from sidecar.proxy import UpstreamClient
-from sidecar.redis_conn import connect
+from sidecar.redis_conn import connect, durability
 from sidecar.serving import (
     Server,
     admin_listener,
@@ -117,6 +117,7 @@ class Supervisor:
                 config,
                 admin_sock,
                 redis=redis,
+                durability=durability(self._redis_url, config.redis),
                 upstream=UpstreamClient(config.upstream, config.server.max_body_bytes),
                 scrape=lambda: generate_latest(registry),
                 problems=self._problems,

@@ -49,11 +49,15 @@ def wait_until(
 
 
 class RedisProcess:
-    def __init__(self, directory: Path, *, persistent: bool = False) -> None:
+    def __init__(
+        self, directory: Path, *, persistent: bool = False, args: tuple[str, ...] = ()
+    ) -> None:
         """``persistent``: every write is fsynced to an append-only file, so the data
-        survives a kill and a restart on the same port (tests of Redis outages)."""
+        survives a kill and a restart on the same port (tests of Redis outages).
+        ``args``: more redis-server options, e.g. ``("--replicaof", host, port)``."""
         self.directory = directory
         self.persistent = persistent
+        self.args = args
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self._process: subprocess.Popen[bytes] | None = None
@@ -68,6 +72,7 @@ class RedisProcess:
             "--appendfsync", "always",
             "--dir", str(self.directory),
             "--logfile", str(self.directory / "redis.log"),
+            *self.args,
         ]  # fmt: skip
         self._process = subprocess.Popen(args, stdin=subprocess.DEVNULL)
         wait_until(self.is_up, timeout=10)

@@ -14,6 +14,7 @@ import redis.asyncio as aioredis
 
 from sidecar import keyformat
 from sidecar.keyhash import KeyHasher
+from sidecar.redis_conn import Durability
 from sidecar.store import KeyStore
 from tests.conftest import Api
 from tests.harness import HASH_SECRET, RedisProcess, remember_secret
@@ -111,7 +112,13 @@ def test_delete_records_reason_revoked_and_the_first_reason_stays(
     async def report_leaked() -> None:
         client = aioredis.Redis.from_url(redis_server.url)
         try:
-            store = KeyStore(client, KeyHasher(HASH_SECRET.encode()), 10, retry_after=1)
+            store = KeyStore(
+                client,
+                KeyHasher(HASH_SECRET.encode()),
+                10,
+                retry_after=1,
+                durability=Durability(0, 1),
+            )
             await store.revoke(gone["id"], None, reason="leaked", audit={"revoked_url": "u"})
         finally:
             await client.aclose()
@@ -132,7 +139,13 @@ def test_a_leak_report_records_its_reason_and_audit_fields(
     async def report_leaked() -> None:
         client = aioredis.Redis.from_url(redis_server.url)
         try:
-            store = KeyStore(client, KeyHasher(HASH_SECRET.encode()), 10, retry_after=1)
+            store = KeyStore(
+                client,
+                KeyHasher(HASH_SECRET.encode()),
+                10,
+                retry_after=1,
+                durability=Durability(0, 1),
+            )
             audit = {"revoked_url": "https://github.com/o/r/blob/x"}
             await store.revoke(key["id"], None, reason="leaked", audit=audit)
         finally:

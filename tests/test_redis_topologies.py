@@ -4,127 +4,35 @@ verification, revocation across two instances and rate limiting all work through
 
 from __future__ import annotations
 
-import socket
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import redis
 
-from sidecar.embedded import find_binary
 from tests.conftest import Api
-from tests.harness import RedisProcess, SidecarProcess, free_port, merge, wait_until
-
-SLOTS = 16384
-
-
-def _cluster_port() -> int:
-    """A free port whose cluster-bus port (port + 10000) is free and valid too."""
-    while True:
-        port = free_port()
-        if port + 10000 > 65535:
-            continue
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port + 10000))
-            except OSError:
-                continue
-        return port
-
-
-class ClusterNode:
-    def __init__(self, directory: Path) -> None:
-        directory.mkdir()
-        self.port = _cluster_port()
-        args = [
-            find_binary(),
-            "--port", str(self.port),
-            "--bind", "127.0.0.1",
-            "--cluster-enabled", "yes",
-            "--cluster-config-file", str(directory / "nodes.conf"),
-            "--save", "",
-            "--appendonly", "no",
-            "--dir", str(directory),
-            "--logfile", str(directory / "redis.log"),
-        ]  # fmt: skip
-        self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL)
-        self.client = redis.Redis(host="127.0.0.1", port=self.port)
-        try:
-            wait_until(self._up, timeout=10)
-        except BaseException:
-            self.stop()
-            raise
-
-    def _up(self) -> bool:
-        try:
-            return bool(self.client.ping())
-        except redis.RedisError:
-            return False
-
-    def cluster_ok(self) -> bool:
-        info = self.client.execute_command("CLUSTER", "INFO")
-        text = info.decode() if isinstance(info, bytes) else str(info)
-        return "cluster_state:ok" in text
-
-    def stop(self) -> None:
-        self.client.close()
-        self.process.kill()
-        self.process.wait()
+from tests.harness import SidecarProcess, merge, wait_until
+from tests.redis_topology import ClusterSet, SentinelSet
 
 
 @pytest.fixture(scope="module")
 def cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Three masters sharing the 16384 slots, formed with CLUSTER ADDSLOTS and MEET (no
-    redis-cli needed)."""
-    base = tmp_path_factory.mktemp("cluster")
-    nodes: list[ClusterNode] = []
+    cluster = ClusterSet(tmp_path_factory.mktemp("cluster")).start()
     try:
-        nodes += (ClusterNode(base / f"node{i}") for i in range(3))
-        bounds = [0, SLOTS // 3, 2 * SLOTS // 3, SLOTS]
-        for node, start, end in zip(nodes, bounds, bounds[1:], strict=False):
-            node.client.execute_command("CLUSTER", "ADDSLOTS", *range(start, end))
-        for node in nodes[1:]:
-            nodes[0].client.execute_command("CLUSTER", "MEET", "127.0.0.1", node.port)
-        wait_until(lambda: all(node.cluster_ok() for node in nodes), timeout=20)
-        yield f"redis+cluster://127.0.0.1:{nodes[0].port}"
+        yield cluster.url
     finally:
-        for node in nodes:
-            node.stop()
+        cluster.stop()
 
 
 @pytest.fixture(scope="module")
 def sentinel_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A master and one Sentinel watching it as ``callcov``."""
-    base = tmp_path_factory.mktemp("sentinel")
-    master = RedisProcess(base)
-    master.start()
-    port = free_port()
-    conf = base / "sentinel.conf"
-    conf.write_text(
-        f"port {port}\nbind 127.0.0.1\ndir {base}\nlogfile {base / 'sentinel.log'}\n"
-        f"sentinel monitor callcov 127.0.0.1 {master.port} 1\n"
-    )
-    sentinel = subprocess.Popen([find_binary(), str(conf), "--sentinel"], stdin=subprocess.DEVNULL)
-    client = redis.Redis(host="127.0.0.1", port=port)
-
-    def knows_master() -> bool:
-        try:
-            address = client.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", "callcov")
-        except redis.RedisError:
-            return False
-        return bool(address) and int(address[1]) == master.port
-
+    """A master and one replica (writes wait for it), one Sentinel watching them."""
+    sentinel = SentinelSet(tmp_path_factory.mktemp("sentinel"), replicas=1, sentinels=1).start()
     try:
-        wait_until(knows_master, timeout=10)
-        yield f"redis+sentinel://127.0.0.1:{port}/callcov"
+        yield sentinel.url
     finally:
-        client.close()
-        sentinel.kill()
-        sentinel.wait()
-        master.stop()
+        sentinel.stop()
 
 
 def _two_sidecars(

@@ -13,6 +13,7 @@ import redis
 import redis.asyncio as aioredis
 
 from sidecar.keyhash import KeyHasher
+from sidecar.redis_conn import Durability
 from sidecar.store import KeyStore
 from tests.conftest import Api
 from tests.harness import HASH_SECRET, RedisProcess, SidecarProcess, wait_until
@@ -58,9 +59,14 @@ def revoke_as_operator(url: str, key_id: str) -> None:
     async def run() -> None:
         client = aioredis.Redis.from_url(url)
         try:
-            await KeyStore(client, KeyHasher(HASH_SECRET.encode()), 10, retry_after=1).revoke(
-                key_id, None
+            store = KeyStore(
+                client,
+                KeyHasher(HASH_SECRET.encode()),
+                10,
+                retry_after=1,
+                durability=Durability(0, 1),
             )
+            await store.revoke(key_id, None)
         finally:
             await client.aclose()
 

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from sidecar import keyformat
 from sidecar.keyhash import KeyHasher
+from sidecar.redis_conn import Durability
 from sidecar.store import KeyStore, record_key
 from tests.conftest import Api
 from tests.harness import HASH_SECRET, SidecarProcess, remember_secret, wait_until
@@ -308,7 +309,13 @@ def test_a_batch_of_1000_tokens_is_answered_in_one_request(
 
     async def create(count: int) -> list[str]:
         client = aioredis.Redis.from_url(redis_server.url)
-        store = KeyStore(client, KeyHasher(HASH_SECRET.encode()), count, retry_after=1)
+        store = KeyStore(
+            client,
+            KeyHasher(HASH_SECRET.encode()),
+            count,
+            retry_after=1,
+            durability=Durability(0, 1),
+        )
         try:
             created = [await store.create(user, None) for _ in range(count)]
         finally:

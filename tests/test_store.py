@@ -14,6 +14,7 @@ import redis.asyncio as aioredis
 
 from sidecar import keyformat
 from sidecar.keyhash import KeyHasher
+from sidecar.redis_conn import Durability
 from sidecar.store import KeyStore, prefix_index_key
 from tests.conftest import Api
 from tests.harness import HASH_SECRET, RedisProcess, SidecarProcess
@@ -34,6 +35,7 @@ async def _create_on_shared_prefixes(url: str, count: int, run: str) -> list[dic
         KeyHasher(HASH_SECRET.encode()),
         10,
         retry_after=1,
+        durability=Durability(0, 1),
         generate=lambda environment: next(keys),
     )
     created = []
