@@ -106,7 +106,7 @@ class Metrics:
         self.auth = Counter(
             "sidecar_auth",
             "Authentication outcomes: ok, or why not (missing, malformed, unknown, revoked, "
-            "expired, jwt_invalid, store_unavailable)",
+            "expired, canary, failed_auth_limited, jwt_invalid, store_unavailable)",
             ["method", "outcome"],
             registry=r,
         )
