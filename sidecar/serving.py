@@ -193,11 +193,21 @@ def log_listening(config: Config) -> None:
 
 
 def example_upstream_server(config: Config) -> Server:
-    from sidecar.example_upstream import echo_app
+    from sidecar.example_upstream import echo_app, verifying
 
+    app: Any = echo_app
+    assertion = config.identity.assertion
+    if assertion.enabled:
+        app = verifying(
+            echo_app,
+            jwks=public_jwks(assertion),
+            issuer=assertion.issuer,
+            audience=assertion.audience,
+            header=assertion.header,
+        )
     target = urlsplit(config.upstream.url)
     settings = uvicorn.Config(
-        echo_app,
+        app,
         host=target.hostname or "127.0.0.1",
         port=target.port or 80,
         lifespan="off",

@@ -55,7 +55,8 @@ class FrontProxy:
                 "-g", "daemon off;",
             ]  # fmt: skip
         else:
-            text = text.replace(":8080 {", f"{{\n\tadmin off\n\tauto_https off\n}}\n:{self.port} {{")
+            options = "{\n\tadmin off\n\tauto_https off\n}\n"
+            text = text.replace(":8080 {", f"{options}:{self.port} {{")
             (workdir / "Caddyfile").write_text(text)
             self.command = [
                 CADDY, "run", "--config", str(workdir / "Caddyfile"), "--adapter", "caddyfile"
@@ -63,7 +64,8 @@ class FrontProxy:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> FrontProxy:
-        env = {**os.environ, "XDG_DATA_HOME": str(self.workdir), "XDG_CONFIG_HOME": str(self.workdir)}
+        home = str(self.workdir)
+        env = {**os.environ, "XDG_DATA_HOME": home, "XDG_CONFIG_HOME": home}
         self._log = open(self.workdir / f"{self.kind}.log", "ab")  # noqa: SIM115
         self.process = subprocess.Popen(
             self.command, stdout=self._log, stderr=subprocess.STDOUT, env=env
@@ -142,9 +144,7 @@ def test_a_jwt_is_allowed_with_identity_and_no_forgery(
 ) -> None:
     where = path()
     token = make_token(user)
-    response = httpx.get(
-        front.url + where, headers={**SPOOFED, "Authorization": f"Bearer {token}"}
-    )
+    response = httpx.get(front.url + where, headers={**SPOOFED, "Authorization": f"Bearer {token}"})
     assert response.status_code == 200
     got = seen(recorder, where)
     assert got.header("x-callcov-user-id") == user
