@@ -133,6 +133,7 @@ SPOOFED = {
     "X-CallCov-User-Id": "admin",
     "X-CallCov-Auth-Method": "api_key",
     "X-CallCov-Key-Id": "k",
+    "X-CallCov-Key-Environment": "live",
     "X-CallCov-Identity": "forged",
     "X-CallCov-Auth-Would-Deny": "0",
 }
@@ -150,6 +151,7 @@ def test_a_jwt_is_allowed_with_identity_and_no_forgery(
     assert got.header("x-callcov-user-id") == user
     assert got.header("x-callcov-auth-method") == "jwt"
     assert got.header("x-callcov-key-id") is None
+    assert got.header("x-callcov-key-environment") is None
     assert got.header("x-callcov-identity") is None
     assert got.header("x-callcov-auth-would-deny") is None
     assert got.header("authorization") == f"Bearer {token}"
@@ -170,6 +172,7 @@ def test_an_api_key_is_allowed_and_never_reaches_the_upstream(
     assert response.status_code == 200
     got = seen(recorder, where)
     assert (got.header("x-callcov-user-id"), got.header("x-callcov-key-id")) == (user, key["id"])
+    assert got.header("x-callcov-key-environment") == "live"
     assert got.method == "POST"
     assert all(key["api_key"] not in v for _, v in got.headers)
 
