@@ -286,3 +286,22 @@ def test_config_problems_are_reported_by_path(keys: dict[str, str], tmp_path: Pa
         f"identity.assertion.previous_public_key_files[0]: cannot read {missing}: "
         "No such file or directory",
     ]
+
+
+def test_the_readmes_upstream_check_works(
+    signing: SidecarProcess, recorder: RecordingUpstream, user: str
+) -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    snippet = readme.split("What an upstream needs (PyJWT):\n\n```python\n")[1].split("```")[0]
+    snippet = snippet.replace("http://sidecar-admin:9090", signing.admin_url)
+    snippet = snippet.replace('"callcov-upstream"', repr(AUDIENCE))
+    snippet = snippet.replace('"callcov-sidecar"', repr(ISSUER))
+    namespace: dict[str, Any] = {}
+    exec(snippet, namespace)
+    where = f"/api/v1/readme/{uuid.uuid4().hex}"
+    bearer = {"Authorization": f"Bearer {make_token(user)}"}
+    assert httpx.put(signing.url + where, headers=bearer).status_code == 200
+    headers = {"X-CallCov-Identity": forwarded(recorder, where).header("x-callcov-identity")}
+    assert namespace["caller"]("PUT", where, headers)["sub"] == user
+    with pytest.raises(PermissionError):
+        namespace["caller"]("GET", where, headers)
