@@ -592,6 +592,101 @@ http {{
         body = response.json()
         return body["api_key"], body["id"]
 
+    def start_front_nginx(self, decisions_port: int, upstream: str) -> tuple[str, int]:
+        """nginx with the README's forward-auth configuration (deploy/forward-auth/
+        nginx.conf) in front of the upstream, asking the sidecar on ``decisions_port``."""
+        assert self.nginx is not None
+        port = free_port()
+        site = (ROOT / "deploy" / "forward-auth" / "nginx.conf").read_text()
+        site = site.replace("listen 8080;", f"listen 127.0.0.1:{port} backlog=4096;")
+        site = site.replace("127.0.0.1:8081", f"127.0.0.1:{decisions_port}")
+        site = site.replace("http://127.0.0.1:9000", upstream)
+        front = self.work / "front-nginx"
+        front.mkdir()
+        (front / "site.conf").write_text(site)
+        conf = front / "nginx.conf"
+        conf.write_text(
+            f"""worker_processes 1;
+daemon off;
+pid {front}/nginx.pid;
+error_log {front}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {front}/body;
+    proxy_temp_path {front}/proxy;
+    fastcgi_temp_path {front}/fastcgi;
+    uwsgi_temp_path {front}/uwsgi;
+    scgi_temp_path {front}/scgi;
+    keepalive_requests 10000000;
+    include {front}/site.conf;
+}}
+"""
+        )
+        child = self.procs.start([self.nginx, "-c", str(conf)], front / "nginx.log")
+        wait_for("front nginx", lambda: port_open(port))
+        return f"http://127.0.0.1:{port}", child.pid
+
+    def assertion_key(self) -> str:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ed25519
+
+        path = self.work / "assertion-ed25519.pem"
+        path.write_bytes(
+            ed25519.Ed25519PrivateKey.generate().private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+        return str(path)
+
+    def deployment_sidecars(self, redis_url: str, upstream: str) -> None:
+        """The sidecars of the deployment-mode scenarios, started only when selected:
+        ``fa`` (forward-auth listener on) and ``assertion`` (identity assertion on)."""
+        if self.selected("fa_decide") or self.selected("nginx_fa"):
+            config = sidecar_config(upstream=upstream, redis_url=redis_url)
+            config["forward_auth"] = {"enabled": True, "port": free_port()}
+            self.sidecars["fa"] = self.start_sidecar(Sidecar("fa", config))
+        if self.selected("assertion"):
+            config = sidecar_config(upstream=upstream, redis_url=redis_url)
+            config["identity"] = {
+                "assertion": {"enabled": True, "private_key_file": self.assertion_key()}
+            }
+            self.sidecars["assertion"] = self.start_sidecar(Sidecar("assertion", config))
+
+    def deployment_scenarios(self, upstream: str, key_header: str) -> list[Scenario]:
+        c = self.o.connections
+        out: list[Scenario] = []
+        fa = self.sidecars.get("fa")
+        if fa is not None:
+            decisions = f"http://127.0.0.1:{fa.config['forward_auth']['port']}/"
+            original = ["X-Original-Method: GET", f"X-Original-URI: {PATH}"]
+            out.append(
+                Scenario("fa_decide", "forward-auth decisions (nginx dialect), key cached, "
+                         "rate limit on", decisions, [key_header, *original], fa.pid, c,
+                         "sidecar")
+            )  # fmt: skip
+            if self.selected("nginx_fa"):
+                if self.nginx is None:
+                    self.unavailable["nginx_fa"] = "nginx not installed"
+                else:
+                    front_url, _ = self.start_front_nginx(
+                        fa.config["forward_auth"]["port"], upstream
+                    )
+                    out.append(
+                        Scenario("nginx_fa", "nginx auth_request (README config) + sidecar "
+                                 "decisions -> upstream", front_url + PATH, [key_header],
+                                 fa.pid, c, "sidecar (decisions only)")
+                    )  # fmt: skip
+        asserting = self.sidecars.get("assertion")
+        if asserting is not None:
+            out.append(
+                Scenario("assertion", "as full, signed identity assertion on (EdDSA)",
+                         asserting.url + PATH, [key_header], asserting.pid, c, "sidecar")
+            )  # fmt: skip
+        return out
+
     # -- throughput -------------------------------------------------------------
 
     def throughput(self, redis_url: str, upstream: str) -> None:
@@ -611,6 +706,7 @@ http {{
         self.log("starting sidecars: full, rl-off, cold")
         for sidecar in (full, rl_off, cold):
             self.sidecars[sidecar.name] = self.start_sidecar(sidecar)
+        self.deployment_sidecars(redis_url, upstream)
         wait_for(
             "sidecar full /readyz",
             lambda: httpx.get(full.admin_url + "/readyz", timeout=2).status_code == 200,
@@ -663,6 +759,7 @@ http {{
             Scenario("asgiproxy_c1", "asgiproxy, c1", peer_url + path, [], peer_pid, 1,
                      "asgiproxy"),
         ]  # fmt: skip
+        candidates += self.deployment_scenarios(upstream, key_header)
         self.scenarios = [
             s
             for s in candidates
@@ -1079,9 +1176,22 @@ http {{
             ("rate limiting on / off (req/s)", "full", "rl_off", None),
             ("JWT / API key cached (req/s)", "jwt", "full", None),
             ("cold key / cached key (req/s)", "cold", "full", None),
+            (
+                "forward-auth decisions / full proxied requests (req/s, c32)",
+                "fa_decide",
+                "full",
+                None,
+            ),
+            (
+                "nginx + auth_request + sidecar / sidecar as the proxy (req/s)",
+                "nginx_fa",
+                "full",
+                None,
+            ),
+            ("identity assertion on / off (req/s, full path)", "assertion", "full", 0.95),
         ):
             value, detail = ratio(a, b)
-            goal = "" if target is None else f"≥ {target:.1f}x"
+            goal = "" if target is None else f"≥ {target:g}x"
             if a == "full" and b == "asgiproxy":
                 goal += " (stretch ≥ 1.3x)"
             passed = None if value is None or target is None else value >= target
@@ -1214,7 +1324,8 @@ def parse_options(argv: list[str] | None = None) -> Options:
     parser.add_argument("--profile-seconds", type=float, help="py-spy duration (default 10)")
     parser.add_argument(
         "--only",
-        help="comma list of throughput scenarios: direct,full,rl_off,jwt,cold,workers2,asgiproxy",
+        help="comma list of throughput scenarios: direct,full,rl_off,jwt,cold,workers2,asgiproxy,"
+        "fa_decide,nginx_fa,assertion",
     )
     parser.add_argument(
         "--skip", default="", help="comma list of parts to skip: memory,revocation,profile,workers2"
