@@ -280,8 +280,13 @@ def test_the_ingress_copies_the_identity_headers_and_caches_nothing(tmp_path: Pa
     annotations = resource(INGRESS, "Ingress", "callcov-backend")["metadata"]["annotations"]
     copied = annotations[RESPONSE_HEADERS].split(",")
     headers = config.identity.headers
-    expected = {headers.user_id, headers.auth_method, headers.key_id, "X-CallCov-Key-Environment"}
+    expected = {
+        headers.user_id, headers.auth_method, headers.key_id, headers.environment,
+        config.identity.assertion.header,  # stripped from what a client sends, even when off
+    }  # fmt: skip
     assert expected <= set(copied)
+    # The same list as the README's ingress-nginx snippet.
+    assert f'{RESPONSE_HEADERS}: "{",".join(copied)}"' in (ROOT / "README.md").read_text()
     # Decision caching off on both sides; the file says what turning it on costs.
     assert config.forward_auth.cache_seconds == 0
     assert not [name for name in annotations if name.startswith(AUTH_URL.replace("url", "cache"))]
