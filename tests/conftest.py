@@ -93,6 +93,21 @@ def sidecar(config_for: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     process.stop()
 
 
+@pytest.fixture(scope="session")
+def second(config_for: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SidecarProcess]:
+    """Another sidecar process on the same Redis as the shared one ("every instance")."""
+    process = SidecarProcess(config_for(), tmp_path_factory.mktemp("second")).start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="module")
+def quiet_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
+    """A Redis only one module's sidecar uses, so its commands can be counted."""
+    with RedisProcess(tmp_path_factory.mktemp("quiet-redis")) as server:
+        yield server
+
+
 @pytest.fixture
 def spawn(config_for: Any, tmp_path: Path) -> Iterator[Any]:
     """Start extra sidecars with their own config; all stopped at the end of the test."""

@@ -18,13 +18,6 @@ FLUSH_EVERY = 0.3
 
 
 @pytest.fixture(scope="module")
-def quiet_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
-    """A Redis only this module's sidecar writes to, so its commands can be counted."""
-    with RedisProcess(tmp_path_factory.mktemp("usage-redis")) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
 def flushing(
     quiet_redis: RedisProcess,
     upstream: tuple[RecordingUpstream, ServerThread],

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta, timezone
-from typing import Any
 
 import pytest
 import redis
@@ -23,13 +21,6 @@ from tests.lifecycle_helpers import (
 )
 
 PROPAGATION_DEADLINE = 1.0
-
-
-@pytest.fixture(scope="module")
-def second(config_for: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SidecarProcess]:
-    process = SidecarProcess(config_for(), tmp_path_factory.mktemp("expiry")).start()
-    yield process
-    process.stop()
 
 
 def ahead(**delta: float) -> datetime:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -27,13 +26,6 @@ from tests.lifecycle_helpers import (
 PROPAGATION_DEADLINE = 1.0
 NOT_ACTIVE = {"detail": "API key is not active"}
 ROTATED = {"detail": "API key has already been rotated"}
-
-
-@pytest.fixture(scope="module")
-def second(config_for: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SidecarProcess]:
-    process = SidecarProcess(config_for(), tmp_path_factory.mktemp("rotation")).start()
-    yield process
-    process.stop()
 
 
 def rotate(api: Api, user: str, key_id: str, body: Any = None) -> httpx.Response:

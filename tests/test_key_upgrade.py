@@ -17,7 +17,7 @@ from sidecar.keyhash import KeyHasher
 from sidecar.redis_conn import Durability
 from sidecar.store import KeyStore
 from tests.conftest import Api
-from tests.harness import HASH_SECRET, RedisProcess, remember_secret
+from tests.harness import HASH_SECRET, RedisProcess, remember_secret, wait_until
 
 NS = "callcov:{callcov-keys}"
 PATH = "/api/v1/analysis/"
@@ -152,7 +152,10 @@ def test_a_leak_report_records_its_reason_and_audit_fields(
             await client.aclose()
 
     asyncio.run(report_leaked())
-    assert api.http.get(PATH, headers={"X-API-Key": key["api_key"]}).status_code == 401
+    wait_until(  # the revocation reaches the instance that cached the key
+        lambda: api.http.get(PATH, headers={"X-API-Key": key["api_key"]}).status_code == 401,
+        timeout=1.0,
+    )
     item = listing(api, user, include_expired=True)[key["id"]]
     assert item["revoked_reason"] == "leaked" and item["is_active"] is False
     record = redis_client.hgetall(f"{NS}:rec:{key['id']}")

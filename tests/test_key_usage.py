@@ -25,13 +25,6 @@ COMMANDS_PER_REQUEST = {"evalsha": 1, "time": 1, "get": 1, "set": 1}
 
 
 @pytest.fixture(scope="module")
-def quiet_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
-    """A Redis only this module's sidecar uses, so its commands can be counted."""
-    with RedisProcess(tmp_path_factory.mktemp("key-usage-redis")) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
 def counting(
     quiet_redis: RedisProcess,
     upstream: tuple[RecordingUpstream, ServerThread],

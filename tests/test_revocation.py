@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
-import pytest
 import redis
 import redis.asyncio as aioredis
 
@@ -20,14 +18,6 @@ from tests.harness import HASH_SECRET, RedisProcess, SidecarProcess, wait_until
 
 PATH = "/api/v1/analysis/"
 PROPAGATION_DEADLINE = 1.0
-
-
-@pytest.fixture(scope="module")
-def second(config_for: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SidecarProcess]:
-    """Another sidecar process on the same Redis as the shared one."""
-    process = SidecarProcess(config_for(), tmp_path_factory.mktemp("second")).start()
-    yield process
-    process.stop()
 
 
 def hget_calls(client: redis.Redis) -> int:
