@@ -7,15 +7,18 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from sidecar import keyformat
+from sidecar.config import ConfigError, parse
 from sidecar.forward_auth import original_request
 from tests.conftest import Api, make_token
 from tests.harness import SidecarProcess, free_port, remember_secret
+from tests.test_lifecycle import _serve_with_port_taken
 from tests.upstream_app import RecordingUpstream
 
 BUDGET = 3
@@ -215,3 +218,27 @@ def test_the_listener_runs_in_workers_mode(spawn: Any, config_for: Any, user: st
         workers.ask(**nginx("GET", "/x"), **jwt_for(user)).status_code for _ in range(BUDGET)
     }
     assert statuses == {200}
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_forward_auth_port_in_use_fails_fast(
+    config_for: Any, tmp_path: Path, workers: int
+) -> None:
+    config = decisions_config(config_for)
+    config["server"]["workers"] = workers
+    result = _serve_with_port_taken(config, "forward_auth", tmp_path)
+    assert result.returncode == 1
+    assert (
+        f"cannot listen on 127.0.0.1:{config['forward_auth']['port']} for the forward-auth "
+        "listener (forward_auth.host/forward_auth.port): Address already in use"
+    ) in result.stderr
+
+
+def test_the_forward_auth_port_must_differ_from_the_others(config_for: Any) -> None:
+    config = decisions_config(config_for)
+    config["forward_auth"]["port"] = config["admin"]["port"]
+    with pytest.raises(ConfigError) as caught:
+        parse(config, {})
+    assert caught.value.problems == [
+        "forward_auth.port: must differ from admin.port (the forward_auth listener is separate)"
+    ]
