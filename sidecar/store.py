@@ -399,7 +399,7 @@ class KeyStore:
             *new.fields,
             new.entry,
         ]
-        await self._guarded(self._create_canary(keys=keys, args=args))
+        await self._write(self._create_canary, [(keys, args)])
         return new.created_key()
 
     async def list(self, user_id: str, include_expired: bool) -> list[dict[str, Any]]:
