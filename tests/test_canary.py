@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import orjson
+import pytest
 import redis
 import redis.asyncio as aioredis
 
@@ -18,7 +19,7 @@ from sidecar.keyhash import KeyHasher
 from sidecar.store import KeyStore
 from tests.conftest import Api
 from tests.harness import HASH_SECRET, RedisProcess, SidecarProcess, remember_secret, wait_until
-from tests.test_cli import ok
+from tests.test_cli import cli, ok
 
 PATH = "/api/v1/analysis/"
 
@@ -150,3 +151,16 @@ def test_a_revoked_canary_is_retired(sidecar: SidecarProcess, user: str) -> None
         "--config", config_path, "keys", "list", "--user", user, "--canary", "--include-expired"
     )
     assert [k["revoked_reason"] for k in with_expired["api_keys"]] == ["revoked"]
+
+
+@pytest.mark.parametrize(
+    "extra", [["--environment", "test"], ["--expires-at", "2099-01-01T00:00:00Z"]]
+)
+def test_a_canary_is_a_live_key_that_never_expires(
+    sidecar: SidecarProcess, user: str, extra: list[str]
+) -> None:
+    result = cli(
+        "--config", str(sidecar.config_path), "keys", "create", "--user", user, "--canary", *extra
+    )
+    assert result.returncode == 2
+    assert "a --canary key is a live key that never expires" in result.stderr

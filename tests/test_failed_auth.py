@@ -165,7 +165,8 @@ def limited_config(redis_url: str, upstream_url: str, **auth: Any) -> dict[str, 
     failed = {"enabled": True, "requests": 20, "per_seconds": 3600, **auth}
     return merge(
         base_config(redis_url=redis_url, upstream_url=upstream_url),
-        {"auth": {"failed_auth": failed}},
+        # Unknown keys are remembered for the whole test, however slow the machine.
+        {"auth": {"failed_auth": failed, "api_keys": {"negative_cache_ttl_seconds": 3600}}},
     )
 
 
