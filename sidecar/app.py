@@ -40,6 +40,7 @@ from sidecar.scanning_source import ScanningKeySource
 from sidecar.secret_scanning import SecretScanning
 from sidecar.store import KeyStore
 from sidecar.usage import UsageTracker
+from sidecar.websocket import WebSockets
 
 log = logging.getLogger("sidecar")
 
@@ -84,6 +85,13 @@ class Sidecar:
             proxies=rules.proxies,
         )
         self.metrics = metrics or Metrics()
+        self.websockets = WebSockets(
+            limit=config.server.max_websockets,
+            hasher=hasher,
+            authenticate=self.authenticator.authenticate,
+            jwt_leeway=config.auth.jwt.leeway_seconds,
+        )
+        self.cache.on_evict.append(self.websockets.evicted)
         self.listener = RevocationListener(
             self.redis, self.cache, on_message=self.metrics.revocations.inc
         )
@@ -113,6 +121,7 @@ class Sidecar:
             limiter=self.limiter,
             upstream=self.upstream,
             test_upstream=self.test_upstream,
+            websockets=self.websockets,
             report_only=report_only_matcher(config),
             assertion=(
                 AssertionSigner(config.identity.assertion)
@@ -181,6 +190,7 @@ class Sidecar:
             self._tasks.append(asyncio.create_task(self.access_log.run(), name="access-log"))
 
     async def shutdown(self) -> None:
+        self.websockets.close_all()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

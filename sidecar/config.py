@@ -69,6 +69,7 @@ class ServerConfig(_Section):
     trusted_proxies: tuple[str, ...] = ()
     limits: RequestLimits = RequestLimits()
     reject_ambiguous_paths: bool = True
+    max_websockets: int = Field(1000, ge=0, le=1_000_000)
 
 
 class AdminConfig(_Section):

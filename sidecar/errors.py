@@ -20,6 +20,7 @@
     ├── RateLimited             429  over the matching rate-limit rule
     ├── TooManyFailedAuth       429  the client failed authentication too often (with Retry-After)
     ├── StoreUnavailable        503  Redis could not be reached (with Retry-After)
+    ├── TooManyWebSockets       503  server.max_websockets open already (with Retry-After)
     ├── ScanningKeysUnavailable 503  the secret-scanning public keys URL cannot be read
     ├── UnsupportedCoding       501  a request Transfer-Encoding other than chunked
     ├── UpstreamUnavailable     502  upstream refused or unreachable
@@ -200,6 +201,14 @@ class ScanningKeysUnavailable(SidecarError):
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         return [(b"retry-after", str(self.retry_after).encode())]
+
+
+class TooManyWebSockets(SidecarError):
+    status = 503
+    detail = "Too many open WebSocket connections, retry later"
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        return [(b"retry-after", b"1")]
 
 
 class UnsupportedCoding(SidecarError):

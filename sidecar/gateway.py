@@ -30,11 +30,13 @@ from sidecar.errors import (
     UnsupportedCoding,
 )
 from sidecar.headers import WOULD_DENY, HeaderRules, Headers
+from sidecar.httpserver import TAKE_OVER
 from sidecar.keyformat import looks_like_api_key
 from sidecar.observe import RequestRecord
 from sidecar.paths import PrefixMatcher, upstream_path
 from sidecar.proxy import Exchange, UpstreamClient
 from sidecar.ratelimit import RateLimiter
+from sidecar.websocket import WebSockets, wants_websocket
 
 # The refusals report-only mode turns into "forwarded, marked": 401, 429, and 503 for a
 # key that cannot be verified. Anything else (413, 502...) is not an auth decision.
@@ -64,6 +66,7 @@ class Gateway:
         report_only: PrefixMatcher | None = None,
         assertion: AssertionSigner | None = None,
         test_upstream: UpstreamClient | None = None,
+        websockets: WebSockets | None = None,
     ) -> None:
         self._rules = rules
         self._public = public_paths
@@ -73,6 +76,7 @@ class Gateway:
         self._test_upstream = test_upstream  # for test keys, when they have their own
         self._report_only = report_only
         self._assertion = assertion
+        self._websockets = websockets
 
     async def decide(
         self,
@@ -191,6 +195,25 @@ class Gateway:
             and identity.environment == TEST
         ):
             upstream = self._test_upstream
+        extensions = scope.get("extensions")
+        if extensions and self._websockets is not None and wants_websocket(incoming):
+            take_over = extensions.get(TAKE_OVER)
+            if take_over is not None:
+                record.status = await self._websockets.relay(
+                    upstream=upstream,
+                    take_over=take_over,
+                    send=send,
+                    path=upstream_path(scope["raw_path"] or b"/", scope["path"], normalised),
+                    query=scope["query_string"],
+                    headers=outgoing,
+                    response_headers=response_headers,
+                    identity=identity,
+                    credential=None
+                    if identity is None
+                    else credential_from(api_key, authorization),
+                )
+                record.responded = True
+                return
         exchange = Exchange(response_headers)
         try:
             await upstream.forward(

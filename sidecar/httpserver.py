@@ -116,6 +116,7 @@ class SidecarHttpProtocol(HttpToolsProtocol):
         cycle = self.cycle
         cycle.response_started = cycle.response_complete = True
         cycle.on_response = lambda: None
+        self.connections.discard(self)  # its transport now belongs to the caller
         early = bytes(self._upgrade_bytes or b"")
         self._upgrade_bytes = None
         self._unset_keepalive_if_required()

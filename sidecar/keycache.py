@@ -54,6 +54,9 @@ class KeyCache:
         self._negative: dict[str, float] = {}
         self.epoch = 0
         self.synced = False
+        # Told of every eviction (the key's hash; None: all of them), e.g. to close the
+        # WebSockets a revoked key opened (websocket.py).
+        self.on_evict: list[Callable[[str | None], None]] = []
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -99,6 +102,8 @@ class KeyCache:
         self.epoch += 1
         self._entries.pop(key_hash, None)
         self._negative.pop(key_hash, None)
+        for listener in self.on_evict:
+            listener(key_hash)
 
     def desync(self) -> None:
         """The revocation feed is lost: stop trusting entries as fresh."""
@@ -111,6 +116,8 @@ class KeyCache:
         self._entries.clear()
         self._negative.clear()
         self.synced = True
+        for listener in self.on_evict:
+            listener(None)
 
 
 def _bounded_insert(table: dict[str, V], key: str, value: V, limit: int) -> None:

@@ -22,9 +22,9 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 from urllib.parse import urlsplit
 
 from starlette.types import Receive, Send
@@ -60,6 +60,7 @@ _WHOLE_AT_MOST = 64 * 1024
 # Idle pooled connections older than this are dropped rather than reused: below the
 # 5 s keep-alive timeout of uvicorn and Node, so we rarely race the upstream's close.
 _IDLE_SECONDS = 4.0
+P = TypeVar("P", bound=asyncio.BaseProtocol)
 _FAILURES = (OSError, *PARSE_ERRORS)  # TimeoutError and ssl.SSLError are OSErrors
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 _IDEMPOTENCY_KEYS = frozenset({b"idempotency-key", b"x-idempotency-key"})
@@ -139,10 +140,16 @@ class UpstreamClient:
 
     async def _connect(self) -> UpstreamConnection:
         loop = asyncio.get_running_loop()
+        return await self.connect(lambda: UpstreamConnection(loop))
+
+    async def connect(self, factory: Callable[[], P]) -> P:
+        """A new connection to the upstream speaking ``factory()``'s protocol (also the
+        WebSocket relay's, which owns it from then on). 502 or 504 if it cannot."""
+        loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self._connect_timeout):
-                _, conn = await loop.create_connection(
-                    lambda: UpstreamConnection(loop),
+                _, protocol = await loop.create_connection(
+                    factory,
                     self._host,
                     self._port,
                     ssl=self._ssl,
@@ -152,7 +159,16 @@ class UpstreamClient:
             raise UpstreamTimeout() from exc
         except OSError as exc:
             raise UpstreamUnavailable() from exc
-        return conn
+        return protocol
+
+    def request_head(self, method: str, path: bytes, query: bytes, headers: Headers) -> bytes:
+        """A bodiless request's head as ``forward`` would send it."""
+        target = self._prefix + path + (b"?" + query if query else b"")
+        return request_head(method, target, self._host_header, headers, None, False)
+
+    @property
+    def read_timeout(self) -> float:
+        return self._read_timeout
 
     def _take_idle(self) -> UpstreamConnection | None:
         idle = self._idle
