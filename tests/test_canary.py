@@ -20,6 +20,7 @@ from sidecar.store import KeyStore
 from tests.conftest import Api
 from tests.harness import HASH_SECRET, RedisProcess, SidecarProcess, remember_secret, wait_until
 from tests.test_cli import cli, ok
+from tests.test_failed_auth import metric
 
 PATH = "/api/v1/analysis/"
 
@@ -44,10 +45,7 @@ async def canaries_in_process(redis_url: str, user: str, count: int) -> list[str
 
 
 def canary_hits(sidecar: SidecarProcess) -> float:
-    for line in httpx.get(sidecar.admin_url + "/metrics").text.splitlines():
-        if line.startswith("sidecar_canary_hits_total "):
-            return float(line.split()[1])
-    raise AssertionError("sidecar_canary_hits_total not exposed")
+    return metric(sidecar.admin_url, "sidecar_canary_hits_total")
 
 
 def test_a_canary_key_gets_exactly_an_unknown_keys_answer_and_is_reported(

@@ -18,6 +18,7 @@ from sidecar.config import SecretScanningConfig
 from sidecar.errors import ScanningKeysUnavailable
 from sidecar.scanning_source import REFRESH_SECONDS, ScanningKeySource
 from tests.harness import ServerThread
+from tests.test_failed_auth import Clock
 from tests.test_secret_scanning import Signer
 
 
@@ -42,14 +43,6 @@ def keys_server() -> Iterator[tuple[KeysServer, str]]:
     server = ServerThread(app).start()
     yield app, server.url + "/meta/public_keys/secret_scanning"
     server.stop()
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_a_signature_verifies_only_for_its_body_and_key() -> None:

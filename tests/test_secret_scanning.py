@@ -24,6 +24,7 @@ from sidecar.redis_conn import Durability
 from sidecar.store import KeyStore, record_key
 from tests.conftest import Api
 from tests.harness import HASH_SECRET, SidecarProcess, remember_secret, wait_until
+from tests.test_failed_auth import metric
 
 SCAN = "/api/v1/secret-scanning/"
 PATH = "/api/v1/analysis/"
@@ -94,13 +95,6 @@ def status(base: str, key: str) -> int:
 
 def post(base: str, body: bytes, headers: dict[str, str]) -> httpx.Response:
     return httpx.post(base + SCAN, content=body, headers=headers, timeout=30)
-
-
-def metric(admin_url: str, name: str) -> float:
-    for line in httpx.get(admin_url + "/metrics").text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    raise AssertionError(f"{name} not exposed")
 
 
 def test_a_signed_report_revokes_a_real_key_and_a_second_instance_rejects_it_within_1s(
