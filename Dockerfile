@@ -12,9 +12,9 @@ FROM python:3.11-slim AS build
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md requirements.lock ./
 COPY sidecar ./sidecar
-RUN pip install .
+RUN pip install -c requirements.lock .
 
 # --- runtime: the virtualenv only, run as an unprivileged user ---
 FROM python:3.11-slim

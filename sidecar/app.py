@@ -19,7 +19,7 @@ from sidecar.accesslog import AccessLog
 from sidecar.assertion import AssertionSigner
 from sidecar.authn import Authenticator
 from sidecar.config import Config
-from sidecar.errors import CLIENT_CLOSED, AmbiguousPath, SidecarError
+from sidecar.errors import CLIENT_CLOSED, AmbiguousPath, SidecarError, rendered
 from sidecar.failed_auth import FailedAuthLimiter
 from sidecar.forward_auth import ForwardAuth
 from sidecar.gateway import Gateway
@@ -318,12 +318,6 @@ class _Started:
 
 
 async def _send_error(send: Send, exc: SidecarError, rid: bytes) -> None:
-    body = exc.body()
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-        (b"x-request-id", rid),
-        *exc.headers(),
-    ]
-    await send({"type": "http.response.start", "status": exc.status, "headers": headers})
+    status, headers, body = rendered(exc, rid)
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

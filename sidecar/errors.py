@@ -51,6 +51,18 @@ class SidecarError(Exception):
         return orjson.dumps({"detail": self.detail})
 
 
+def rendered(exc: SidecarError, request_id: bytes) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """The one way an error goes out: its status, headers and JSON body."""
+    body = exc.body()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", b"%d" % len(body)),
+        (b"x-request-id", request_id),
+        *exc.headers(),
+    ]
+    return exc.status, headers, body
+
+
 class NotAuthenticated(SidecarError):
     status = 401
     detail = UNAUTHENTICATED_DETAIL

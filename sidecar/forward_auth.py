@@ -25,7 +25,7 @@ from urllib.parse import unquote, urlsplit
 from starlette.types import Receive, Scope, Send
 
 from sidecar.config import ForwardAuthConfig
-from sidecar.errors import Forbidden, SidecarError
+from sidecar.errors import Forbidden, SidecarError, rendered
 from sidecar.gateway import Gateway
 from sidecar.headers import WOULD_DENY, Headers, request_id
 from sidecar.observe import RequestRecord
@@ -127,19 +127,12 @@ class ForwardAuth:
             else:
                 headers += [(WOULD_DENY, b"%d" % decision.would_deny), _NO_STORE]
         except SidecarError as exc:
-            status, body = exc.status, exc.body()
-            headers = [
-                (b"x-request-id", rid),
-                (b"content-type", b"application/json"),
-                (b"content-length", b"%d" % len(body)),
-                *exc.headers(),
-                _NO_STORE,
-            ]
+            status, headers, body = rendered(exc, rid)
+            headers.append(_NO_STORE)
         except Exception:
             log.exception("unhandled error deciding on %s %s", method, normalised)
-            error = SidecarError()
-            status, body = error.status, error.body()
-            headers = [(b"content-type", b"application/json"), _NO_STORE]
+            status, headers, body = rendered(SidecarError(), rid)
+            headers.append(_NO_STORE)
         record.status = status
         try:
             await send({"type": "http.response.start", "status": status, "headers": headers})
