@@ -29,6 +29,7 @@ from sidecar.keycache import KeyCache
 from sidecar.keyhash import KeyHasher
 from sidecar.keys_api import PREFIX as KEYS_PREFIX
 from sidecar.keys_api import KeysApi
+from sidecar.master_watch import MasterWatch
 from sidecar.metrics import Metrics
 from sidecar.observe import RequestRecord
 from sidecar.paths import PrefixMatcher, ambiguous, normalise
@@ -53,6 +54,7 @@ class Sidecar:
         keys = config.auth.api_keys
         self.redis: Redis = connect(redis_url, config.redis)
         self.durability = durability(redis_url, config.redis)
+        self.watch = MasterWatch(self.redis)
         hasher = KeyHasher(keys.hash_secret.get_secret_value().encode())
         self.store = KeyStore(
             self.redis,
@@ -60,6 +62,7 @@ class Sidecar:
             keys.max_active_per_user,
             retry_after=config.redis.retry_after_seconds,
             durability=self.durability,
+            on_readonly=self.watch.demoted,
         )
         self.cache = KeyCache(
             ttl=keys.cache_ttl_seconds,
@@ -113,7 +116,9 @@ class Sidecar:
             self.redis,
             retry_after=config.redis.retry_after_seconds,
             on_store_error=self.metrics.rate_limit_store_errors.inc,
+            on_readonly=self.watch.demoted,
         )
+        self.watch.on_switch(self.limiter.reconnect)
         self.gateway = Gateway(
             rules=rules,
             public_paths=PrefixMatcher(config.auth.public_paths),
@@ -163,6 +168,12 @@ class Sidecar:
             lambda: {"key_store": self.store.errors, "revocations": self.listener.errors},
             "component",
         )
+        self.metrics.count_from(
+            "sidecar_redis_master_switches",
+            "Times every Redis connection was dropped to follow a new master",
+            lambda: dict(self.watch.switches),
+            "source",
+        )
         self.metrics.count_total(
             "sidecar_canary_hits", "Requests that used a canary key", lambda: auth.canary_hits
         )
@@ -185,6 +196,7 @@ class Sidecar:
         self._tasks = [
             asyncio.create_task(self.listener.run(), name="revocations"),
             asyncio.create_task(self.usage.run(), name="last-used"),
+            asyncio.create_task(self.watch.run(), name="master-watch"),
         ]
         if self.access_log is not None:
             self._tasks.append(asyncio.create_task(self.access_log.run(), name="access-log"))

@@ -191,6 +191,13 @@ class AutoPipeline:
             await self._redis.script_load(script)  # Redis restarted and lost its script cache
             return await self.call(packed)
 
+    def reconnect(self) -> None:
+        """Fail what is owed on the current connection and close it; the next command
+        opens a new one (through Sentinel: to the current master)."""
+        link = self._link
+        if link is not None:
+            self._drop(link, redis_errors.ConnectionError("Redis master changed"))
+
     def execute(self, *args: EncodableArg) -> asyncio.Future[Any]:
         return self.call(pack(*args))
 

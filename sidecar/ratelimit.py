@@ -60,7 +60,7 @@ from sidecar.config import RateLimit, RateLimitsConfig
 from sidecar.errors import RateLimited, StoreUnavailable
 from sidecar.headers import Headers
 from sidecar.paths import PrefixMatcher
-from sidecar.redis_conn import REDIS_ERRORS
+from sidecar.redis_conn import REDIS_ERRORS, error_code
 
 log = logging.getLogger("sidecar.ratelimit")
 
@@ -197,6 +197,10 @@ class RateLimiter:
     async def close(self) -> None:
         return None
 
+    async def reconnect(self) -> None:
+        """Drop Redis connections of its own (the master changed)."""
+        return None
+
 
 class RedisRateLimiter(RateLimiter):
     def __init__(
@@ -206,7 +210,9 @@ class RedisRateLimiter(RateLimiter):
         *,
         retry_after: int,
         on_store_error: Callable[[], None] = lambda: None,
+        on_readonly: Callable[[], None] = lambda: None,
     ) -> None:
+        self._on_readonly = on_readonly
         self._rules = RuleTable(config)
         self._script = redis.register_script(_GCRA)
         self._pipeline: AutoPipeline | None = None
@@ -247,6 +253,10 @@ class RedisRateLimiter(RateLimiter):
         if self._pipeline is not None:
             await self._pipeline.close()
 
+    async def reconnect(self) -> None:
+        if self._pipeline is not None:
+            self._pipeline.reconnect()
+
     async def _drop_pipeline(self, reason: str) -> None:
         pipeline, self._pipeline = self._pipeline, None
         if pipeline is not None:  # the first of the concurrent callers to find out
@@ -265,6 +275,8 @@ class RedisRateLimiter(RateLimiter):
 
     def _unavailable(self, rule: Rule, exc: Exception) -> Headers:
         self._on_store_error()
+        if error_code(exc) == "READONLY":
+            self._on_readonly()
         self._unwarned += 1
         now = time.monotonic()
         if now >= self._next_warning:
@@ -296,8 +308,15 @@ def limiter_for(
     *,
     retry_after: int,
     on_store_error: Callable[[], None] = lambda: None,
+    on_readonly: Callable[[], None] = lambda: None,
 ) -> RateLimiter:
     """The limiter ``config`` asks for: the no-op one when rate limiting is off."""
     if not config.enabled:
         return RateLimiter()
-    return RedisRateLimiter(redis, config, retry_after=retry_after, on_store_error=on_store_error)
+    return RedisRateLimiter(
+        redis,
+        config,
+        retry_after=retry_after,
+        on_store_error=on_store_error,
+        on_readonly=on_readonly,
+    )

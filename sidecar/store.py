@@ -253,6 +253,7 @@ class KeyStore:
         *,
         retry_after: int,
         durability: Durability = UNREPLICATED,
+        on_readonly: Callable[[], None] = lambda: None,
         generate: Callable[[str], str] = lambda environment: keyformat.generate(
             environment=environment
         ),
@@ -263,6 +264,7 @@ class KeyStore:
         self.max_active_per_user = max_active_per_user
         self._retry_after = retry_after
         self._durability = durability
+        self._on_readonly = on_readonly  # the server we write to was demoted
         self._create = redis.register_script(_CREATE)
         self._revoke = redis.register_script(_REVOKE)
         self._create_canary = redis.register_script(_CREATE_CANARY)
@@ -274,8 +276,11 @@ class KeyStore:
             return await awaitable
         except REDIS_ERRORS as exc:
             self.errors += 1
-            if unexpected(exc):  # still a 503 for the client; a bug for the operator
-                log.error("unexpected Redis error reply %s: %s", error_code(exc), exc)
+            code = error_code(exc)
+            if code == "READONLY":
+                self._on_readonly()
+            elif unexpected(exc):  # still a 503 for the client; a bug for the operator
+                log.error("unexpected Redis error reply %s: %s", code, exc)
             raise StoreUnavailable(self._retry_after) from exc
 
     async def _write(

@@ -1,0 +1,101 @@
+"""Follow the Redis master through a failover.
+
+redis-py asks Sentinel for the master only when it opens a connection, and the
+sidecar's connections are long-lived (the pool, the rate limiter's pipeline, the
+revocation subscription): after a failover they kept writing to the deposed master
+for ~11 s, until Sentinel demoted it and its resync discarded those writes. So:
+
+- behind Sentinel, every sentinel's ``+switch-master`` channel is followed; a switch
+  of our service drops every connection (the next command asks Sentinel again);
+- on any Redis, a READONLY reply to a write means "this server was demoted": the
+  same drop.
+
+Each drop is counted (``sidecar_redis_master_switches_total``) and logged at WARNING.
+Writes wait for replicas (redis_conn.Durability), so a write that still reached the
+old master in between is answered 503, never acknowledged and then lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from redis.asyncio import Redis
+
+from sidecar.redis_conn import REDIS_ERRORS
+
+log = logging.getLogger("sidecar.redis")
+
+_RETRY_DELAY = 0.5
+SWITCH_CHANNEL = "+switch-master"
+
+
+class MasterWatch:
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+        self._droppers: list[Callable[[], Awaitable[None]]] = []
+        self.switches: dict[str, int] = {"sentinel": 0, "readonly": 0}
+        self._dropping: asyncio.Task[None] | None = None
+        pool = getattr(redis, "connection_pool", None)
+        manager = getattr(pool, "sentinel_manager", None)
+        self._service: str | None = getattr(pool, "service_name", None)
+        self._sentinels: list[Redis] = list(manager.sentinels) if manager is not None else []
+
+    def on_switch(self, drop: Callable[[], Awaitable[None]]) -> None:
+        """``drop`` closes connections the pool does not own (e.g. a pipeline's)."""
+        self._droppers.append(drop)
+
+    def demoted(self) -> None:
+        """A write got READONLY: whatever we are connected to is a replica now."""
+        self._switch("readonly", "a write was refused with READONLY")
+
+    async def run(self) -> None:
+        """Follow ``+switch-master`` on every sentinel (none: nothing to do)."""
+        if not self._sentinels:
+            return
+        await asyncio.gather(*(self._follow(s) for s in self._sentinels))
+
+    async def _follow(self, sentinel: Redis) -> None:
+        while True:
+            pubsub = sentinel.pubsub()
+            try:
+                await pubsub.subscribe(SWITCH_CHANNEL)
+                async for message in pubsub.listen():
+                    if message["type"] != "message":
+                        continue
+                    data = message["data"]
+                    text = data.decode() if isinstance(data, bytes) else str(data)
+                    name, _, where = text.partition(" ")
+                    if name == self._service:
+                        self._switch("sentinel", f"sentinel reports {where}")
+            except asyncio.CancelledError:
+                raise
+            except REDIS_ERRORS:
+                pass  # that sentinel is down; the others still report
+            finally:
+                with contextlib.suppress(*REDIS_ERRORS):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await asyncio.sleep(_RETRY_DELAY)
+
+    def _switch(self, source: str, reason: str) -> None:
+        if self._dropping is not None and not self._dropping.done():
+            return  # every sentinel reports the same switch
+        self.switches[source] += 1
+        log.warning("redis master changed (%s): dropping every connection to it", reason)
+        self._dropping = asyncio.ensure_future(self._drop_all())
+
+    async def _drop_all(self) -> None:
+        # A Cluster client has no single pool: it follows MOVED replies by itself.
+        pool: Any = getattr(self._redis, "connection_pool", None)
+        if pool is not None:
+            # Idle ones only: closing a connection another task is opening or using
+            # breaks redis-py (AttributeError on its writer). One in use finishes its
+            # command (a write on the old master is not WAIT-acknowledged: a 503).
+            with contextlib.suppress(*REDIS_ERRORS):
+                await pool.disconnect(inuse_connections=False)
+        for drop in self._droppers:
+            with contextlib.suppress(*REDIS_ERRORS):
+                await drop()
