@@ -70,15 +70,17 @@ def call_counts(client: redis.Redis) -> dict[str, int]:
 
 
 def served_until(base: str, key: str, give_up: float) -> tuple[float, float]:
-    """Use ``key`` on ``base`` until it is refused: (last 200 seen, first 401 seen),
-    epoch seconds. Fails if any other status comes back or it still works at
-    ``give_up`` (epoch seconds)."""
+    """Use ``key`` on ``base`` until it is refused: (when the last request answered 200
+    was sent, when the first 401 came back), epoch seconds. A request sent after a
+    deadline must not be served. Fails on any other status, or if the key still works
+    at ``give_up`` (epoch seconds)."""
     last_ok = time.time()
     while True:
+        sent = time.time()
         code = status(base, key)
         now = time.time()
         if code == 401:
             return last_ok, now
         assert code == 200, code
         assert now < give_up, "still accepted long after it should have stopped"
-        last_ok = now
+        last_ok = sent
