@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -147,3 +149,21 @@ def test_deleting_an_expired_key_records_no_revocation(
         "/api/v1/api-keys/", params={"include_expired": "true"}, headers=api.bearer(user)
     ).json()["api_keys"]
     assert item["is_active"] is False and item["revoked_reason"] is None
+
+
+def test_a_key_cached_before_redis_went_down_still_stops_at_its_expiry(
+    config_for: Any, spawn: Any, tmp_path: Path
+) -> None:
+    """The stale window (Redis unreachable) serves a cached key, but never past its
+    expires_at: the cache entry carries the deadline."""
+    with RedisProcess(tmp_path) as own:
+        process: SidecarProcess = spawn(config_for(redis={"url": own.url}))
+        [key] = store_create(own.url, "stale-user", seconds=2.0)
+        assert status(process.url, key["api_key"]) == 200
+        own.stop()
+        assert status(process.url, key["api_key"]) == 200  # stale, within the window
+        give_up = key["expires"] + 5
+        last_ok, first_refused = served_until(process.url, key["api_key"], give_up)
+        assert last_ok < key["expires"] + 0.05
+        assert first_refused - key["expires"] < PROPAGATION_DEADLINE
+        assert status(process.url, key["api_key"]) == 401  # refused, not 503: it is expired
