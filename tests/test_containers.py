@@ -141,6 +141,16 @@ def test_the_build_needs_no_compiler() -> None:
             assert not (keyword == "RUN" and ("apt-get" in args or "build-essential" in args))
 
 
+def test_the_build_installs_the_locked_versions() -> None:
+    build = dockerfile_stages()[0]
+    copied = [args.split() for keyword, args in build if keyword == "COPY"]
+    assert any("requirements.lock" in sources for sources in copied)
+    installs = [args for keyword, args in build if keyword == "RUN" and "pip install" in args]
+    assert installs
+    for args in installs:  # scripts/container-smoke compares the image with the lock
+        assert re.search(r"(-c|--constraint)[ =]requirements\.lock\b", args), args
+
+
 def test_what_the_build_copies_exists_and_is_not_ignored() -> None:
     ignored = [
         line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
