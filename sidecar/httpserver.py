@@ -11,6 +11,9 @@ What it changes, and why here (the ASGI app never sees an unfinished head):
 - Responses: a 204/304 carrying Content-Length is relayed without a body instead of
   failing; an HTTP/1.0 client gets a body of unknown length delimited by the close, not
   chunked framing it cannot read.
+- A response start flagged ``BODY_FOLLOWS`` (its whole body is the next message) is
+  written together with that body: one write and one TCP segment instead of two
+  (measured at c1: one syscall fewer per proxied request; see README design notes).
 - ``Upgrade`` requests run the app as ordinary HTTP (uvicorn's own WebSocket handling
   is off); ``scope["extensions"]["sidecar.take_over"]`` hands the raw connection to the
   app (websocket.py relays its bytes).
@@ -28,6 +31,8 @@ from sidecar.config import RequestLimits
 from sidecar.errors import HeadersTooLarge, MalformedRequest, SidecarError, TargetTooLong
 
 TAKE_OVER = "sidecar.take_over"
+# In an ``http.response.start`` message: the next message is the whole body, at once.
+BODY_FOLLOWS = "sidecar.body_follows"
 _NO_BODY = frozenset({204, 304})
 # Per header line: ": " and CRLF, which the parser does not pass on.
 _LINE_OVERHEAD = 4
@@ -144,8 +149,24 @@ class _Cycle(RequestResponseCycle):
     """uvicorn's request/response cycle with the two framing fixes above."""
 
     _close_delimited = False
+    _gathered: _Gather | None = None
 
     async def send(self, message: Any) -> None:
+        gathered = self._gathered
+        if gathered is not None:  # the body of a BODY_FOLLOWS start: out with its head
+            try:
+                await self._send(message)
+            finally:
+                self.transport = gathered.transport
+                self._gathered = None
+                gathered.flush()
+            return
+        if message["type"] == "http.response.start" and message.get(BODY_FOLLOWS):
+            self._gathered = _Gather(self.transport)
+            self.transport = self._gathered  # type: ignore[assignment]
+        await self._send(message)
+
+    async def _send(self, message: Any) -> None:
         if not self.response_started and message["type"] == "http.response.start":
             status = message["status"]
             if (
@@ -176,6 +197,30 @@ class _Cycle(RequestResponseCycle):
             self.message_event.set()
             self.transport.close()
             self.on_response()
+
+
+class _Gather:
+    """Stands in for the transport between a response head and its body: collects their
+    writes (a close flushes them first), written as one by ``flush``."""
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self._parts: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self._parts.append(data)
+
+    def flush(self) -> None:
+        parts, self._parts = self._parts, []
+        if parts and not self.transport.is_closing():
+            self.transport.write(b"".join(parts))
+
+    def close(self) -> None:
+        self.flush()
+        self.transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.transport, name)
 
 
 def _framed(message: Any) -> bool:

@@ -38,6 +38,7 @@ from sidecar.errors import (
     UpstreamUnavailable,
 )
 from sidecar.headers import HeaderRules, Headers
+from sidecar.httpserver import BODY_FOLLOWS
 from sidecar.upstream_conn import (
     LAST_CHUNK,
     PARSE_ERRORS,
@@ -415,7 +416,9 @@ async def _relay_whole(
     exchange.bytes_out = len(content)
     headers = HeaderRules.downstream_response(conn.headers, exchange.extra_response_headers)
     exchange.started = True
-    await send({"type": "http.response.start", "status": conn.status, "headers": headers})
+    await send(
+        {"type": "http.response.start", "status": conn.status, "headers": headers, BODY_FOLLOWS: 1}
+    )
     await send({"type": "http.response.body", "body": content, "more_body": False})
 
 

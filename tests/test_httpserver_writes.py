@@ -1,0 +1,98 @@
+"""The public protocol writes a response flagged BODY_FOLLOWS (head, then its whole body)
+to the socket in one piece, and still delivers it whole when the connection closes."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import uvicorn
+
+from sidecar.config import RequestLimits
+from sidecar.httpserver import BODY_FOLLOWS, protocol_for
+from tests.harness import free_port
+
+BODY = b'{"ok":true}'
+
+
+class _Recording:
+    """The real transport, with each write recorded."""
+
+    def __init__(self, transport: asyncio.Transport, writes: list[bytes]) -> None:
+        self._transport = transport
+        self._writes = writes
+
+    def write(self, data: bytes) -> None:
+        self._writes.append(bytes(data))
+        self._transport.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+async def _app(scope: Any, receive: Any, send: Any) -> None:
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(BODY))]
+    flagged = scope["path"] != "/unflagged"
+    start = {"type": "http.response.start", "status": 200, "headers": headers}
+    if flagged:
+        start[BODY_FOLLOWS] = 1
+    await send(start)
+    await send({"type": "http.response.body", "body": BODY, "more_body": False})
+
+
+def _exchange(request: bytes) -> tuple[bytes, list[bytes]]:
+    writes: list[bytes] = []
+
+    class Protocol(protocol_for(RequestLimits())):  # type: ignore[misc]
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(_Recording(transport, writes))  # type: ignore[arg-type]
+
+    async def scenario() -> bytes:
+        port = free_port()
+        config = uvicorn.Config(
+            _app, host="127.0.0.1", port=port, http=Protocol, lifespan="off", log_config=None
+        )
+        server = uvicorn.Server(config)
+        serving = asyncio.create_task(server.serve())
+        try:
+            async with asyncio.timeout(10):
+                while not server.started:
+                    await asyncio.sleep(0.01)
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(request)
+                response = b""
+                while not response.endswith(BODY):
+                    chunk = await reader.read(65536)
+                    assert chunk, response
+                    response += chunk
+                writer.close()
+                return response
+        finally:
+            server.should_exit = True
+            await serving
+
+    return asyncio.run(scenario()), writes
+
+
+def test_a_flagged_response_goes_out_in_one_write() -> None:
+    response, writes = _exchange(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+    assert response.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert writes == [response]
+
+
+def test_an_unflagged_response_is_written_as_uvicorn_does() -> None:
+    response, writes = _exchange(b"GET /unflagged HTTP/1.1\r\nhost: x\r\n\r\n")
+    assert b"".join(writes) == response
+    assert writes[-1] == BODY
+
+
+def test_a_flagged_response_on_a_closing_connection_is_written_before_the_close() -> None:
+    response, writes = _exchange(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+    assert b"connection: close" in response.lower()
+    assert writes == [response]
+
+
+def test_a_flagged_response_to_http_1_0_is_written_whole() -> None:
+    response, writes = _exchange(b"GET / HTTP/1.0\r\nhost: x\r\n\r\n")
+    assert response.endswith(b"\r\n\r\n" + BODY)
+    assert writes == [response]
