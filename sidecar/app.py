@@ -117,6 +117,7 @@ class Sidecar:
             retry_after=config.redis.retry_after_seconds,
             on_store_error=self.metrics.rate_limit_store_errors.inc,
             on_readonly=self.watch.demoted,
+            durability=self.durability,
         )
         self.watch.on_switch(self.limiter.reconnect)
         self.gateway = Gateway(

@@ -47,12 +47,15 @@ is counted, and logged at most once per ``WARN_INTERVAL``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
+from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
 from sidecar.autopipeline import AutoPipeline, PipelineUnsupported, pack, unsupported
@@ -60,7 +63,7 @@ from sidecar.config import RateLimit, RateLimitsConfig
 from sidecar.errors import RateLimited, StoreUnavailable
 from sidecar.headers import Headers
 from sidecar.paths import PrefixMatcher
-from sidecar.redis_conn import REDIS_ERRORS, error_code
+from sidecar.redis_conn import REDIS_ERRORS, UNREPLICATED, Durability, NotReplicated, error_code
 
 log = logging.getLogger("sidecar.ratelimit")
 
@@ -211,8 +214,12 @@ class RedisRateLimiter(RateLimiter):
         retry_after: int,
         on_store_error: Callable[[], None] = lambda: None,
         on_readonly: Callable[[], None] = lambda: None,
+        durability: Durability = UNREPLICATED,
     ) -> None:
         self._on_readonly = on_readonly
+        self._redis = redis
+        self._replicas = durability.replicas
+        self._wait = pack("WAIT", durability.replicas, durability.timeout_ms)
         self._rules = RuleTable(config)
         self._script = redis.register_script(_GCRA)
         self._pipeline: AutoPipeline | None = None
@@ -235,7 +242,7 @@ class RedisRateLimiter(RateLimiter):
             reply = None
             if self._pipeline is not None:
                 try:
-                    reply = await self._pipeline.run_script(self._command(user_id, rule), _GCRA)
+                    reply = await self._counted(self._pipeline, self._command(user_id, rule))
                 except PipelineUnsupported as exc:
                     await self._drop_pipeline(str(exc))
             if reply is None:
@@ -248,6 +255,27 @@ class RedisRateLimiter(RateLimiter):
         if not admitted:
             raise RateLimited(_seconds(retry_us), headers)
         return headers
+
+    async def _counted(self, pipeline: AutoPipeline, packed: bytes) -> Any:
+        """The script's reply, once ``WAIT`` confirms the count is replicated (when
+        replicas are required). Both are queued in the same loop iteration, so they go
+        out on the same connection, the WAIT right behind the script."""
+        if not self._replicas:
+            return await pipeline.run_script(packed, _GCRA)
+        for attempt in (1, 2):
+            try:
+                reply, acked = await asyncio.gather(
+                    pipeline.call(packed), pipeline.call(self._wait)
+                )
+            except redis_errors.NoScriptError:
+                if attempt == 2:
+                    raise
+                await self._redis.script_load(_GCRA)
+                continue
+            if int(acked) < self._replicas:
+                raise NotReplicated(f"{acked} of {self._replicas} replica(s) confirmed in time")
+            return reply
+        raise AssertionError("unreachable")
 
     async def close(self) -> None:
         if self._pipeline is not None:
@@ -309,6 +337,7 @@ def limiter_for(
     retry_after: int,
     on_store_error: Callable[[], None] = lambda: None,
     on_readonly: Callable[[], None] = lambda: None,
+    durability: Durability = UNREPLICATED,
 ) -> RateLimiter:
     """The limiter ``config`` asks for: the no-op one when rate limiting is off."""
     if not config.enabled:
@@ -319,4 +348,5 @@ def limiter_for(
         retry_after=retry_after,
         on_store_error=on_store_error,
         on_readonly=on_readonly,
+        durability=durability,
     )

@@ -153,4 +153,7 @@ def durability(url: str, settings: RedisConfig) -> Durability:
     replicas = settings.min_replicas_acked
     if replicas is None:
         replicas = 1 if urlsplit(url).scheme == "redis+sentinel" else 0
-    return Durability(replicas, max(1, round(settings.replication_timeout_seconds * 1000)))
+    # Under the socket timeout: a WAIT that takes long is "not replicated", not a
+    # connection that stopped answering (which would be dropped).
+    seconds = min(settings.replication_timeout_seconds, 0.8 * settings.socket_timeout_seconds)
+    return Durability(replicas, max(1, round(seconds * 1000)))

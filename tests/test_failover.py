@@ -203,3 +203,50 @@ def test_a_failover_never_undoes_an_acknowledged_write(
         for process in sidecars:
             process.stop()
         sentinel.stop()
+
+
+def test_writes_and_rate_limit_counts_wait_for_a_replica(
+    config_for: Any, spawn: Any, tmp_path: Path, user: str
+) -> None:
+    for name in ("master", "replica"):
+        (tmp_path / name).mkdir()
+    with RedisProcess(tmp_path / "master") as master:
+        replica = RedisProcess(
+            tmp_path / "replica", args=("--replicaof", "127.0.0.1", str(master.port))
+        )
+        replica.start()
+        attached = lambda: int(master.client().info("replication")["connected_slaves"])  # noqa: E731
+        wait_until(lambda: attached() == 1, timeout=10)
+        rate_limited = {"enabled": True, "default": {"requests": 50, "per_seconds": 60}}
+        process: SidecarProcess = spawn(
+            config_for(
+                redis={"url": master.url, "min_replicas_acked": 1},
+                rate_limits=rate_limited,
+            )
+        )
+        api = Api(process.url)
+        ready = process.admin_url + "/readyz"
+        jwt = {"Authorization": f"Bearer {make_token(user)}"}
+        counted = api.http.get("/a", headers=jwt)
+        assert (counted.status_code, counted.headers["x-ratelimit-remaining"]) == (200, "49")
+        api.create_key(user)
+        assert httpx.get(ready).status_code == 200
+
+        replica.stop()
+        wait_until(lambda: attached() == 0, timeout=10)
+        created = api.http.post("/api/v1/api-keys/", json={}, headers=api.bearer(user))
+        assert (created.status_code, created.headers["retry-after"]) == (503, "3")
+        # The count cannot be made durable: fail open (the default), budget unknown.
+        uncounted = api.http.get("/a", headers=jwt)
+        assert uncounted.status_code == 200
+        assert "x-ratelimit-remaining" not in uncounted.headers
+        assert httpx.get(ready).json()["problems"] == [
+            "redis writes not replicated (0 of 1 replica(s) confirmed in time)"
+        ]
+
+        replica.start()
+        wait_until(lambda: httpx.get(ready).status_code == 200, timeout=10)
+        api.create_key(user)
+        assert "x-ratelimit-remaining" in api.http.get("/a", headers=jwt).headers
+        api.http.close()
+        replica.stop()
