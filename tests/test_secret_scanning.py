@@ -382,3 +382,28 @@ def test_a_reported_canary_is_a_true_positive_left_in_place(
     wait_until(lambda: "canary key reported leaked" in first.logs(), timeout=5)
     assert status(first.url, canary["api_key"]) == 401
     wait_until(lambda: "canary key used" in first.logs(), timeout=5)
+
+
+def test_a_key_rotated_away_is_a_true_positive_left_as_it_was(
+    scanning_pair: tuple[SidecarProcess, SidecarProcess],
+    first_api: Api,
+    signer: Signer,
+    user: str,
+    redis_client: redis.Redis,
+) -> None:
+    """Its grace over (0 s), the old key of a rotation no longer works: it had been real."""
+    first, _ = scanning_pair
+    old = first_api.create_key(user)
+    rotated = first_api.http.post(
+        f"/api/v1/api-keys/{old['id']}/rotate",
+        json={"grace_period_seconds": 0},
+        headers=first_api.bearer(user),
+    )
+    assert rotated.status_code == 201, rotated.text
+    remember_secret(rotated.json()["api_key"])
+    record = redis_client.hgetall(record_key(old["id"]))
+    body = report(old["api_key"])
+    answer = post(first.url, body, signer.headers(body))
+    assert answer.json()[0]["label"] == "true_positive"
+    assert redis_client.hgetall(record_key(old["id"])) == record
+    assert status(first.url, rotated.json()["api_key"]) == 200  # its successor is untouched
