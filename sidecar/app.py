@@ -19,7 +19,7 @@ from sidecar.accesslog import AccessLog
 from sidecar.assertion import AssertionSigner
 from sidecar.authn import Authenticator
 from sidecar.config import Config
-from sidecar.errors import CLIENT_CLOSED, AmbiguousPath, SidecarError, rendered
+from sidecar.errors import CLIENT_CLOSED, AmbiguousPath, SidecarError, StoreUnavailable, rendered
 from sidecar.failed_auth import FailedAuthLimiter
 from sidecar.forward_auth import ForwardAuth
 from sidecar.gateway import Gateway
@@ -44,6 +44,8 @@ from sidecar.usage import UsageTracker
 from sidecar.websocket import WebSockets
 
 log = logging.getLogger("sidecar")
+
+_CONFIRM_EVERY = 1.0  # seconds between attempts to re-apply possibly lost revocations
 
 
 class Sidecar:
@@ -176,6 +178,11 @@ class Sidecar:
             "source",
         )
         self.metrics.count_total(
+            "sidecar_revocations_republished",
+            "Revocations a failover may have lost, applied again on the new master",
+            lambda: self.store.republished,
+        )
+        self.metrics.count_total(
             "sidecar_canary_hits", "Requests that used a canary key", lambda: auth.canary_hits
         )
         self.metrics.count_total(
@@ -198,9 +205,19 @@ class Sidecar:
             asyncio.create_task(self.listener.run(), name="revocations"),
             asyncio.create_task(self.usage.run(), name="last-used"),
             asyncio.create_task(self.watch.run(), name="master-watch"),
+            asyncio.create_task(self._confirm_revocations(), name="revocation-confirm"),
         ]
         if self.access_log is not None:
             self._tasks.append(asyncio.create_task(self.access_log.run(), name="access-log"))
+
+    async def _confirm_revocations(self) -> None:
+        """Revocations a failover may have lost are run again until a master has them
+        replicated (KeyStore.confirm_revocations)."""
+        while True:
+            await asyncio.sleep(_CONFIRM_EVERY)
+            if self.store.unconfirmed:
+                with contextlib.suppress(StoreUnavailable):
+                    await self.store.confirm_revocations()
 
     async def shutdown(self) -> None:
         self.websockets.close_all()

@@ -79,12 +79,17 @@ from sidecar.redis_conn import (
     REDIS_ERRORS,
     UNREPLICATED,
     Durability,
+    NotReplicated,
     error_code,
     unexpected,
 )
 from sidecar.timeutil import parse_iso, to_iso
 
 log = logging.getLogger("sidecar.store")
+
+_Call = tuple[Sequence[str], Sequence[Any]]  # a script's KEYS and ARGV
+# A write that failed this way may still have been applied by the master it reached.
+_MAYBE_APPLIED = (NotReplicated, redis_errors.ConnectionError, redis_errors.TimeoutError)
 
 NAMESPACE = "callcov:{callcov-keys}"
 REVOCATION_CHANNEL = "callcov:revocations"
@@ -265,6 +270,8 @@ class KeyStore:
         self._retry_after = retry_after
         self._durability = durability
         self._on_readonly = on_readonly  # the server we write to was demoted
+        self.unconfirmed: dict[str, _Call] = {}  # revocations a failover may have lost
+        self.republished = 0
         self._create = redis.register_script(_CREATE)
         self._revoke = redis.register_script(_REVOKE)
         self._create_canary = redis.register_script(_CREATE_CANARY)
@@ -456,9 +463,32 @@ class KeyStore:
         keys, args = _revoke_call(
             key_id, owner, prefix, environment or LIVE, datetime.now(UTC), reason, audit
         )
-        if not (await self._write(self._revoke, [(keys, args)]))[0]:
+        if not (await self._revocations({key_id: (keys, args)}))[0]:
             raise KeyNotFound()
         return key_hash
+
+    async def _revocations(self, calls: Mapping[str, _Call]) -> builtins.list[Any]:
+        """Run revocation scripts (key id → call). One that may have reached a master
+        and not its replicas (a failover could undo it) is kept, and run again by
+        ``confirm_revocations`` until a master acknowledges it replicated."""
+        try:
+            return await self._write(self._revoke, builtins.list(calls.values()))
+        except StoreUnavailable as exc:
+            if isinstance(exc.__cause__, _MAYBE_APPLIED):
+                self.unconfirmed.update(calls)
+            raise
+
+    async def confirm_revocations(self) -> None:
+        """Run again the revocations that may have been lost (see ``_revocations``); the
+        script is idempotent and publishes only when it changes the key."""
+        pending = dict(self.unconfirmed)
+        if not pending:
+            return
+        await self._write(self._revoke, builtins.list(pending.values()))
+        for key_id in pending:
+            self.unconfirmed.pop(key_id, None)
+        self.republished += len(pending)
+        log.warning("%d revocation(s) a failover may have lost: applied again", len(pending))
 
     async def rotate(
         self, key_id: str, user_id: str | None, grace_seconds: int
@@ -573,8 +603,8 @@ class KeyStore:
         if not revocations:
             return
         moment = datetime.now(UTC)
-        calls = [
-            _revoke_call(
+        calls = {
+            r.key.id: _revoke_call(
                 r.key.id,
                 r.key.user_id,
                 r.key.prefix,
@@ -584,8 +614,8 @@ class KeyStore:
                 r.audit,
             )
             for r in revocations
-        ]
-        await self._write(self._revoke, calls)
+        }
+        await self._revocations(calls)
 
     async def touch(self, last_used: Mapping[str, str], counts: Sequence[UsageCounts] = ()) -> None:
         """Record last-use times (key id → ISO time) and add per-day use counts, all in
