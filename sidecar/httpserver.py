@@ -105,7 +105,11 @@ class SidecarHttpProtocol(HttpToolsProtocol):
         ):
             self._refusal = HeadersTooLarge()
             raise self._refusal
-        super().on_header(name, value)
+        # uvicorn's on_header, inlined: this runs for every header of every request.
+        name = name.lower()
+        if name == b"expect" and value.lower() == b"100-continue":
+            self.expect_100_continue = True
+        self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         self._in_head = False

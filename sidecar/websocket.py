@@ -138,7 +138,7 @@ class _Tunnel:
         if self.upstream.frames.at_boundary:
             self.send_close()
         else:
-            self._cut = asyncio.get_running_loop().call_later(_CUT_OFF_AFTER, self.end)
+            self._cut = asyncio.get_running_loop().call_later(_CUT_OFF_AFTER, self.cut)
 
     def send_close(self) -> None:
         if not self.client.is_closing():
@@ -148,14 +148,21 @@ class _Tunnel:
         self.end()
 
     def end(self) -> None:
+        """Either side is gone: close the other once what was relayed to it is sent."""
         for timer in (self._deadline, self._cut):
             if timer is not None:
                 timer.cancel()
         if not self.client.is_closing():
-            self.client.abort()
-        self.upstream.abort()
+            self.client.close()
+        self.upstream.close_with(b"")
         if not self.done.done():
             self.done.set_result(None)
+
+    def cut(self) -> None:
+        """A pending close found no frame boundary in time: drop both at once."""
+        self.client.abort()
+        self.upstream.abort()
+        self.end()
 
 
 class _ClientSide(asyncio.Protocol):
@@ -298,7 +305,8 @@ class _UpstreamSide(asyncio.Protocol):
 
     def close_with(self, frame: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(frame)
+            if frame:
+                self.transport.write(frame)
             self.transport.close()
 
     def pause_reading(self) -> None:

@@ -112,6 +112,10 @@ def test_check_config_prints_the_resolved_config_masked(tmp_path: Path) -> None:
     assert shown["server"] == {
         "host": "0.0.0.0", "port": 8080, "workers": 1, "max_body_bytes": 524288000,
         "graceful_timeout_seconds": 30.0, "trusted_proxies": [],
+        "limits": {
+            "header_line_bytes": 8192, "header_bytes": 32768, "headers": 100, "target_bytes": 8192,
+        },
+        "reject_ambiguous_paths": True, "max_websockets": 1000,
     }  # fmt: skip
     for secret in (JWT_SECRET, HASH_SECRET, "redis-password-1"):
         assert secret not in result.stdout + result.stderr

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed, InvalidStatus
-from websockets.http11 import Request
+from websockets.http11 import Request, Response
 from websockets.sync.client import ClientConnection, connect
 
 from tests.conftest import Api, make_token
@@ -39,11 +39,17 @@ class EchoUpstream:
     async def _serve(self) -> None:
         self._stop = self._loop.create_future()
 
-        def record(connection: ServerConnection, request: Request) -> None:
+        def record(connection: ServerConnection, request: Request) -> Response | None:
             self.handshakes.append({k.lower(): v for k, v in request.headers.raw_items()})
+            if request.path == "/ws/forbidden":
+                return connection.respond(403, "not for you\n")
+            return None
 
         async def echo(connection: ServerConnection) -> None:
             async for message in connection:
+                if message == "close with 4000":
+                    await connection.close(4000, "asked to")
+                    return
                 await connection.send(message)
 
         async with serve(echo, "127.0.0.1", self.port, process_request=record, max_size=None):
@@ -128,6 +134,19 @@ def test_echo_through_the_sidecar_with_identity_headers(
     assert seen["x-callcov-auth-method"] == "api_key"
     assert seen["x-callcov-key-id"] == key["id"]
     assert "x-api-key" not in seen
+
+
+def test_close_codes_and_refusals_of_the_upstream_pass_through(ws_sidecar: Any, user: str) -> None:
+    sidecar = ws_sidecar()
+    headers = {"Authorization": f"Bearer {make_token(user)}"}
+    with open_socket(sidecar, headers) as socket:
+        socket.send("close with 4000")
+        code, _ = closed_code(socket)
+        assert code == 4000
+    with pytest.raises(InvalidStatus) as refused:
+        connect(ws_url(sidecar, "/ws/forbidden"), additional_headers=headers, open_timeout=10)
+    assert refused.value.response.status_code == 403
+    assert refused.value.response.body == b"not for you\n"
 
 
 def test_without_a_credential_the_handshake_gets_401_and_nothing_reaches_the_upstream(
