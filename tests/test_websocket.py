@@ -184,6 +184,22 @@ def test_revoking_the_key_closes_its_socket_with_1008(
         assert bystander.recv(timeout=10) == "still here"
 
 
+def test_a_key_revoked_through_another_instance_closes_the_socket(
+    ws_sidecar: Any, user: str
+) -> None:
+    here = ws_sidecar()
+    elsewhere = ws_sidecar(logging={"level": "INFO"})  # a second instance, same Redis
+    key = Api(here.url).create_key(user)
+    with open_socket(here, {"X-API-Key": key["api_key"]}) as socket:
+        socket.send("ping")
+        assert socket.recv(timeout=10) == "ping"
+        there = Api(elsewhere.url)
+        deleted = there.http.delete(f"/api/v1/api-keys/{key['id']}", headers=there.bearer(user))
+        assert deleted.status_code == 200
+        code, _ = closed_code(socket)
+        assert code == 1008  # via the revocation feed
+
+
 def test_a_jwt_socket_closes_with_1008_when_the_token_expires(ws_sidecar: Any, user: str) -> None:
     sidecar = ws_sidecar()
     token = make_token(user, ttl=2)
