@@ -200,6 +200,26 @@ def test_a_key_revoked_through_another_instance_closes_the_socket(
         assert code == 1008  # via the revocation feed
 
 
+def test_a_rotated_key_socket_stays_through_the_grace_and_closes_when_it_ends(
+    ws_sidecar: Any, user: str
+) -> None:
+    """The key's expiry path: rotation gives the old key an ``expires_at`` (the grace)."""
+    sidecar = ws_sidecar()
+    api = Api(sidecar.url)
+    key = api.create_key(user)
+    with open_socket(sidecar, {"X-API-Key": key["api_key"]}) as socket:
+        rotated = api.http.post(
+            f"/api/v1/api-keys/{key['id']}/rotate",
+            json={"grace_period_seconds": 2},
+            headers=api.bearer(user),
+        )
+        assert rotated.status_code == 201, rotated.text
+        socket.send("still valid in the grace")
+        assert socket.recv(timeout=10) == "still valid in the grace"
+        code, _ = closed_code(socket)
+        assert code == 1008
+
+
 def test_a_jwt_socket_closes_with_1008_when_the_token_expires(ws_sidecar: Any, user: str) -> None:
     sidecar = ws_sidecar()
     token = make_token(user, ttl=2)
