@@ -175,7 +175,7 @@ def cluster_port() -> int:
 
 class ClusterNode:
     def __init__(self, directory: Path, *, node_timeout_ms: int = 15000) -> None:
-        directory.mkdir()
+        directory.mkdir(parents=True)
         self.port = cluster_port()
         args = [
             find_binary(),
@@ -189,6 +189,7 @@ class ClusterNode:
             "--dir", str(directory),
             "--logfile", str(directory / "redis.log"),
         ]  # fmt: skip
+        self._args = args
         self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL)
         self.client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2, retry=None)
         try:
@@ -196,6 +197,11 @@ class ClusterNode:
         except BaseException:
             self.stop()
             raise
+
+    def restart(self) -> None:
+        """Start again after ``stop``, same port and nodes.conf: it rejoins the cluster."""
+        self.process = subprocess.Popen(self._args, stdin=subprocess.DEVNULL)
+        wait_until(self.is_up, timeout=10)
 
     def is_up(self) -> bool:
         try:

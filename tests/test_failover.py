@@ -16,10 +16,11 @@ from redis import exceptions as redis_errors
 from sidecar.redis_conn import error_code, unexpected
 from tests.conftest import Api, make_token
 from tests.harness import RedisProcess, SidecarProcess, remember_secret, wait_until
-from tests.redis_topology import SentinelSet
+from tests.redis_topology import ClusterSet, SentinelSet
 
 # Error replies as real servers send them (redis-server 6.2.14 and 7.0.15), in the
 # form redis-py raises them.
+KEY_DATA = "callcov:{callcov-keys}:any"  # a key in the key data's slot
 _IN_SCRIPT_6 = "Error running script (call to f_33ec): @user_script:1: @user_script: 1: -"
 _NOREPLICAS = "NOREPLICAS Not enough good replicas to write."
 _READONLY = "You can't write against a read only replica."
@@ -146,6 +147,42 @@ def _key_status(sidecar: SidecarProcess, key: dict[str, Any]) -> int:
     return httpx.get(sidecar.url + "/a", headers={"X-API-Key": key["api_key"]}).status_code
 
 
+def _check_nothing_lost(
+    what: str, load: Workload, sidecars: list[SidecarProcess], started: float, switched: float
+) -> None:
+    """Every answer was 2xx or 503; every acknowledged create and DELETE holds on every
+    instance. Prints the 503 window and counts (measured, not asserted)."""
+    answers = load.answers()
+    failures = [(t - started, s) for t, s in answers if s not in (200, 201)]
+    assert {s for _, s in failures} <= {503}, failures
+    acked_creates = [body for _, status, body in load.created if status == 201]
+    acked_deletes = [key for _, status, key in load.deleted if status == 200]
+    assert acked_creates and acked_deletes
+    tried = [key for _, _, key in load.deleted]  # a 503'd DELETE may or may not apply
+    lost = [
+        f"create {k['key_prefix']}"
+        for k in acked_creates
+        if k not in tried and any(_key_status(s, k) != 200 for s in sidecars)
+    ]
+    lost += [
+        f"delete {k['key_prefix']}"
+        for k in acked_deletes
+        if any(_key_status(s, k) != 401 for s in sidecars)
+    ]
+    refused = [key for _, status, key in load.deleted if status == 503]
+    # Republished once a master could replicate them (when they may have been applied).
+    in_effect = sum(all(_key_status(s, k) == 401 for s in sidecars) for k in refused)
+    window = (failures[-1][0] - failures[0][0]) if failures else 0.0
+    print(
+        f"\n{what} failover: {len(answers)} writes, {len(failures)} answered 503 "
+        f"over {window:.2f} s (first at +{failures[0][0] if failures else 0:.2f} s), "
+        f"{len(lost)} acknowledged write(s) lost, topology settled after "
+        f"{switched - started:.2f} s; {in_effect} of {len(refused)} DELETEs answered 503 "
+        "in effect"
+    )
+    assert lost == []
+
+
 @pytest.mark.parametrize("kind", ["planned", "crash"])
 def test_a_failover_never_undoes_an_acknowledged_write(
     kind: str, config_for: Any, tmp_path: Path, user: str
@@ -173,36 +210,7 @@ def test_a_failover_never_undoes_an_acknowledged_write(
             switched = time.monotonic()
             count = len(load.created)
             wait_until(lambda: len(load.created) >= count + 5, timeout=30)
-        answers = load.answers()
-
-        failures = [(t - started, s) for t, s in answers if s not in (200, 201)]
-        assert {s for _, s in failures} <= {503}, failures
-        acked_creates = [body for _, status, body in load.created if status == 201]
-        acked_deletes = [key for _, status, key in load.deleted if status == 200]
-        assert acked_creates and acked_deletes
-        tried = [key for _, _, key in load.deleted]  # a 503'd DELETE may or may not apply
-        lost = [
-            f"create {k['key_prefix']}"
-            for k in acked_creates
-            if k not in tried and any(_key_status(s, k) != 200 for s in sidecars)
-        ]
-        lost += [
-            f"delete {k['key_prefix']}"
-            for k in acked_deletes
-            if any(_key_status(s, k) != 401 for s in sidecars)
-        ]
-        refused = [key for _, status, key in load.deleted if status == 503]
-        # Republished once a master could replicate them (when they may have been applied).
-        in_effect = sum(all(_key_status(s, k) == 401 for s in sidecars) for k in refused)
-        window = (failures[-1][0] - failures[0][0]) if failures else 0.0
-        print(
-            f"\n{kind} Sentinel failover: {len(answers)} writes, {len(failures)} answered 503 "
-            f"over {window:.2f} s (first at +{failures[0][0] if failures else 0:.2f} s), "
-            f"{len(lost)} acknowledged write(s) lost, sentinels settled after "
-            f"{switched - started:.2f} s; {in_effect} of {len(refused)} DELETEs answered 503 "
-            "in effect"
-        )
-        assert lost == []
+        _check_nothing_lost(f"{kind} Sentinel", load, sidecars, started, switched)
     finally:
         for process in sidecars:
             process.stop()
@@ -254,3 +262,40 @@ def test_writes_and_rate_limit_counts_wait_for_a_replica(
         assert "x-ratelimit-remaining" in api.http.get("/a", headers=jwt).headers
         api.http.close()
         replica.stop()
+
+
+@pytest.mark.parametrize("kind", ["manual", "kill"])
+def test_a_cluster_failover_never_undoes_an_acknowledged_write(
+    kind: str, config_for: Any, tmp_path: Path, user: str
+) -> None:
+    cluster = ClusterSet(tmp_path / "cluster", replicas=1, node_timeout_ms=1000).start()
+    sidecars: list[SidecarProcess] = []
+    try:
+        for _ in range(2):
+            config = config_for(
+                redis={"url": cluster.url, "socket_timeout_seconds": 0.5, "min_replicas_acked": 1},
+                auth={"api_keys": {"max_active_per_user": 100}},
+            )
+            sidecars.append(SidecarProcess(config, tmp_path).start())
+        doomed = [Api(sidecars[0].url).create_key(user) for _ in range(5)]
+        master = cluster.node_for_key(KEY_DATA)
+        replica = cluster.replica_of(master)
+        with Workload(sidecars, user, doomed) as load:
+            wait_until(lambda: len(load.created) >= 5, timeout=10)
+            started = time.monotonic()
+            if kind == "manual":
+                replica.client.execute_command("CLUSTER", "FAILOVER")
+            else:
+                master.stop()
+            wait_until(lambda: replica.role() == "master", timeout=30)
+            if kind == "kill":  # back, as a replica of the promoted one
+                master.restart()
+            wait_until(cluster.settled, timeout=30)
+            switched = time.monotonic()
+            count = len(load.created)
+            wait_until(lambda: len(load.created) >= count + 5, timeout=30)
+        _check_nothing_lost(f"cluster {kind}", load, sidecars, started, switched)
+    finally:
+        for process in sidecars:
+            process.stop()
+        cluster.stop()
