@@ -122,6 +122,7 @@ class Sidecar:
             durability=self.durability,
         )
         self.watch.on_switch(self.limiter.reconnect)
+        self.watch.on_switch(self.listener.reconnect)
         self.gateway = Gateway(
             rules=rules,
             public_paths=PrefixMatcher(config.auth.public_paths),

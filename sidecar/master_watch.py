@@ -6,7 +6,10 @@ revocation subscription): after a failover they kept writing to the deposed mast
 for ~11 s, until Sentinel demoted it and its resync discarded those writes. So:
 
 - behind Sentinel, every sentinel's ``+switch-master`` channel is followed; a switch
-  of our service drops every connection (the next command asks Sentinel again);
+  of our service drops the pool's idle connections, the rate limiter's pipeline
+  connection and the revocation subscription (the next command asks Sentinel again;
+  a connection busy with a command is left to finish it: a write there is not
+  WAIT-acknowledged, so it is a 503, never an acknowledged write lost);
 - on any Redis, a READONLY reply to a write means "this server was demoted": the
   same drop.
 

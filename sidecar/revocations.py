@@ -35,6 +35,12 @@ class RevocationListener:
         self._on_message = on_message or (lambda: None)
         self.connected = asyncio.Event()
         self.errors = 0  # lost subscriptions, for metrics
+        self._moved = False
+
+    async def reconnect(self) -> None:
+        """The master changed: subscribe again (within ``_PING_EVERY``), on the new one;
+        a deposed master would not relay revocations published on its successor."""
+        self._moved = True
 
     async def run(self) -> None:
         while True:
@@ -42,7 +48,7 @@ class RevocationListener:
                 await self._follow()
             except asyncio.CancelledError:
                 raise
-            except (*REDIS_ERRORS, _Silent) as exc:  # type: ignore[misc]
+            except (*REDIS_ERRORS, _Silent, _Moved) as exc:  # type: ignore[misc]
                 # Once per outage, not once per retry.
                 report = log.warning if self.connected.is_set() else log.debug
                 report("revocation feed lost (%s); retrying", type(exc).__name__)
@@ -62,6 +68,9 @@ class RevocationListener:
             last_heard = time.monotonic()
             last_ping = 0.0
             while True:
+                if self._moved:
+                    self._moved = False
+                    raise _Moved()
                 now = time.monotonic()
                 if now - last_ping >= _PING_EVERY:
                     await pubsub.ping()
@@ -89,3 +98,7 @@ class RevocationListener:
 
 class _Silent(Exception):
     """No reply from the subscription within the silence limit."""
+
+
+class _Moved(Exception):
+    """The Redis master changed."""
