@@ -22,6 +22,7 @@ What it changes, and why here (the ASGI app never sees an unfinished head):
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import httptools
@@ -58,6 +59,7 @@ class SidecarHttpProtocol(HttpToolsProtocol):
         self._header_bytes = 0
         self._refusal: SidecarError | None = None
         self._upgrade_bytes: bytearray | None = None
+        self._on_shutdown: Callable[[], None] | None = None
 
     def data_received(self, data: bytes) -> None:
         if self._upgrade_bytes is not None:  # the upgraded connection's first bytes
@@ -119,17 +121,28 @@ class SidecarHttpProtocol(HttpToolsProtocol):
             self.scope["extensions"] = {TAKE_OVER: self._take_over}  # type: ignore[dict-item]
             self.cycle.keep_alive = False  # unless taken over, nothing follows on it
 
-    def _take_over(self) -> tuple[asyncio.Transport, bytes]:
-        """Hand the connection to the caller: the transport, and the bytes that arrived
-        after the head. uvicorn's cycle counts as answered; nothing more is parsed."""
+    def _take_over(
+        self, on_shutdown: Callable[[], None]
+    ) -> tuple[asyncio.Transport, bytes, Callable[[], None]]:
+        """Hand the connection to the caller: the transport, the bytes that arrived after
+        the head, and a function to call when the caller is done with it. uvicorn's
+        cycle counts as answered; nothing more is parsed. Until released, the
+        connection stays one the server knows: a graceful shutdown calls
+        ``on_shutdown`` (instead of waiting for it to end by itself)."""
         cycle = self.cycle
         cycle.response_started = cycle.response_complete = True
         cycle.on_response = lambda: None
-        self.connections.discard(self)  # its transport now belongs to the caller
         early = bytes(self._upgrade_bytes or b"")
         self._upgrade_bytes = None
         self._unset_keepalive_if_required()
-        return self.transport, early
+        self._on_shutdown = on_shutdown
+        return self.transport, early, lambda: self.connections.discard(self)
+
+    def shutdown(self) -> None:
+        if self._on_shutdown is not None:
+            self._on_shutdown()
+            return
+        super().shutdown()
 
     def _unsupported_upgrade_warning(self) -> None:
         pass  # upgrades are the app's business (websocket.py), not a warning

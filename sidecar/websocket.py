@@ -11,7 +11,8 @@ socket stops being valid (revoked, expired, JWT ``exp`` plus leeway) it sends a 
 frame with code 1008 to the client at the next frame boundary (frames from the
 upstream are tracked by their headers only), a close to the upstream, and ends both
 connections; if the upstream sits in the middle of a frame for a second, both are
-cut off. Open sockets are bounded by ``server.max_websockets`` (beyond: 503).
+cut off. A graceful shutdown closes open sockets the same way with 1001. Open sockets
+are bounded by ``server.max_websockets`` (beyond: 503).
 
 Revocations reach open sockets through the key cache's eviction callbacks (the
 revocation feed, the keys API, secret scanning): an evicted key's sockets are verified
@@ -47,8 +48,7 @@ from sidecar.proxy import UpstreamClient
 log = logging.getLogger("sidecar.websocket")
 
 POLICY_VIOLATION = 1008
-# A close frame the server sends (unmasked): FIN + close opcode, 2 bytes, code 1008.
-_CLOSE_1008 = b"\x88\x02" + POLICY_VIOLATION.to_bytes(2, "big")
+GOING_AWAY = 1001  # the sidecar shuts down
 _CUT_OFF_AFTER = 1.0  # seconds a pending close may wait for a frame boundary
 _UPGRADE = ((b"connection", b"Upgrade"), (b"upgrade", b"websocket"))
 _MAX_ERROR_BODY = 64 * 1024
@@ -59,6 +59,11 @@ def wants_websocket(headers: Headers) -> bool:
         if name.lower() == b"upgrade":
             return value.strip().lower() == b"websocket"
     return False
+
+
+def _close(code: int) -> bytes:
+    """A close frame as a server sends it (unmasked): FIN + close opcode, the code."""
+    return b"\x88\x02" + code.to_bytes(2, "big")
 
 
 def _masked_close(code: int) -> bytes:
@@ -115,6 +120,7 @@ class _Tunnel:
         self.upstream = upstream
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.closing = False
+        self.code = POLICY_VIOLATION
         self.key_hash: str | None = None
         self.credential: Credential | None = None
         self._deadline: asyncio.TimerHandle | None = None
@@ -129,11 +135,13 @@ class _Tunnel:
             loop = asyncio.get_running_loop()
             self._deadline = loop.call_later(max(0.0, epoch - time.time()), self.close_policy)
 
-    def close_policy(self) -> None:
-        """Close both sides with 1008, at the next frame boundary from the upstream."""
+    def close_policy(self, code: int = POLICY_VIOLATION) -> None:
+        """Close both sides with ``code`` (1008: the credential is no longer valid), at
+        the next frame boundary from the upstream."""
         if self.closing or self.done.done():
             return
         self.closing = True
+        self.code = code
         self.upstream.stop_reading_after_frame()
         if self.upstream.frames.at_boundary:
             self.send_close()
@@ -142,9 +150,9 @@ class _Tunnel:
 
     def send_close(self) -> None:
         if not self.client.is_closing():
-            self.client.write(_CLOSE_1008)
+            self.client.write(_close(self.code))
             self.client.close()  # after the frame is flushed
-        self.upstream.close_with(_masked_close(POLICY_VIOLATION))
+        self.upstream.close_with(_masked_close(self.code))
         self.end()
 
     def end(self) -> None:
@@ -322,7 +330,7 @@ class _UpstreamSide(asyncio.Protocol):
             self.transport.abort()
 
 
-TakeOver = Callable[[], tuple[asyncio.Transport, bytes]]
+TakeOver = Callable[[Callable[[], None]], tuple[asyncio.Transport, bytes, Callable[[], None]]]
 Authenticate = Callable[[Credential], Awaitable[Identity]]
 
 
@@ -385,9 +393,11 @@ class WebSockets:
         if not side.upgraded:
             await _refused(side, send, response_headers, upstream.read_timeout)
             return side.status
-        client, early = take_over()
+        holder: list[_Tunnel] = []
+        client, early, release = take_over(lambda: holder[0].close_policy(GOING_AWAY))
         client.write(_head(side.headers, response_headers))
         tunnel = _Tunnel(client, side)
+        holder.append(tunnel)
         client.set_protocol(_ClientSide(tunnel))
         side.attach(tunnel)
         if early:
@@ -399,6 +409,7 @@ class WebSockets:
         finally:
             tunnel.end()
             self._untrack(tunnel)
+            release()
         return 101
 
     def _track(
@@ -456,7 +467,7 @@ class WebSockets:
     def close_all(self) -> None:
         for tunnel in list(self._open):
             with contextlib.suppress(Exception):
-                tunnel.end()
+                tunnel.close_policy(GOING_AWAY)
 
 
 def _head(upstream_headers: Headers, ours: Headers) -> bytes:

@@ -4,6 +4,7 @@ ends: a real echo server upstream, a real client through a real sidecar process.
 from __future__ import annotations
 
 import asyncio
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -218,6 +219,21 @@ def test_a_rotated_key_socket_stays_through_the_grace_and_closes_when_it_ends(
         assert socket.recv(timeout=10) == "still valid in the grace"
         code, _ = closed_code(socket)
         assert code == 1008
+
+
+def test_a_graceful_shutdown_closes_open_sockets_with_1001_without_waiting_for_them(
+    ws_sidecar: Any, user: str
+) -> None:
+    sidecar = ws_sidecar(server={"graceful_timeout_seconds": 60})
+    with open_socket(sidecar, {"Authorization": f"Bearer {make_token(user)}"}) as socket:
+        socket.send("ping")
+        assert socket.recv(timeout=10) == "ping"
+        sidecar.signal(signal.SIGTERM)
+        code, _ = closed_code(socket)
+        assert code == 1001
+    assert sidecar.process is not None
+    # Well before the 60 s grace: the open socket did not hold the shutdown up.
+    assert sidecar.process.wait(30) == 0
 
 
 def test_a_jwt_socket_closes_with_1008_when_the_token_expires(ws_sidecar: Any, user: str) -> None:
