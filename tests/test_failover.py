@@ -143,12 +143,36 @@ class Workload:
         return sorted([(t, s) for t, s, _ in self.created] + [(t, s) for t, s, _ in self.deleted])
 
 
+def _agree(sidecars: list[SidecarProcess], user: str) -> bool:
+    """A key created through one instance works on the other, and a DELETE through
+    that one is honoured by the first: the instances (and Redis) agree again."""
+    first, second = (Api(s.url) for s in sidecars)
+    try:
+        jwt = first.bearer(user)
+        created = first.http.post("/api/v1/api-keys/", json={}, headers=jwt)
+        if created.status_code != 201:
+            return False
+        key = created.json()
+        remember_secret(key["api_key"])
+        if _key_status(sidecars[1], key) != 200:
+            return False
+        deleted = second.http.delete(f"/api/v1/api-keys/{key['id']}", headers=jwt)
+        return deleted.status_code == 200 and _key_status(sidecars[0], key) == 401
+    finally:
+        first.http.close()
+        second.http.close()
+
+
 def _key_status(sidecar: SidecarProcess, key: dict[str, Any]) -> int:
     return httpx.get(sidecar.url + "/a", headers={"X-API-Key": key["api_key"]}).status_code
 
 
 def _check_nothing_lost(
-    what: str, load: Workload, sidecars: list[SidecarProcess], started: float, switched: float
+    what: str,
+    load: Workload,
+    sidecars: list[SidecarProcess],
+    started: float,
+    settled: tuple[float, float],
 ) -> None:
     """Every answer was 2xx or 503; every acknowledged create and DELETE holds on every
     instance. Prints the 503 window and counts (measured, not asserted)."""
@@ -176,9 +200,9 @@ def _check_nothing_lost(
     print(
         f"\n{what} failover: {len(answers)} writes, {len(failures)} answered 503 "
         f"over {window:.2f} s (first at +{failures[0][0] if failures else 0:.2f} s), "
-        f"{len(lost)} acknowledged write(s) lost, topology settled after "
-        f"{switched - started:.2f} s; {in_effect} of {len(refused)} DELETEs answered 503 "
-        "in effect"
+        f"{len(lost)} acknowledged write(s) lost; instances agree again after "
+        f"{settled[0] - started:.2f} s, topology settled after {settled[1] - started:.2f} s; "
+        f"{in_effect} of {len(refused)} DELETEs answered 503 in effect"
     )
     assert lost == []
 
@@ -206,11 +230,13 @@ def test_a_failover_never_undoes_an_acknowledged_write(
             wait_until(lambda: sentinel.master_port() not in (None, old), timeout=30)
             if kind == "crash":  # brought back (empty), as an orchestrator would: a replica now
                 next(s for s in sentinel.servers if s.port == old).start()
+            wait_until(lambda: _agree(sidecars, user + "-probe"), timeout=60, interval=0.1)
+            agreed = time.monotonic()
             wait_until(sentinel.settled, timeout=30)  # the old master resynced (or is dead)
             switched = time.monotonic()
             count = len(load.created)
             wait_until(lambda: len(load.created) >= count + 5, timeout=30)
-        _check_nothing_lost(f"{kind} Sentinel", load, sidecars, started, switched)
+        _check_nothing_lost(f"{kind} Sentinel", load, sidecars, started, (agreed, switched))
     finally:
         for process in sidecars:
             process.stop()
@@ -290,11 +316,13 @@ def test_a_cluster_failover_never_undoes_an_acknowledged_write(
             wait_until(lambda: replica.role() == "master", timeout=30)
             if kind == "kill":  # back, as a replica of the promoted one
                 master.restart()
+            wait_until(lambda: _agree(sidecars, user + "-probe"), timeout=60, interval=0.1)
+            agreed = time.monotonic()
             wait_until(cluster.settled, timeout=30)
             switched = time.monotonic()
             count = len(load.created)
             wait_until(lambda: len(load.created) >= count + 5, timeout=30)
-        _check_nothing_lost(f"cluster {kind}", load, sidecars, started, switched)
+        _check_nothing_lost(f"cluster {kind}", load, sidecars, started, (agreed, switched))
     finally:
         for process in sidecars:
             process.stop()
