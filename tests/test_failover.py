@@ -17,9 +17,11 @@ from sidecar.redis_conn import error_code, unexpected
 from tests.conftest import Api, make_token
 from tests.harness import RedisProcess, SidecarProcess, remember_secret, wait_until
 from tests.redis_topology import ClusterSet, SentinelSet
+from tests.test_admin import scrape
 
 # Error replies as real servers send them (redis-server 6.2.14 and 7.0.15), in the
 # form redis-py raises them.
+SENTINEL_SOURCE = frozenset({("source", "sentinel")})
 KEY_DATA = "callcov:{callcov-keys}:any"  # a key in the key data's slot
 _IN_SCRIPT_6 = "Error running script (call to f_33ec): @user_script:1: @user_script: 1: -"
 _NOREPLICAS = "NOREPLICAS Not enough good replicas to write."
@@ -237,6 +239,11 @@ def test_a_failover_never_undoes_an_acknowledged_write(
             count = len(load.created)
             wait_until(lambda: len(load.created) >= count + 5, timeout=30)
         _check_nothing_lost(f"{kind} Sentinel", load, sidecars, started, (agreed, switched))
+        for process in sidecars:  # each instance followed the master, and said so
+            samples, _ = scrape(process)
+            followed = samples[("sidecar_redis_master_switches_total", SENTINEL_SOURCE)]
+            assert followed >= 1, process.logs()
+            assert "redis master changed (sentinel reports" in process.logs()
     finally:
         for process in sidecars:
             process.stop()
