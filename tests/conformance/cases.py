@@ -572,6 +572,7 @@ CASES: list[Case] = [
         status(413, b"big"),
         seen(1),
         methods=("POST",),
+        sequential=True,  # once seen 502 under full-suite load when run concurrently
     ),
     # --- upstream resets at every stage
     case("close-before-head", post(b"x"), r(b"", then="close"), status(502), seen(1)),

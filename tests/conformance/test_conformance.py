@@ -123,7 +123,6 @@ def sidecar_outcomes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[
             {
                 "auth": {"public_paths": ["/c/"]},
                 "upstream": {"read_timeout_seconds": 3},
-                "logging": {"access_log": False},
             },
         )
         process = SidecarProcess(config, directory).start()
