@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -33,6 +34,7 @@ from sidecar.redis_conn import REDIS_ERRORS
 log = logging.getLogger("sidecar.redis")
 
 _RETRY_DELAY = 0.5
+_QUIET = 1.0  # seconds after a drop in which further reports of a switch are the same one
 SWITCH_CHANNEL = "+switch-master"
 
 
@@ -42,6 +44,7 @@ class MasterWatch:
         self._droppers: list[Callable[[], Awaitable[None]]] = []
         self.switches: dict[str, int] = {"sentinel": 0, "readonly": 0}
         self._dropping: asyncio.Task[None] | None = None
+        self._last_switch = -_QUIET
         pool = getattr(redis, "connection_pool", None)
         manager = getattr(pool, "sentinel_manager", None)
         self._service: str | None = getattr(pool, "service_name", None)
@@ -84,8 +87,12 @@ class MasterWatch:
             await asyncio.sleep(_RETRY_DELAY)
 
     def _switch(self, source: str, reason: str) -> None:
-        if self._dropping is not None and not self._dropping.done():
-            return  # every sentinel reports the same switch
+        now = time.monotonic()
+        if now - self._last_switch < _QUIET:
+            # Every sentinel reports the same switch, and every write that reached the
+            # old master gets READONLY: one drop (and one warning) for all of them.
+            return
+        self._last_switch = now
         self.switches[source] += 1
         log.warning("redis master changed (%s): dropping every connection to it", reason)
         self._dropping = asyncio.ensure_future(self._drop_all())

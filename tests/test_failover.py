@@ -22,6 +22,7 @@ from tests.test_admin import scrape
 # Error replies as real servers send them (redis-server 6.2.14 and 7.0.15), in the
 # form redis-py raises them.
 SENTINEL_SOURCE = frozenset({("source", "sentinel")})
+READONLY_SOURCE = frozenset({("source", "readonly")})
 KEY_DATA = "callcov:{callcov-keys}:any"  # a key in the key data's slot
 _IN_SCRIPT_6 = "Error running script (call to f_33ec): @user_script:1: @user_script: 1: -"
 _NOREPLICAS = "NOREPLICAS Not enough good replicas to write."
@@ -334,3 +335,32 @@ def test_a_cluster_failover_never_undoes_an_acknowledged_write(
         for process in sidecars:
             process.stop()
         cluster.stop()
+
+
+def test_a_demoted_redis_is_a_503_and_followed_once(
+    config_for: Any, spawn: Any, tmp_path: Path, user: str
+) -> None:
+    """Pointed at a replica (as after a demotion), writes get READONLY: 503s, and the
+    instance drops its connections, once per burst, not once per write."""
+    for name in ("master", "replica"):
+        (tmp_path / name).mkdir()
+    with RedisProcess(tmp_path / "master") as master:
+        replica = RedisProcess(
+            tmp_path / "replica", args=("--replicaof", "127.0.0.1", str(master.port))
+        )
+        replica.start()
+        try:
+            process: SidecarProcess = spawn(config_for(redis={"url": replica.url}))
+            api = Api(process.url)
+            answers = [
+                api.http.post("/api/v1/api-keys/", json={}, headers=api.bearer(user))
+                for _ in range(20)
+            ]
+            assert {(a.status_code, a.headers["retry-after"]) for a in answers} == {(503, "3")}
+            api.http.close()
+            samples, _ = scrape(process)
+            followed = samples[("sidecar_redis_master_switches_total", READONLY_SOURCE)]
+            assert 1 <= followed < 20
+            assert "redis master changed (a write was refused with READONLY)" in process.logs()
+        finally:
+            replica.stop()
