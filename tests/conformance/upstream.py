@@ -3,7 +3,8 @@
 Requests name their case in the path (``/c/<case>``). Every arrival is recorded (method,
 target, headers, body, trailers); the case's replies are used in turn, the last one
 repeated. A reply is sent once the request's head (``after="head"``) or whole body
-arrived, then the connection is kept, closed, or reset. ``only_reused`` replies apply
+arrived, then the connection is kept, closed, closed lingering (RFC 9112 §9.6), or
+reset. ``only_reused`` replies apply
 only on a connection that already served a request (a pooled connection the upstream
 drops), otherwise the case's ``fresh`` reply is sent.
 """
@@ -24,7 +25,7 @@ import httptools
 class Reply:
     data: bytes = b""
     after: Literal["head", "body"] = "body"
-    then: Literal["keep", "close", "reset"] = "keep"
+    then: Literal["keep", "close", "linger", "reset"] = "keep"
     # Sent in pieces with a flush between them (a head, then body parts).
     pieces: tuple[bytes, ...] = ()
 
@@ -142,6 +143,8 @@ class ScriptedUpstream:
                             sock.setsockopt(
                                 socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
                             )
+                        elif reply.then == "linger":
+                            _lingering_close(sock)
                         return
                 if not request.done:
                     answered_head = True
@@ -154,3 +157,14 @@ class ScriptedUpstream:
         for sock in list(self._open):
             with contextlib.suppress(OSError):
                 sock.close()
+
+
+def _lingering_close(sock: socket.socket) -> None:
+    """Close as RFC 9112 §9.6 asks of a server that answered before reading the whole
+    request: stop writing, then read and discard what the client still sends, so the
+    kernel does not reset the connection (and discard the answer) over unread bytes."""
+    sock.shutdown(socket.SHUT_WR)
+    sock.settimeout(5)
+    with contextlib.suppress(OSError):
+        while sock.recv(65536):
+            pass
