@@ -101,6 +101,7 @@ class RedisConfig(_Section):
     # None: 1 behind Sentinel (a failover must not undo an acknowledged write), else 0.
     min_replicas_acked: int | None = Field(None, ge=0, le=100)
     replication_timeout_seconds: float = Field(1.0, gt=0, le=60)
+    max_connections: int = Field(32, ge=2, le=10_000)
 
 
 class JwtConfig(_Section):

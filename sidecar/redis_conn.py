@@ -8,10 +8,10 @@ from typing import Any, cast
 from urllib.parse import parse_qs, urlsplit
 
 from redis import exceptions as redis_errors
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 
 from sidecar.config import RedisConfig
@@ -76,18 +76,32 @@ def connect(url: str, settings: RedisConfig) -> Redis:
         # went stale when Redis restarted.
         "retry": Retry(NoBackoff(), 1),
     }
+    # A bounded pool: when Redis stalls, requests waiting on it would otherwise each
+    # open a connection, and the pool keeps them all open afterwards. Past the bound a
+    # call waits up to the socket timeout for a free connection, then fails (a 503).
+    bounds = {
+        "max_connections": settings.max_connections,
+        "timeout": settings.socket_timeout_seconds,
+    }
     parts = urlsplit(url)
     if parts.scheme == "redis+sentinel":
-        return _sentinel(parts.netloc, parts.path, parts.query, options)
+        return _sentinel(parts.netloc, parts.path, parts.query, options, bounds)
     if parts.scheme in ("redis+cluster", "rediss+cluster"):
         plain = url.replace("+cluster", "", 1)
-        cluster = RedisCluster.from_url(plain, **_cluster_options(options))
+        cluster = RedisCluster.from_url(
+            plain, max_connections=settings.max_connections, **_cluster_options(options)
+        )
         return cast(Redis, cluster)  # same command surface for what the sidecar uses
-    client: Redis = Redis.from_url(url, **options)
-    return client
+    return Redis.from_pool(BlockingConnectionPool.from_url(url, **options, **bounds))
 
 
-def _sentinel(netloc: str, path: str, query: str, options: dict[str, Any]) -> Redis:
+class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
+    """The master's pool under Sentinel, bounded and waiting like BlockingConnectionPool."""
+
+
+def _sentinel(
+    netloc: str, path: str, query: str, options: dict[str, Any], bounds: dict[str, Any]
+) -> Redis:
     credentials, _, hosts = netloc.rpartition("@")
     password = credentials.partition(":")[2] or None
     nodes = []
@@ -98,8 +112,18 @@ def _sentinel(netloc: str, path: str, query: str, options: dict[str, Any]) -> Re
     service = segments[0] if segments else "mymaster"
     db = int(segments[1]) if len(segments) > 1 else 0
     ssl = parse_qs(query).get("ssl", ["false"])[0] == "true"
-    sentinel = Sentinel(nodes, password=password, db=db, ssl=ssl, **options)  # type: ignore[no-untyped-call]
-    master: Redis = sentinel.master_for(service)
+    sentinel_kwargs = {k: v for k, v in options.items() if k.startswith("socket_")}
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        nodes,
+        sentinel_kwargs={**sentinel_kwargs, "max_connections": bounds["max_connections"]},
+        password=password,
+        db=db,
+        ssl=ssl,
+        **options,
+    )
+    master: Redis = sentinel.master_for(
+        service, connection_pool_class=_BlockingSentinelPool, **bounds
+    )
     return master
 
 
