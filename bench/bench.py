@@ -40,6 +40,7 @@ BENCH_PYTHON = BENCH / ".venv" / "bin" / "python"
 PY_SPY = BENCH / ".venv" / "bin" / "py-spy"
 sys.path.insert(0, str(BENCH))
 
+import ws_client  # noqa: E402
 from profile_summary import markdown as profile_markdown  # noqa: E402
 from profile_summary import summarise  # noqa: E402
 
@@ -53,6 +54,8 @@ PATH = "/api/v1/analysis/bench"
 BENCH_USER = "bench-user"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 MIB = 1024 * 1024
+WS_PATH = "/ws/bench"
+WS_FRAME = 64 * 1024
 # High enough never to trigger, so "rate limiting on" measures the check, not 429s.
 NEVER_LIMITING = {"requests": 1_000_000, "per_seconds": 1}
 
@@ -203,11 +206,12 @@ def listening_pids(port: int, pids: list[int]) -> list[int]:
     return holders
 
 
-def vm_hwm_kib(pid: int) -> int:
+def vm_kib(pid: int, name: str) -> int:
+    """A memory figure of ``/proc/<pid>/status`` (VmHWM: peak RSS, VmRSS: RSS now)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(name + ":"):
             return int(line.split()[1])
-    raise RuntimeError(f"no VmHWM for {pid}")
+    raise RuntimeError(f"no {name} for {pid}")
 
 
 # ---------------------------------------------------------------------------- services
@@ -420,6 +424,8 @@ class Options:
     transfer_bytes: int
     revocations: int
     profile_seconds: float
+    ws_bytes: int
+    ws_idle: int
     only: set[str] | None
     skip: set[str]
     out: Path
@@ -462,6 +468,8 @@ class Bench:
         self.scenarios: list[Scenario] = []
         self.memory: list[dict[str, Any]] = []
         self.revocation: dict[str, Any] = {}
+        self.websocket: dict[str, Any] = {}
+        self.api_key_id = ""
         self.profile: str = ""
         self.profile_files: list[Path] = []
         self.started = time.monotonic()
@@ -592,40 +600,66 @@ http {{
         body = response.json()
         return body["api_key"], body["id"]
 
+    def start_nginx_site(self, name: str, site: str, port: int) -> int:
+        """A second nginx (1 worker) serving ``site`` (its ``server`` blocks) on ``port``;
+        config and logs in the work dir. Its pid."""
+        assert self.nginx is not None
+        directory = self.work / name
+        directory.mkdir()
+        (directory / "site.conf").write_text(site)
+        conf = directory / "nginx.conf"
+        conf.write_text(
+            f"""worker_processes 1;
+daemon off;
+pid {directory}/nginx.pid;
+error_log {directory}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {directory}/body;
+    proxy_temp_path {directory}/proxy;
+    fastcgi_temp_path {directory}/fastcgi;
+    uwsgi_temp_path {directory}/uwsgi;
+    scgi_temp_path {directory}/scgi;
+    keepalive_requests 10000000;
+    include {directory}/site.conf;
+}}
+"""
+        )
+        child = self.procs.start([self.nginx, "-c", str(conf)], directory / "nginx.log")
+        wait_for(f"nginx {name}", lambda: port_open(port))
+        return child.pid
+
     def start_front_nginx(self, decisions_port: int, upstream: str) -> tuple[str, int]:
         """nginx with the README's forward-auth configuration (deploy/forward-auth/
         nginx.conf) in front of the upstream, asking the sidecar on ``decisions_port``."""
-        assert self.nginx is not None
         port = free_port()
         site = (ROOT / "deploy" / "forward-auth" / "nginx.conf").read_text()
         site = site.replace("listen 8080;", f"listen 127.0.0.1:{port} backlog=4096;")
         site = site.replace("127.0.0.1:8081", f"127.0.0.1:{decisions_port}")
         site = site.replace("http://127.0.0.1:9000", upstream)
-        front = self.work / "front-nginx"
-        front.mkdir()
-        (front / "site.conf").write_text(site)
-        conf = front / "nginx.conf"
-        conf.write_text(
-            f"""worker_processes 1;
-daemon off;
-pid {front}/nginx.pid;
-error_log {front}/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    client_body_temp_path {front}/body;
-    proxy_temp_path {front}/proxy;
-    fastcgi_temp_path {front}/fastcgi;
-    uwsgi_temp_path {front}/uwsgi;
-    scgi_temp_path {front}/scgi;
+        return f"http://127.0.0.1:{port}", self.start_nginx_site("front-nginx", site, port)
+
+    def start_pass_nginx(self, upstream: str) -> tuple[str, int]:
+        """nginx as a plain reverse proxy in front of the upstream, tuned as an operator
+        would for an API: keep-alive to the upstream, no response buffering."""
+        port = free_port()
+        site = f"""upstream bench_upstream {{
+    server {upstream.removeprefix("http://")};
+    keepalive 256;
     keepalive_requests 10000000;
-    include {front}/site.conf;
+}}
+server {{
+    listen 127.0.0.1:{port} backlog=4096;
+    location / {{
+        proxy_pass http://bench_upstream;
+        proxy_http_version 1.1;
+        proxy_set_header Connection "";
+        proxy_buffering off;
+    }}
 }}
 """
-        )
-        child = self.procs.start([self.nginx, "-c", str(conf)], front / "nginx.log")
-        wait_for("front nginx", lambda: port_open(port))
-        return f"http://127.0.0.1:{port}", child.pid
+        return f"http://127.0.0.1:{port}", self.start_nginx_site("pass-nginx", site, port)
 
     def assertion_key(self) -> str:
         from cryptography.hazmat.primitives import serialization
@@ -711,7 +745,7 @@ http {{
             "sidecar full /readyz",
             lambda: httpx.get(full.admin_url + "/readyz", timeout=2).status_code == 200,
         )
-        self.api_key, _ = self.create_key(full)
+        self.api_key, self.api_key_id = self.create_key(full)
         key_header = f"X-API-Key: {self.api_key}"
         jwt_header = f"Authorization: Bearer {self.jwt}"
         self.check_rate_limit_headers(full, rl_off)
@@ -760,6 +794,18 @@ http {{
                      "asgiproxy"),
         ]  # fmt: skip
         candidates += self.deployment_scenarios(upstream, key_header)
+        if self.selected("nginx_pass"):
+            if self.nginx is None:
+                self.unavailable["nginx_pass"] = "nginx not installed"
+            else:
+                pass_url, pass_pid = self.start_pass_nginx(upstream)
+                candidates += [
+                    Scenario("nginx_pass", "nginx reverse proxy (keepalive upstream, "
+                             "proxy_buffering off), no auth", pass_url + path, [], pass_pid, c,
+                             "front nginx"),
+                    Scenario("nginx_pass_c1", "nginx reverse proxy, c1", pass_url + path, [],
+                             pass_pid, 1, "front nginx"),
+                ]  # fmt: skip
         self.scenarios = [
             s
             for s in candidates
@@ -864,6 +910,34 @@ http {{
                 "(access log ON)."
             )
 
+    def usage_note(self, redis_url: str, upstream: str) -> None:
+        """The usage counts of the bench key, read once the throughput sidecars have
+        stopped (and so flushed them), against the requests wrk completed with it."""
+        reader = self.start_sidecar(
+            Sidecar("usage", sidecar_config(upstream=upstream, redis_url=redis_url))
+        )
+        response = httpx.get(
+            f"{reader.url}/api/v1/api-keys/{self.api_key_id}/usage",
+            params={"days": 2},
+            headers={"Authorization": f"Bearer {self.jwt}"},
+            timeout=10,
+        )
+        self.stop_sidecar(reader)
+        if response.status_code != 200:
+            self.notes.append(f"Usage counts of the bench key: {response.status_code}.")
+            return
+        measured = sum(
+            x.requests
+            for s in self.scenarios
+            if any(h.startswith("X-API-Key:") for h in s.headers)
+            for x in s.samples
+        )
+        self.notes.append(
+            f"Usage counting: the bench key's usage shows {response.json()['total_requests']:,} "
+            f"requests; the key-authenticated wrk runs of the measured rounds alone completed "
+            f"{measured:,} (warm-ups, checks and the profile run come on top)."
+        )
+
     def run_profile(self, full: Sidecar, key_header: str) -> None:
         if not PY_SPY.exists():
             self.notes.append("Profile skipped: py-spy not installed in bench/.venv.")
@@ -925,7 +999,7 @@ http {{
                 [*curl, "-o", "/dev/null", sidecar.url + "/download?bytes=1024"],
                 capture_output=True, text=True, timeout=30, check=False,
             )  # fmt: skip
-            baseline = vm_hwm_kib(sidecar.pid)
+            baseline = vm_kib(sidecar.pid, "VmHWM")
             body = self.work / f"{direction}.out"
             if direction == "upload":
                 # curl sends "Expect: 100-continue" for a body this large, as clients do.
@@ -936,7 +1010,7 @@ http {{
                 command = [*curl, "-o", "/dev/null", f"{sidecar.url}/download?bytes={size}"]
             self.log(f"memory: {size / MIB:.0f} MiB {direction} through a fresh sidecar")
             done = subprocess.run(command, capture_output=True, text=True, timeout=320, check=False)
-            peak = vm_hwm_kib(sidecar.pid)
+            peak = vm_kib(sidecar.pid, "VmHWM")
             code, up, down, seconds = (done.stdout.split() + ["?"] * 4)[:4]
             moved = float(up if direction == "upload" else down) if code != "?" else 0.0
             ok = code == "200" and int(moved) == size
@@ -956,6 +1030,63 @@ http {{
             )
             self.stop_sidecar(sidecar)
         source.unlink()
+
+    # -- websocket ------------------------------------------------------------------
+
+    def websocket_test(self, redis_url: str) -> None:
+        """Relay throughput (one direction, client -> upstream) direct and through a
+        sidecar, interleaved over the rounds; then idle sockets held through a fresh
+        sidecar against its RSS."""
+        port = free_port()
+        self.procs.start(
+            [sys.executable, str(BENCH / "upstreams.py"), "ws", "--port", str(port)],
+            self.work / "ws-upstream.log",
+        )
+        wait_for("ws upstream", lambda: port_open(port))
+        config = sidecar_config(upstream=f"http://127.0.0.1:{port}", redis_url=redis_url)
+        count = self.o.ws_idle
+        config["server"]["max_websockets"] = count + 16
+        sidecar = self.start_sidecar(Sidecar("ws", config))
+        headers = {"X-API-Key": self.api_key}
+        relayed = sidecar.url.replace("http://", "ws://") + WS_PATH
+        direct = f"ws://127.0.0.1:{port}{WS_PATH}"
+
+        # Idle sockets first, on the fresh process, after one socket has warmed the path.
+        ws_client.throughput(relayed, headers, MIB, WS_FRAME)
+        self.log(f"websocket: {count} idle sockets through a fresh sidecar")
+        before = vm_kib(sidecar.pid, "VmRSS")
+        after, opened = ws_client.hold_idle(
+            relayed, headers, count, lambda: vm_kib(sidecar.pid, "VmRSS")
+        )
+        added = max(after - before, 1) * 1024
+        self.websocket["idle"] = {
+            "count": opened,
+            "before_mib": before / 1024,
+            "after_mib": after / 1024,
+            "kib_per_socket": added / 1024 / opened,
+            "per_100mb": opened * 100e6 / added,
+        }
+
+        size = self.o.ws_bytes
+        runs: dict[str, list[dict[str, float]]] = {"direct": [], "sidecar": []}
+        self.log(f"websocket: {size / MIB:.0f} MiB of {WS_FRAME // 1024} KiB binary messages, "
+                 f"{self.o.rounds} round(s), direct and through the sidecar")  # fmt: skip
+        for _ in range(self.o.rounds):
+            for path, url in (("direct", direct), ("sidecar", relayed)):
+                ticks = cpu_ticks([sidecar.pid])
+                received, seconds = ws_client.throughput(url, headers, size, WS_FRAME)
+                cpu = (cpu_ticks([sidecar.pid])[sidecar.pid] - ticks[sidecar.pid]) / CLK_TCK
+                if received != size // WS_FRAME * WS_FRAME:
+                    raise RuntimeError(f"websocket {path}: upstream counted {received} bytes")
+                runs[path].append(
+                    {
+                        "mib_s": received / MIB / seconds,
+                        "cpu_ms_per_mib": cpu * 1000 / (received / MIB),
+                    }
+                )
+                self.log(f"websocket {path}: {received / MIB / seconds:.0f} MiB/s")
+        self.websocket["throughput"] = runs
+        self.stop_sidecar(sidecar)
 
     # -- revocation -----------------------------------------------------------------
 
@@ -1098,9 +1229,11 @@ http {{
             "(/proc/<pid>/stat) over the run, divided by requests completed",
             "",
         ]
+        lines += self._targets_table()
         lines += self._throughput_tables()
         lines += self._ratio_table()
         lines += self._memory_table()
+        lines += self._websocket_tables()
         lines += self._revocation_table()
         if self.profile:
             lines += ["## Profile of the full production path (API key, cached)", ""]
@@ -1157,17 +1290,20 @@ http {{
         ]
         return out
 
+    def _ratio(self, a: str, b: str) -> tuple[float | None, str]:
+        """req/s of scenario ``a`` over ``b`` (medians), and the per-round spread (or why
+        there is no value)."""
+        by = {s.key: s for s in self.scenarios}
+        if a not in by or b not in by:
+            missing = a if a not in by else b
+            return None, self.unavailable.get(missing.removesuffix("_c1"), "not measured")
+        per_round = [x.rps / y.rps for x, y in zip(by[a].samples, by[b].samples, strict=True)]
+        spread = f"per round {min(per_round):.2f}..{max(per_round):.2f}"
+        return (by[a].median("rps") or 0) / (by[b].median("rps") or 1), spread
+
     def _ratio_table(self) -> list[str]:
         by = {s.key: s for s in self.scenarios}
-
-        def ratio(a: str, b: str) -> tuple[float | None, str]:
-            if a not in by or b not in by:
-                missing = a if a not in by else b
-                return None, self.unavailable.get(missing, "not measured")
-            per_round = [x.rps / y.rps for x, y in zip(by[a].samples, by[b].samples, strict=True)]
-            spread = f"per round {min(per_round):.2f}..{max(per_round):.2f}"
-            return (by[a].median("rps") or 0) / (by[b].median("rps") or 1), spread
-
+        ratio = self._ratio
         rows: list[tuple[str, float | None, str, str, bool | None]] = []
         for label, a, b, target in (
             ("full production path / asgiproxy (req/s, c32)", "full", "asgiproxy", 1.0),
@@ -1189,6 +1325,7 @@ http {{
                 None,
             ),
             ("identity assertion on / off (req/s, full path)", "assertion", "full", 0.95),
+            ("full production path / nginx pass-through (req/s, c32)", "full", "nginx_pass", 0.15),
         ):
             value, detail = ratio(a, b)
             goal = "" if target is None else f"≥ {target:g}x"
@@ -1226,6 +1363,146 @@ http {{
             out.append(f"| {label} | {shown} | {detail} | {goal} | {mark} |")
         return [*out, ""]
 
+    def _targets_table(self) -> list[str]:
+        """Issue 15's acceptance table: every figure from this run, and whether it is met."""
+        by = {s.key: s for s in self.scenarios}
+        rows: list[tuple[str, str, str, str, bool | None]] = []
+
+        def missing(*keys: str) -> str:
+            absent = next(k for k in keys if k not in by)
+            return self.unavailable.get(absent.removesuffix("_c1"), f"`{absent}` not measured")
+
+        def p50(key: str) -> float:
+            return by[key].median("p50_ms") or 0.0
+
+        def spread(a: str, b: str, of: Callable[[Sample, Sample], float]) -> str:
+            per_round = [of(x, y) for x, y in zip(by[a].samples, by[b].samples, strict=True)]
+            return f"per round {min(per_round):.3f}..{max(per_round):.3f}"
+
+        measure, target = "c1 p50, sidecar full path", "below asgiproxy's c1 p50"
+        if "full_c1" in by and "asgiproxy_c1" in by:
+            rows.append(
+                (
+                    measure,
+                    target,
+                    f"{p50('full_c1'):.3f} ms vs {p50('asgiproxy_c1'):.3f} ms",
+                    spread("full_c1", "asgiproxy_c1", lambda x, y: x.p50_ms - y.p50_ms)
+                    + " ms (difference)",
+                    p50("full_c1") < p50("asgiproxy_c1"),
+                )
+            )
+        else:
+            rows.append((measure, target, "n/a", missing("full_c1", "asgiproxy_c1"), None))
+        measure, target = "c1 latency added over direct, p50", "≤ 0.25 ms"
+        if "full_c1" in by and "direct_c1" in by:
+            added = p50("full_c1") - p50("direct_c1")
+            rows.append(
+                (
+                    measure,
+                    target,
+                    f"{added:.3f} ms",
+                    spread("full_c1", "direct_c1", lambda x, y: x.p50_ms - y.p50_ms) + " ms",
+                    added <= 0.25,
+                )
+            )
+        else:
+            rows.append((measure, target, "n/a", missing("full_c1", "direct_c1"), None))
+        for measure, a, b, least in (
+            ("c32 full path / asgiproxy (req/s)", "full", "asgiproxy", 2.0),
+            ("c32 full path / nginx pass-through (req/s)", "full", "nginx_pass", 0.15),
+            (
+                "forward-auth decisions / full proxied requests (req/s, c32)",
+                "fa_decide",
+                "full",
+                1.5,
+            ),
+        ):
+            value, detail = self._ratio(a, b)
+            shown = "n/a" if value is None else f"{value:.2f}x"
+            met = None if value is None else value >= least
+            rows.append((measure, f"≥ {least:g}x", shown, detail, met))
+        value, detail = self._ratio("assertion", "full")
+        rows.append(
+            (
+                "throughput cost of the identity assertion (1 - assertion/full req/s)",
+                "≤ 5 %",
+                "n/a" if value is None else f"{(1 - value) * 100:.1f} %",
+                detail,
+                None if value is None else 1 - value <= 0.05,
+            )
+        )
+        runs = self.websocket.get("throughput", {}).get("sidecar", [])
+        if runs:
+            speed = statistics.median(r["mib_s"] for r in runs)
+            speeds = [r["mib_s"] for r in runs]
+            rows.append(
+                (
+                    "WebSocket relay, client -> upstream through the sidecar",
+                    "≥ 50 MiB/s",
+                    f"{speed:.0f} MiB/s",
+                    f"per round {min(speeds):.0f}..{max(speeds):.0f}",
+                    speed >= 50,
+                )
+            )
+        else:
+            rows.append(("WebSocket relay", "≥ 50 MiB/s", "n/a", "not measured", None))
+        idle = self.websocket.get("idle")
+        rows.append(
+            (
+                "open idle WebSockets per 100 MB of RSS",
+                "informational",
+                "n/a" if not idle else f"{idle['per_100mb']:,.0f}",
+                "not measured"
+                if not idle
+                else f"{idle['count']} sockets, {idle['kib_per_socket']:.1f} KiB each",
+                None,
+            )
+        )
+        size = f"{self.o.transfer_bytes / MIB:.0f} MiB"
+        for direction in ("upload", "download"):
+            m = next((m for m in self.memory if m["direction"] == direction), None)
+            if m is None:
+                rows.append(
+                    (f"peak RSS, {size} {direction}", "< 100 MB", "n/a", "not measured", None)
+                )
+                continue
+            peak_mb = m["peak_mib"] * MIB / 1e6
+            rows.append(
+                (
+                    f"peak RSS, {size} {direction}",
+                    "< 100 MB",
+                    f"{peak_mb:.1f} MB",
+                    "transfer ok" if m["ok"] else f"transfer failed: {m['status']}",
+                    m["ok"] and peak_mb < 100,
+                )
+            )
+        r = self.revocation
+        rows.append(
+            (
+                "revocation across instances, p99",
+                "< 100 ms",
+                "n/a" if not r else f"{r['p99_ms']:.2f} ms",
+                "not measured" if not r else f"{r['count']} revocations, max {r['max_ms']:.2f} ms",
+                None if not r else r["p99_ms"] < 100,
+            )
+        )
+        out = [
+            "## Targets (issue 15's acceptance table)",
+            "",
+            "`full` is the full production path *with usage counting*: every key-authenticated "
+            "request is counted per key and UTC day (sidecar/usage.py, flushed to Redis in one "
+            "batch every `auth.api_keys.last_used_flush_seconds`); there is no switch to turn "
+            "it off, so every sidecar row includes it."
+            + (" **Quick mode: smoke numbers, not a verdict.**" if self.o.quick else ""),
+            "",
+            "| measure | target | this run | detail | met |",
+            "|---|---|---:|---|---|",
+        ]
+        for measure, target, shown, detail, met in rows:
+            mark = "" if met is None else ("yes" if met else "**no**")
+            out.append(f"| {measure} | {target} | {shown} | {detail} | {mark} |")
+        return [*out, ""]
+
     def _memory_table(self) -> list[str]:
         if not self.memory:
             return []
@@ -1253,6 +1530,46 @@ http {{
             )
             if m["error"]:
                 out.append(f"|  | curl: {m['error']} | | | | | | |")
+        return [*out, ""]
+
+    def _websocket_tables(self) -> list[str]:
+        ws = self.websocket
+        if not ws:
+            return []
+        out = [
+            "## WebSocket relay",
+            "",
+            f"Sink upstream: bench/upstreams.py `ws` (websockets, no compression, no pings). "
+            f"Client (websockets, in the bench process) sends {self.o.ws_bytes / MIB:.0f} MiB "
+            f"as {WS_FRAME // 1024} KiB binary messages over one socket, authenticated with "
+            "the bench key; time = first send until the upstream's byte count comes back. "
+            "`direct` = client straight to the upstream (the ceiling). Medians over "
+            f"{self.o.rounds} interleaved round(s). Target through the sidecar: ≥ 50 MiB/s.",
+            "",
+            "| path | MiB/s | min..max | sidecar CPU ms per MiB |",
+            "|---|---:|---:|---:|",
+        ]
+        for path, runs in ws.get("throughput", {}).items():
+            speeds = [r["mib_s"] for r in runs]
+            cpu = statistics.median(r["cpu_ms_per_mib"] for r in runs)
+            out.append(
+                f"| {path} | {statistics.median(speeds):.0f} | {min(speeds):.0f}..{max(speeds):.0f}"
+                f" | {'-' if path == 'direct' else f'{cpu:.2f}'} |"
+            )
+        idle = ws.get("idle")
+        if idle:
+            out += [
+                "",
+                f"Idle sockets: a fresh sidecar (`server.max_websockets` raised to "
+                f"{self.o.ws_idle + 16}) after one warm-up socket; VmRSS before opening them "
+                "and while all are open (each then answered a ping through the sidecar).",
+                "",
+                "| open idle sockets | VmRSS before MiB | VmRSS open MiB | KiB per socket | "
+                "sockets per 100 MB of RSS |",
+                "|---:|---:|---:|---:|---:|",
+                f"| {idle['count']} | {idle['before_mib']:.1f} | {idle['after_mib']:.1f} | "
+                f"{idle['kib_per_socket']:.1f} | {idle['per_100mb']:,.0f} |",
+            ]
         return [*out, ""]
 
     def _revocation_table(self) -> list[str]:
@@ -1291,14 +1608,11 @@ http {{
         upstream = self.start_upstream()
         self.log(f"upstream: {self.upstream_label} at {upstream}; redis at {redis_url}")
         self.throughput(redis_url, upstream)
-        if not self.api_key:
-            self.api_key, _ = self.create_key(
-                self.start_sidecar(
-                    Sidecar("keys", sidecar_config(upstream=upstream, redis_url=redis_url))
-                )
-            )
+        self.usage_note(redis_url, upstream)
         if self.wanted("memory"):
             self.memory_test(redis_url)
+        if self.wanted("websocket"):
+            self.websocket_test(redis_url)
         if self.wanted("revocation"):
             self.revocation_test(redis_url, upstream)
         text = self.report()
@@ -1323,12 +1637,20 @@ def parse_options(argv: list[str] | None = None) -> Options:
     parser.add_argument("--revocations", type=int, help="revocations to time (default 100)")
     parser.add_argument("--profile-seconds", type=float, help="py-spy duration (default 10)")
     parser.add_argument(
-        "--only",
-        help="comma list of throughput scenarios: direct,full,rl_off,jwt,cold,workers2,asgiproxy,"
-        "fa_decide,nginx_fa,assertion",
+        "--ws-mib", type=int, help="MiB sent per WebSocket throughput run (default 512, quick 64)"
     )
     parser.add_argument(
-        "--skip", default="", help="comma list of parts to skip: memory,revocation,profile,workers2"
+        "--ws-idle", type=int, help="idle WebSockets held open (default 1000, quick 200)"
+    )
+    parser.add_argument(
+        "--only",
+        help="comma list of throughput scenarios: direct,full,rl_off,jwt,cold,workers2,asgiproxy,"
+        "fa_decide,nginx_fa,assertion,nginx_pass (the c1 rows follow their scenario)",
+    )
+    parser.add_argument(
+        "--skip",
+        default="",
+        help="comma list of parts to skip: memory,revocation,websocket,profile,workers2",
     )
     parser.add_argument("--out", type=Path, help="report path (default bench/results/...)")
     parser.add_argument(
@@ -1361,6 +1683,8 @@ def parse_options(argv: list[str] | None = None) -> Options:
         transfer_bytes=(args.transfer_mib or (100 if quick else 500)) * MIB,
         revocations=args.revocations or (20 if quick else 100),
         profile_seconds=args.profile_seconds or (3.0 if quick else 10.0),
+        ws_bytes=(args.ws_mib or (64 if quick else 512)) * MIB,
+        ws_idle=args.ws_idle or (200 if quick else 1000),
         only=set(args.only.split(",")) if args.only else None,
         skip={p for p in args.skip.split(",") if p},
         out=(args.out or default_out).resolve(),

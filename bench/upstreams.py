@@ -6,13 +6,18 @@ JSON body. Only used when nginx is not installed, and labelled so in the results
 ``bulk``: an ASGI app for the memory measurement. ``POST /upload`` reads and discards
 the body (answering with the byte count), ``GET /download?bytes=N`` streams N zero
 bytes in 1 MiB chunks. Neither ever holds a whole body.
+
+``ws``: a WebSocket sink for the relay measurements (``websockets``, no compression,
+no keep-alive pings, so an idle socket stays idle). It counts the bytes of every
+binary message; a text message asks for the count so far, answered as text, and
+resets it.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -86,18 +91,46 @@ async def bulk_app(scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.body", "body": chunk, "more_body": remaining > 0})
 
 
+async def serve_ws(port: int) -> None:
+    from websockets.asyncio.server import ServerConnection, serve
+
+    async def sink(connection: ServerConnection) -> None:
+        received = 0
+        async for message in connection:
+            if isinstance(message, str):
+                await connection.send(str(received))
+                received = 0
+            else:
+                received += len(message)
+
+    async with serve(
+        sink,
+        "127.0.0.1",
+        port,
+        compression=None,
+        ping_interval=None,
+        max_size=None,
+        backlog=4096,
+    ) as server:
+        await server.serve_forever()
+
+
+def _run(main: Coroutine[Any, Any, None]) -> None:
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+        return
+    uvloop.run(main)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("mode", choices=["fast", "bulk"])
+    parser.add_argument("mode", choices=["fast", "bulk", "ws"])
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
-    if args.mode == "fast":
-        try:
-            import uvloop
-
-            uvloop.run(serve_fast(args.port))
-        except ImportError:
-            asyncio.run(serve_fast(args.port))
+    if args.mode in ("fast", "ws"):
+        _run((serve_fast if args.mode == "fast" else serve_ws)(args.port))
         return
     import uvicorn
 
