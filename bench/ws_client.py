@@ -40,25 +40,31 @@ async def _connect(url: str, headers: dict[str, str]) -> ClientConnection:
 
 
 async def _throughput(
-    url: str, headers: dict[str, str], total: int, frame: int
-) -> tuple[int, float]:
+    url: str, headers: dict[str, str], seconds: float, frame: int
+) -> tuple[int, int, float]:
     payload = os.urandom(frame)
+    sent = 0
     async with await _connect(url, headers) as ws:
         await ws.send("reset")
         await ws.recv()
         started = time.perf_counter()
-        for _ in range(total // frame):
-            await ws.send(payload)
+        until = started + seconds
+        while time.perf_counter() < until:
+            for _ in range(16):
+                await ws.send(payload)
+            sent += 16 * frame
         await ws.send("count")
         received = int(await ws.recv())
-        return received, time.perf_counter() - started
+        return sent, received, time.perf_counter() - started
 
 
-def throughput(url: str, headers: dict[str, str], total: int, frame: int) -> tuple[int, float]:
-    """Send ``total`` bytes as binary messages of ``frame`` bytes over one socket. The
-    bytes the upstream counted, and the seconds from the first send until its count
-    came back (so every byte went all the way through)."""
-    return _run(_throughput(url, headers, total, frame))
+def throughput(
+    url: str, headers: dict[str, str], seconds: float, frame: int
+) -> tuple[int, int, float]:
+    """Send binary messages of ``frame`` bytes over one socket for ``seconds``. Bytes
+    sent, bytes the upstream counted, and the seconds from the first send until its
+    count came back (so every byte went all the way through)."""
+    return _run(_throughput(url, headers, seconds, frame))
 
 
 async def _hold_idle(
