@@ -1428,7 +1428,7 @@ server {{
                 "throughput cost of the identity assertion (1 - assertion/full req/s)",
                 "≤ 5 %",
                 "n/a" if value is None else f"{(1 - value) * 100:.1f} %",
-                detail,
+                detail if value is None else f"assertion / full {detail}",
                 None if value is None else 1 - value <= 0.05,
             )
         )
