@@ -110,7 +110,8 @@ def test_a_redis_that_stops_answering_fails_the_waiting_commands_in_time(
         return waited
 
     waited = run(scenario())
-    assert 0.3 <= waited < 2.0  # type: ignore[operator]
+    # Not before the timeout (less the event loop's timer slack), and well within 2 s.
+    assert 0.29 <= waited < 2.0  # type: ignore[operator]
 
 
 def test_close_fails_commands_still_waiting(private_redis: RedisProcess) -> None:
