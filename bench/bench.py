@@ -222,6 +222,7 @@ class Sidecar:
     name: str
     config: dict[str, Any]
     args: tuple[str, ...] = ()
+    source: Path | None = None  # run from this checkout instead of --source
     process: subprocess.Popen[bytes] | None = None
     log: Path = Path()
 
@@ -431,6 +432,7 @@ class Options:
     keep_work: bool
     quick: bool
     source: Path
+    baseline: Path | None
     wait_idle: float
 
 
@@ -551,7 +553,7 @@ http {{
         # Run from the checkout under test: `-m` puts the working directory first on
         # sys.path, so its sidecar package wins over the one installed in .venv.
         sidecar.process = self.procs.start(
-            [*command, *sidecar.args], sidecar.log, cwd=self.o.source
+            [*command, *sidecar.args], sidecar.log, cwd=sidecar.source or self.o.source
         )
 
         def answering() -> bool:
@@ -769,6 +771,21 @@ server {{
                 self.stop_sidecar(workers2)
         peer_url, peer_pid = self.start_asgiproxy(upstream)
         path = PATH
+        baseline: list[Scenario] = []
+        if self.o.baseline is not None and self.selected("baseline"):
+            # Its own Redis database: an older build may not read today's key records.
+            base = Sidecar(
+                "baseline",
+                sidecar_config(upstream=upstream, redis_url=redis_url.rsplit("/", 1)[0] + "/1"),
+                source=self.o.baseline,
+            )
+            self.log(f"starting sidecar: baseline from {self.o.baseline}")
+            self.sidecars["baseline"] = self.start_sidecar(base)
+            base_key, _ = self.create_key(base)
+            baseline.append(
+                Scenario("baseline", f"as full, the build at {git_state(self.o.baseline)[0]}",
+                         base.url + path, [f"X-API-Key: {base_key}"], base.pid, c, "sidecar")
+            )  # fmt: skip
         candidates = [
             Scenario("direct", "direct to upstream", upstream + path, [], self.upstream_pid, c,
                      "upstream"),
@@ -792,6 +809,7 @@ server {{
             Scenario("asgiproxy_c1", "asgiproxy, c1", peer_url + path, [], peer_pid, 1,
                      "asgiproxy"),
         ]  # fmt: skip
+        candidates += baseline
         candidates += self.deployment_scenarios(upstream, key_header)
         if self.selected("nginx_pass"):
             if self.nginx is None:
@@ -1215,6 +1233,11 @@ server {{
             "## Parameters",
             "",
             f"- sidecar code: `{o.source}`",
+            *(
+                [f"- baseline build (`baseline`): `{o.baseline}` at {git_state(o.baseline)[0]}"]
+                if o.baseline
+                else []
+            ),
             f"- `wrk -t{o.threads} -c{o.connections} -d{o.duration:g}s --latency --timeout 5s` "
             f"(c1 rows: `-t1 -c1`), GET `{PATH}`, warm-up {o.warmup:g}s per scenario, "
             f"{o.rounds} interleaved round(s) (order rotated each round), medians reported"
@@ -1327,6 +1350,12 @@ server {{
             ),
             ("identity assertion on / off (req/s, full path)", "assertion", "full", 0.95),
             ("full production path / nginx pass-through (req/s, c32)", "full", "nginx_pass", 0.15),
+            (
+                "full production path, this build / --baseline build (req/s)",
+                "full",
+                "baseline",
+                0.97,
+            ),
         ):
             value, detail = ratio(a, b)
             goal = "" if target is None else f"≥ {target:g}x"
@@ -1645,7 +1674,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
     parser.add_argument(
         "--only",
         help="comma list of throughput scenarios: direct,full,rl_off,jwt,cold,workers2,asgiproxy,"
-        "fa_decide,nginx_fa,assertion,nginx_pass (the c1 rows follow their scenario)",
+        "fa_decide,nginx_fa,assertion,nginx_pass,baseline (the c1 rows follow their scenario)",
     )
     parser.add_argument(
         "--skip",
@@ -1653,6 +1682,12 @@ def parse_options(argv: list[str] | None = None) -> Options:
         help="comma list of parts to skip: memory,revocation,websocket,profile,workers2",
     )
     parser.add_argument("--out", type=Path, help="report path (default bench/results/...)")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="also measure the full path of the sidecar in this checkout (e.g. a `git "
+        "worktree` of the previous release), interleaved with this build's: scenario `baseline`",
+    )
     parser.add_argument(
         "--source",
         type=Path,
@@ -1690,6 +1725,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
         keep_work=args.keep_work,
         quick=quick,
         source=source,
+        baseline=args.baseline.resolve() if args.baseline else None,
         wait_idle=args.wait_idle if args.wait_idle is not None else (0.0 if quick else 300.0),
     )
 
