@@ -170,3 +170,21 @@ def test_re_putting_a_key_refreshes_it_and_its_age() -> None:
     clock.now += 5
     assert cache.fresh("a") is KEY
     assert cache.fresh("b") is None
+
+
+def test_entries_of_no_more_use_are_dropped_as_new_ones_arrive() -> None:
+    clock = Clock()
+    cache = make(clock, ttl=10, stale_window=30, negative_ttl=5)
+    for name in "abc":
+        cache.put(name, KEY, cache.epoch)
+        cache.put_unknown("n" + name, cache.epoch)
+    clock.now += 29  # still within the stale window: all kept, unknowns expired
+    cache.put("d", KEY, cache.epoch)
+    cache.put_unknown("nd", cache.epoch)
+    assert len(cache) == 4
+    assert cache.stale("a") is KEY
+    assert len(cache._negative) == 1
+    clock.now += 1  # a, b, c are now too old to serve even as stale
+    cache.put("e", KEY, cache.epoch)
+    assert len(cache) == 2
+    assert cache.stale("d") is KEY and cache.fresh("e") is KEY
