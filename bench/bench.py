@@ -26,6 +26,7 @@ import statistics
 import subprocess
 import sys
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -750,7 +751,9 @@ server {{
         key_header = f"X-API-Key: {self.api_key}"
         jwt_header = f"Authorization: Bearer {self.jwt}"
         self.check_rate_limit_headers(full, rl_off)
-        if self.wanted("workers2") and self.selected("workers2"):
+        if not self.wanted("workers2"):
+            self.unavailable["workers2"] = "skipped (--skip workers2)"
+        elif self.selected("workers2"):
             self.log("starting sidecar: serve --workers 2")
             try:
                 self.start_sidecar(workers2)
@@ -879,7 +882,10 @@ server {{
 
     def check_answers(self, scenario: Scenario) -> None:
         headers = dict(h.split(": ", 1) for h in scenario.headers)
-        response = httpx.get(scenario.url, headers=headers, timeout=10)
+        try:
+            response = httpx.get(scenario.url, headers=headers, timeout=10)
+        except httpx.HTTPError as exc:
+            raise RuntimeError(f"scenario {scenario.key}: {scenario.url}: {exc}") from exc
         if response.status_code != 200:
             raise RuntimeError(
                 f"{scenario.key}: GET {scenario.url} answered {response.status_code}: "
@@ -1758,6 +1764,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except (RuntimeError, subprocess.SubprocessError, httpx.HTTPError, OSError) as exc:
         print(f"\nbench failed: {exc}", file=sys.stderr)
+        if os.environ.get("BENCH_TRACEBACK"):
+            traceback.print_exc()
         print(f"logs kept in {bench.work}", file=sys.stderr)
         return 1
     finally:
