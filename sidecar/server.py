@@ -113,7 +113,7 @@ async def _serve(
     example_upstream: bool,
 ) -> int:
     sidecar = Sidecar(config, redis_url)
-    public = Server(uvicorn_config(sidecar, config, lifespan="on", public=True))
+    public = Server(uvicorn_config(sidecar, config, lifespan="on", public=True), freeze_heap=True)
 
     def scrape() -> bytes:
         sidecar.metrics.sync()

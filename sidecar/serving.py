@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import math
 import signal
@@ -33,7 +34,13 @@ _BACKLOG = 2048
 class Server(uvicorn.Server):
     """uvicorn's server with the sidecar's signal handling: SIGTERM or SIGINT starts a
     graceful shutdown (a second SIGINT forces it) and the process then exits normally.
-    (uvicorn re-raises the signal after shutting down, so the exit status would be 143.)"""
+    (uvicorn re-raises the signal after shutting down, so the exit status would be 143.)
+
+    ``freeze_heap``: once started, move everything start-up allocated (modules, config,
+    the app; ~66,000 objects) out of the cyclic garbage collector's reach. A full
+    collection otherwise walks them all: 20-40 ms with the event loop stopped, about
+    once a second under load, which was the sidecar's p99 (bench: full path p99 26 ms
+    -> 5 ms at c32)."""
 
     def __init__(
         self,
@@ -41,10 +48,12 @@ class Server(uvicorn.Server):
         *,
         handle_signals: bool = True,
         on_started: Callable[[], None] | None = None,
+        freeze_heap: bool = False,
     ) -> None:
         super().__init__(config)
         self._handle_signals = handle_signals
         self._on_started = on_started
+        self._freeze_heap = freeze_heap
         self.followers: list[Server] = []  # stop draining when this one does
 
     def handle_exit(self, sig: int, frame: Any) -> None:
@@ -67,7 +76,12 @@ class Server(uvicorn.Server):
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
-        if self.started and self._on_started is not None:
+        if not self.started:
+            return
+        if self._freeze_heap:
+            gc.collect()  # start-up's own garbage first: frozen cycles are never freed
+            gc.freeze()
+        if self._on_started is not None:
             self._on_started()
 
 

@@ -252,7 +252,11 @@ async def _serve_worker(
         ready.send("ready")
         ready.close()
 
-    public = Server(uvicorn_config(sidecar, config, lifespan="on", public=True), on_started=started)
+    public = Server(
+        uvicorn_config(sidecar, config, lifespan="on", public=True),
+        on_started=started,
+        freeze_heap=True,
+    )
 
     async def housekeeping() -> None:
         while True:
