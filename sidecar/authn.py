@@ -121,12 +121,14 @@ class Authenticator:
         return await self._jwt.user_id(credential.value)
 
     async def _api_key(self, value: str, client: _Client | None) -> Identity:
-        parsed = keyformat.parse(value)
-        if parsed is None:
-            raise NotAuthenticated("malformed")
         key_hash = self._hasher.hash(value)
+        # A cached hash is a key already parsed and verified: shape and checksum are
+        # checked on a miss only (they cost more than the hash on the cached path).
         key = self._cache.fresh(key_hash)
         if key is None:
+            parsed = keyformat.parse(value)
+            if parsed is None:
+                raise NotAuthenticated("malformed")
             self.cache_misses += 1
             key = await self._lookup(parsed, key_hash, client)
         else:

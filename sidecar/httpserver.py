@@ -169,22 +169,7 @@ class _Cycle(RequestResponseCycle):
     _gathered: _Gather | None = None
 
     async def send(self, message: Any) -> None:
-        gathered = self._gathered
-        if gathered is not None:  # the body of a BODY_FOLLOWS start: out with its head
-            try:
-                await self._send(message)
-            finally:
-                self.transport = gathered.transport
-                self._gathered = None
-                gathered.flush()
-            return
-        if message["type"] == "http.response.start" and message.get(BODY_FOLLOWS):
-            self._gathered = _Gather(self.transport)
-            self.transport = self._gathered  # type: ignore[assignment]
-        await self._send(message)
-
-    async def _send(self, message: Any) -> None:
-        if not self.response_started and message["type"] == "http.response.start":
+        if message["type"] == "http.response.start" and not self.response_started:
             status = message["status"]
             if (
                 self.scope["http_version"] == "1.0"
@@ -194,14 +179,24 @@ class _Cycle(RequestResponseCycle):
             ):
                 self._close_delimited = True
                 self.chunked_encoding = False  # keeps uvicorn from adding chunked
+            if message.get(BODY_FOLLOWS):  # the head waits for the body: one write
+                self._gathered = _Gather(self.transport)
+                self.transport = self._gathered  # type: ignore[assignment]
             await super().send(message)
             if status in _NO_BODY:
                 self.expected_content_length = 0  # its Content-Length announces no body
             return
-        if self._close_delimited and not self.response_complete:
-            await self._send_until_close(message)
-            return
-        await super().send(message)
+        gathered = self._gathered
+        try:
+            if self._close_delimited and not self.response_complete:
+                await self._send_until_close(message)
+            else:
+                await super().send(message)
+        finally:
+            if gathered is not None:  # the body of a BODY_FOLLOWS start: out with its head
+                self.transport = gathered.transport
+                self._gathered = None
+                gathered.flush()
 
     async def _send_until_close(self, message: Any) -> None:
         if self.flow.write_paused and not self.disconnected:

@@ -242,7 +242,11 @@ class RedisRateLimiter(RateLimiter):
             reply = None
             if self._pipeline is not None:
                 try:
-                    reply = await self._counted(self._pipeline, self._command(user_id, rule))
+                    packed = self._command(user_id, rule)
+                    if self._replicas:
+                        reply = await self._counted(self._pipeline, packed)
+                    else:
+                        reply = await self._pipeline.run_script(packed, _GCRA)
                 except PipelineUnsupported as exc:
                     await self._drop_pipeline(str(exc))
             if reply is None:
@@ -260,8 +264,6 @@ class RedisRateLimiter(RateLimiter):
         """The script's reply, once ``WAIT`` confirms the count is replicated (when
         replicas are required). Both are queued in the same loop iteration, so they go
         out on the same connection, the WAIT right behind the script."""
-        if not self._replicas:
-            return await pipeline.run_script(packed, _GCRA)
         for attempt in (1, 2):
             try:
                 reply, acked = await asyncio.gather(
