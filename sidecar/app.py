@@ -184,6 +184,12 @@ class Sidecar:
             lambda: self.store.republished,
         )
         self.metrics.count_total(
+            "sidecar_revocation_holds",
+            "Key lookups Redis answered less restricted than a revocation or rotation this "
+            "instance saw published (a failover lost the write): the published state held",
+            lambda: self.cache.held_back,
+        )
+        self.metrics.count_total(
             "sidecar_canary_hits", "Requests that used a canary key", lambda: auth.canary_hits
         )
         self.metrics.count_total(

@@ -161,6 +161,7 @@ class Authenticator:
         if key is None:
             self._cache.put_unknown(key_hash, epoch)
             raise NotAuthenticated("unknown")
+        key = self._cache.confirmed(key_hash, key)
         self._cache.put(key_hash, key, epoch)
         return key
 

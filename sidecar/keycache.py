@@ -14,10 +14,19 @@ Freshness rules:
   or the end of a rotation's grace, which the rotation publishes like a revocation).
   The authenticator checks it on every use, fresh or stale, so no entry lets a key
   work past its expiry on any instance, and none needs a message to stop it then.
+- A published revocation or rotation also leaves a *hold*: what the key must look like
+  from then on (revoked; or usable until the end of the grace). A Redis failover can
+  undo an acknowledged write (the old master had it, the promoted replica did not);
+  for ``HOLD_SECONDS`` this instance answers as if Redis showed the key at least that
+  restricted (``confirmed``). Holding to it costs nothing when it did: revocation is
+  final and a rotation's grace is never extended. The revoking instance meanwhile
+  runs the revocation again on the new master (store.py ``confirm_revocations``).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,11 +36,24 @@ from sidecar.domain import VerifiedKey
 
 V = TypeVar("V")
 
+log = logging.getLogger("sidecar.keycache")
+
+# How long a hold outlives the message that set it when Redis never confirms it: far
+# longer than a failover and the re-application that follows it (~15 s).
+HOLD_SECONDS = 600.0
+REVOKED = 0.0  # a hold's ``usable_until`` for a revoked key
+
 
 @dataclass(slots=True)
 class _Entry:
     key: VerifiedKey
     verified_at: float
+
+
+@dataclass(slots=True)
+class _Hold:
+    usable_until: float  # epoch seconds; REVOKED: not at all
+    ends: float  # on the cache's clock
 
 
 class KeyCache:
@@ -52,6 +74,8 @@ class KeyCache:
         self._clock = clock
         self._entries: dict[str, _Entry] = {}
         self._negative: dict[str, float] = {}
+        self._holds: dict[str, _Hold] = {}
+        self.held_back = 0  # lookups Redis answered less restricted than a hold: metrics
         self.epoch = 0
         self.synced = False
         # Told of every eviction (the key's hash; None: all of them), e.g. to close the
@@ -108,6 +132,39 @@ class KeyCache:
         self._negative.pop(key_hash, None)
         for listener in self.on_evict:
             listener(key_hash)
+
+    def hold(self, key_hash: str, usable_until: float) -> None:
+        """A revocation (``usable_until`` REVOKED) or a rotation (the end of its grace,
+        epoch seconds) of this key was published: hold to it (see the module doc)."""
+        now = self._clock()
+        _drop_leading(self._holds, lambda hold: now >= hold.ends)
+        _bounded_insert(self._holds, key_hash, _Hold(usable_until, now + HOLD_SECONDS), self._max)
+
+    def confirmed(self, key_hash: str, key: VerifiedKey) -> VerifiedKey:
+        """``key`` as Redis has it, restricted by this key's hold when Redis shows less.
+
+        A hold is kept for its whole life even once Redis agrees: the Redis that agreed
+        may be a master about to be deposed, whose writes its successor never got."""
+        hold = self._holds.get(key_hash)
+        if hold is None:
+            return key
+        if self._clock() >= hold.ends:
+            del self._holds[key_hash]
+            return key
+        until = hold.usable_until
+        if not key.active or (key.expires_at is not None and key.expires_at <= until):
+            return key  # Redis shows it
+        self.held_back += 1
+        log.warning(
+            "key %s: Redis shows it %s, but its %s was published here; holding to that "
+            "(a failover may have lost the write)",
+            key.prefix,
+            "active" if key.expires_at is None else "usable until later",
+            "revocation" if until == REVOKED else "rotation",
+        )
+        if until == REVOKED:
+            return dataclasses.replace(key, active=False)
+        return dataclasses.replace(key, expires_at=until)
 
     def desync(self) -> None:
         """The revocation feed is lost: stop trusting entries as fresh."""

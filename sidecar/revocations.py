@@ -15,9 +15,9 @@ from collections.abc import Callable
 
 from redis.asyncio import Redis
 
-from sidecar.keycache import KeyCache
+from sidecar.keycache import REVOKED, KeyCache
 from sidecar.redis_conn import REDIS_ERRORS
-from sidecar.store import REVOCATION_CHANNEL
+from sidecar.store import REVOCATION_CHANNEL, STATE_CHANNEL
 
 log = logging.getLogger("sidecar.revocations")
 
@@ -64,7 +64,7 @@ class RevocationListener:
     async def _follow(self) -> None:
         pubsub = self._redis.pubsub()
         try:
-            await pubsub.subscribe(REVOCATION_CHANNEL)
+            await pubsub.subscribe(REVOCATION_CHANNEL, STATE_CHANNEL)
             last_heard = time.monotonic()
             last_ping = 0.0
             while True:
@@ -84,16 +84,33 @@ class RevocationListener:
                 last_heard = now
                 kind = message["type"]
                 if kind == "subscribe":
-                    self._cache.resync()
-                    self.connected.set()
-                    log.info("revocation feed up; key cache cleared")
+                    if _text(message["channel"]) == REVOCATION_CHANNEL:  # not once per channel
+                        self._cache.resync()
+                        self.connected.set()
+                        log.info("revocation feed up; key cache cleared")
                 elif kind == "message":
-                    data = message["data"]
-                    self._cache.evict(data.decode() if isinstance(data, bytes) else data)
-                    self._on_message()
+                    data = _text(message["data"])
+                    if _text(message["channel"]) == STATE_CHANNEL:
+                        self._hold(data)
+                    else:
+                        self._cache.evict(data)
+                        self._on_message()
         finally:
             with contextlib.suppress(*REDIS_ERRORS):
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    def _hold(self, data: str) -> None:
+        key_hash, _, until_us = data.partition(" ")
+        try:
+            until = REVOKED if until_us == "0" else int(until_us) / 1_000_000
+        except ValueError:
+            log.warning("revocation state message not understood; ignored")
+            return
+        self._cache.hold(key_hash, until)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 class _Silent(Exception):

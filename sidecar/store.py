@@ -93,6 +93,10 @@ _MAYBE_APPLIED = (NotReplicated, redis_errors.ConnectionError, redis_errors.Time
 
 NAMESPACE = "callcov:{callcov-keys}"
 REVOCATION_CHANNEL = "callcov:revocations"
+# What a revocation or rotation left the key as, published right after the hash on
+# REVOCATION_CHANNEL (which earlier versions follow): "<hash> 0" when revoked, "<hash>
+# <µs>" when usable until then (a rotation's grace). The scripts derive the name.
+STATE_CHANNEL = REVOCATION_CHANNEL + ":state"
 NEVER = "+inf"  # the score of a key without expiry
 USAGE_KEPT_DAYS = 91  # the longest usage window (90 days) and the day in progress
 _US = 1_000_000
@@ -147,6 +151,7 @@ if rec[2] == '1' then
   redis.call('SREM', KEYS[4], rec[4])
   redis.call('HSET', KEYS[3], rec[3], ARGV[5])
   redis.call('PUBLISH', ARGV[4], rec[3])
+  redis.call('PUBLISH', ARGV[4] .. ':state', rec[3] .. ' 0')
 end
 return 1
 """
@@ -166,6 +171,7 @@ redis.call('HSET', KEYS[5], ARGV[9], ARGV[6])
 redis.call('ZREM', KEYS[2], ARGV[8])
 redis.call('SREM', KEYS[7], ARGV[8])
 redis.call('PUBLISH', ARGV[7], ARGV[9])
+redis.call('PUBLISH', ARGV[7] .. ':state', ARGV[9] .. ' ' .. ARGV[4])
 redis.call('HSET', KEYS[4], unpack(ARGV, 15))
 redis.call('ZADD', KEYS[2], ARGV[13], ARGV[10])
 redis.call('ZADD', KEYS[3], ARGV[11], ARGV[10])

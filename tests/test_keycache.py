@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 
 from sidecar.domain import VerifiedKey
-from sidecar.keycache import KeyCache
+from sidecar.keycache import HOLD_SECONDS, REVOKED, KeyCache
 
 KEY = VerifiedKey(id="id-1", user_id="u", prefix="sk_live_abcdef", active=True, expires_at=None)
 
@@ -188,3 +188,40 @@ def test_entries_of_no_more_use_are_dropped_as_new_ones_arrive() -> None:
     cache.put("e", KEY, cache.epoch)
     assert len(cache) == 2
     assert cache.stale("d") is KEY and cache.fresh("e") is KEY
+
+
+def test_a_hold_restricts_what_redis_answers_for_its_whole_life() -> None:
+    clock = Clock()
+    cache = make(clock)
+    cache.hold("h", REVOKED)
+    assert cache.confirmed("h", KEY).active is False  # a failover lost the revocation
+    revoked = replace(KEY, active=False)
+    assert cache.confirmed("h", revoked) is revoked  # Redis shows it...
+    # ...but that Redis may be deposed in turn, and its successor lack the write.
+    assert cache.confirmed("h", KEY).active is False
+    assert cache.held_back == 2
+    clock.now += HOLD_SECONDS
+    assert cache.confirmed("h", KEY) is KEY
+
+
+def test_a_rotation_hold_caps_the_expiry_at_the_end_of_the_grace() -> None:
+    clock = Clock()
+    cache = make(clock)
+    cache.hold("h", 5000.0)
+    assert cache.confirmed("h", KEY).expires_at == 5000.0  # lost: no expiry in Redis
+    assert cache.confirmed("h", replace(KEY, expires_at=9000.0)).expires_at == 5000.0
+    earlier = replace(KEY, expires_at=4000.0)
+    assert cache.confirmed("h", earlier) is earlier  # its own expiry came first
+
+
+def test_holds_end_after_hold_seconds_and_stay_bounded() -> None:
+    clock = Clock()
+    cache = make(clock, max_entries=3)
+    cache.hold("old", REVOKED)
+    clock.now += HOLD_SECONDS
+    cache.hold("new", REVOKED)  # drops the ended one from the front
+    assert len(cache._holds) == 1
+    for i in range(10):
+        cache.hold(f"h{i}", REVOKED)
+    assert cache.confirmed("h0", KEY) is KEY  # pushed out by the bound
+    assert cache.confirmed("h9", KEY).active is False

@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 
 from sidecar.keyhash import KeyHasher
 from sidecar.redis_conn import Durability
-from sidecar.store import KeyStore
+from sidecar.store import KeyStore, prefix_index_key
 from tests.conftest import Api
 from tests.harness import HASH_SECRET, RedisProcess, SidecarProcess, wait_until
 
@@ -118,9 +118,64 @@ def test_a_lost_revocation_feed_does_not_let_a_cached_key_outlive_its_revocation
     for base in (api.base, second.url):
         seconds_until_rejected(base, key["api_key"])
     # And the feed comes back: a later revocation propagates again.
-    wait_until(lambda: len(redis_client.pubsub_channels()) == 1, timeout=5)
+    wait_until(lambda: len(redis_client.pubsub_channels()) == 2, timeout=5)  # and :state
     wait_until(lambda: redis_client.pubsub_numsub("callcov:revocations")[0][1] >= 2, timeout=5)
     again = api.create_key(user)
     cache_on_both([api.base, second.url], again["api_key"], redis_client)
     revoke_as_operator(redis_server.url, again["id"])
     seconds_until_rejected(second.url, again["api_key"])
+
+
+def undo_as_a_failover_would(client: redis.Redis, key: dict[str, Any], entry: bytes) -> None:
+    """Put the key's index entry back as it was before a write: what a failover does
+    when the promoted replica never received that write."""
+    key_hash = KeyHasher(HASH_SECRET.encode()).hash(key["api_key"])
+    client.hset(prefix_index_key(key["key_prefix"]), key_hash, entry)
+
+
+def index_entry(client: redis.Redis, key: dict[str, Any]) -> bytes:
+    key_hash = KeyHasher(HASH_SECRET.encode()).hash(key["api_key"])
+    entry = client.hget(prefix_index_key(key["key_prefix"]), key_hash)
+    assert isinstance(entry, bytes)
+    return entry
+
+
+def test_a_revocation_a_failover_undid_stays_in_force_on_every_instance_that_saw_it(
+    api: Api, second: SidecarProcess, user: str, redis_client: redis.Redis
+) -> None:
+    key = api.create_key(user)
+    cache_on_both([api.base, second.url], key["api_key"], redis_client)
+    active = index_entry(redis_client, key)
+    deleted = api.http.delete(f"/api/v1/api-keys/{key['id']}", headers=api.bearer(user))
+    assert deleted.status_code == 200
+    seconds_until_rejected(second.url, key["api_key"])
+    undo_as_a_failover_would(redis_client, key, active)
+    # As after a failover, the instances subscribe again and clear their caches.
+    assert redis_client.client_kill_filter(_type="pubsub") >= 2
+    wait_until(lambda: redis_client.pubsub_numsub("callcov:revocations")[0][1] >= 2, timeout=5)
+    before = hget_calls(redis_client)
+    for base in (api.base, second.url):
+        for _ in range(3):
+            assert status(base, key["api_key"]) == 401
+    assert hget_calls(redis_client) > before  # Redis was asked, and said "active"
+    metrics = httpx.get(second.admin_url + "/metrics").text.splitlines()
+    held = [line for line in metrics if line.startswith("sidecar_revocation_holds_total ")]
+    assert held and float(held[0].split()[1]) >= 1, held
+
+
+def test_a_rotation_a_failover_undid_still_ends_the_old_key_at_the_end_of_its_grace(
+    api: Api, second: SidecarProcess, user: str, redis_client: redis.Redis
+) -> None:
+    old = api.create_key(user)
+    cache_on_both([api.base, second.url], old["api_key"], redis_client)
+    active = index_entry(redis_client, old)
+    rotated = api.http.post(
+        f"/api/v1/api-keys/{old['id']}/rotate",
+        headers=api.bearer(user),
+        json={"grace_period_seconds": 2},
+    )
+    assert rotated.status_code == 201, rotated.text
+    undo_as_a_failover_would(redis_client, old, active)  # no expiry in Redis any more
+    assert status(second.url, old["api_key"]) == 200  # within the grace
+    wait_until(lambda: status(second.url, old["api_key"]) == 401, timeout=5, interval=0.1)
+    assert status(api.base, old["api_key"]) == 401
