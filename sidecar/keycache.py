@@ -38,9 +38,10 @@ V = TypeVar("V")
 
 log = logging.getLogger("sidecar.keycache")
 
-# How long a hold outlives the message that set it when Redis never confirms it: far
-# longer than a failover and the re-application that follows it (~15 s).
-HOLD_SECONDS = 600.0
+# How long a hold lasts: a failover and the re-application that follows it take ~15 s
+# here, ~35 s with Sentinel's default down-after-milliseconds (30 s). Kept short
+# because every revocation holds one (a soak revoking 40 keys a second holds ~12,000).
+HOLD_SECONDS = 300.0
 REVOKED = 0.0  # a hold's ``usable_until`` for a revoked key
 
 
