@@ -66,7 +66,15 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
 from sidecar import keyformat
-from sidecar.domain import LIVE, REVOKED, CreatedKey, DailyUsage, VerifiedKey, key_prefix
+from sidecar.domain import (
+    ENVIRONMENTS,
+    LIVE,
+    REVOKED,
+    CreatedKey,
+    DailyUsage,
+    VerifiedKey,
+    key_prefix,
+)
 from sidecar.errors import (
     KeyAlreadyRotated,
     KeyLimitReached,
@@ -156,7 +164,7 @@ end
 return 1
 """
 # KEYS: old record, limit set, all, new record, old prefix index, new prefix index,
-# legacy set. ARGV: owner, now µs, now ISO, old end µs, old end ISO, old index entry,
+# legacy set, grace set. ARGV: owner, now µs, now ISO, old end µs, old end ISO, old index entry,
 # channel, old id, old hash, new id, created µs, new hash, new expiry score, new index
 # entry, new record fields... Returns 1, or 0 / -1 / -2: not found / not active /
 # already rotated (checked in that order: "not active" wins).
@@ -170,6 +178,8 @@ redis.call('HSET', KEYS[1], 'rotated_to', ARGV[10], 'updated_at', ARGV[3],
 redis.call('HSET', KEYS[5], ARGV[9], ARGV[6])
 redis.call('ZREM', KEYS[2], ARGV[8])
 redis.call('SREM', KEYS[7], ARGV[8])
+redis.call('ZREMRANGEBYSCORE', KEYS[8], '-inf', ARGV[2])
+redis.call('ZADD', KEYS[8], ARGV[4], ARGV[8])
 redis.call('PUBLISH', ARGV[7], ARGV[9])
 redis.call('PUBLISH', ARGV[7] .. ':state', ARGV[9] .. ' ' .. ARGV[4])
 redis.call('HSET', KEYS[4], unpack(ARGV, 15))
@@ -194,6 +204,12 @@ def legacy_active_set_key(user_id: str) -> str:
 
 def all_keys_key(user_id: str) -> str:
     return f"{NAMESPACE}:user:{user_id}:all"
+
+
+def grace_set_key(user_id: str) -> str:
+    """Rotated keys still in their grace, scored by its end (µs): active, but out of the
+    limit sets; listed with the active keys until then."""
+    return f"{NAMESPACE}:user:{user_id}:grace"
 
 
 def canary_keys_key(user_id: str) -> str:
@@ -421,7 +437,38 @@ class KeyStore:
         return new.created_key()
 
     async def list(self, user_id: str, include_expired: bool) -> list[dict[str, Any]]:
-        return await self._listed(all_keys_key(user_id), include_expired)
+        if include_expired:
+            return await self._listed(all_keys_key(user_id), include_expired)
+        return await self._listed_active(user_id)
+
+    async def _listed_active(self, user_id: str) -> builtins.list[dict[str, Any]]:
+        """The active keys, newest first, read from the sets that hold the keys that can
+        be active (the limit sets, the grace set, the layout before environments): a
+        user's revoked and expired keys, however many, cost nothing here. Listing them
+        all is ``include_expired``'s job."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for environment in ENVIRONMENTS:
+                pipe.zrange(limit_set_key(user_id, environment), 0, -1)
+            pipe.zrangebyscore(grace_set_key(user_id), _micros(datetime.now(UTC)), "+inf")
+            pipe.smembers(legacy_active_set_key(user_id))
+            found = await self._guarded(pipe.execute())
+        ids = list(dict.fromkeys(_text(i) for group in found for i in group))
+        if not ids:
+            return []
+        everything = all_keys_key(user_id)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for key_id in ids:
+                pipe.hgetall(record_key(key_id))
+                pipe.zscore(everything, key_id)  # created µs: the listing's order
+            replies = await self._guarded(pipe.execute())
+        now = time.time()
+        records = [
+            (created or 0.0, _public_view(_decode(record), now))
+            for record, created in zip(replies[::2], replies[1::2], strict=True)
+            if record
+        ]
+        records.sort(key=lambda pair: pair[0], reverse=True)
+        return [view for _, view in records if view["is_active"]]
 
     async def list_canaries(
         self, user_id: str, include_expired: bool
@@ -542,6 +589,7 @@ class KeyStore:
             prefix_index_key(prefix),
             prefix_index_key(new.prefix),
             legacy_active_set_key(owner),
+            grace_set_key(owner),
         ]
         args: list[str | int | bytes] = [
             owner,

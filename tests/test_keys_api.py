@@ -6,9 +6,11 @@ import re
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from typing import Any
 
 import httpx
 import pytest
+import redis
 
 from sidecar import keyformat
 from tests.conftest import Api, make_token
@@ -272,3 +274,36 @@ def test_an_expired_key_stops_working_on_the_next_request(api: Api, user: str) -
     response = api.http.get("/api/v1/analysis/", headers=headers)
     assert response.status_code == 401
     assert response.json() == UNAUTHORIZED
+
+
+def test_listing_active_keys_costs_what_the_active_keys_cost_not_the_history(
+    api: Api, user: str, redis_client: redis.Redis
+) -> None:
+    kept = api.create_key(user, "kept")
+    for _ in range(30):
+        gone = api.create_key(user)
+        api.http.delete(f"/api/v1/api-keys/{gone['id']}", headers=api.bearer(user))
+    before = hgetall_calls(redis_client)
+    default = api.http.get("/api/v1/api-keys/", headers=api.bearer(user)).json()
+    assert [k["id"] for k in default["api_keys"]] == [kept["id"]]
+    assert hgetall_calls(redis_client) - before == 1  # the one active record
+    everything = api.http.get(
+        "/api/v1/api-keys/", params={"include_expired": "true"}, headers=api.bearer(user)
+    ).json()
+    assert everything["total"] == 31
+
+
+def test_a_rotated_key_in_its_grace_is_listed_as_active_after_its_successor(
+    api: Api, user: str
+) -> None:
+    old = api.create_key(user, "old")
+    rotated = api.http.post(f"/api/v1/api-keys/{old['id']}/rotate", headers=api.bearer(user))
+    assert rotated.status_code == 201
+    default = api.http.get("/api/v1/api-keys/", headers=api.bearer(user)).json()
+    assert [k["id"] for k in default["api_keys"]] == [rotated.json()["id"], old["id"]]
+    assert all(k["is_active"] for k in default["api_keys"])
+
+
+def hgetall_calls(client: redis.Redis) -> int:
+    stats: dict[str, Any] = client.info("commandstats")
+    return int(stats.get("cmdstat_hgetall", {}).get("calls", 0))
