@@ -574,14 +574,33 @@ CASES: list[Case] = [
         methods=("POST",),
     ),
     # --- upstream resets at every stage
-    case("close-before-head", post(b"x"), r(b"", then="close"), status(502), seen(1)),
-    case("reset-before-head", post(b"x"), r(b"", then="reset"), status(502), seen(1)),
+    # A POST: were it sent on a pooled connection the upstream was closing at that very
+    # moment (another case's connection, in the concurrent phase), it would get the same
+    # 502 without reaching the upstream, and seen(1) would fail by chance (a POST is not
+    # replayed: Go's rule). Alone after the warm-up, it goes on a live connection.
+    case(
+        "close-before-head",
+        post(b"x"),
+        r(b"", then="close"),
+        status(502),
+        seen(1),
+        sequential=True,
+    ),
+    case(
+        "reset-before-head",
+        post(b"x"),
+        r(b"", then="reset"),
+        status(502),
+        seen(1),
+        sequential=True,
+    ),
     case(
         "reset-mid-head",
         post(b"x"),
         r(b"HTTP/1.1 200 OK\r\nX-Par", then="reset"),
         status(502),
         seen(1),
+        sequential=True,
     ),
     case(
         "reset-mid-small-body",
