@@ -261,9 +261,9 @@ class RedisRateLimiter(RateLimiter):
         return headers
 
     async def _counted(self, pipeline: AutoPipeline, packed: bytes) -> Any:
-        """The script's reply, once ``WAIT`` confirms the count is replicated (when
-        replicas are required). Both are queued in the same loop iteration, so they go
-        out on the same connection, the WAIT right behind the script."""
+        """The script's reply, once ``WAIT`` confirms the count is replicated (only
+        called when replicas are required). Both are queued in the same loop iteration,
+        so they go out on the same connection, the WAIT right behind the script."""
         for attempt in (1, 2):
             try:
                 reply, acked = await asyncio.gather(

@@ -17,7 +17,7 @@ from redis.asyncio import Redis
 
 from sidecar.keycache import REVOKED, KeyCache
 from sidecar.redis_conn import REDIS_ERRORS
-from sidecar.store import REVOCATION_CHANNEL, STATE_CHANNEL
+from sidecar.store import REVOCATION_CHANNEL, STATE_CHANNEL, as_text
 
 log = logging.getLogger("sidecar.revocations")
 
@@ -84,13 +84,13 @@ class RevocationListener:
                 last_heard = now
                 kind = message["type"]
                 if kind == "subscribe":
-                    if _text(message["channel"]) == REVOCATION_CHANNEL:  # not once per channel
+                    if as_text(message["channel"]) == REVOCATION_CHANNEL:  # not once per channel
                         self._cache.resync()
                         self.connected.set()
                         log.info("revocation feed up; key cache cleared")
                 elif kind == "message":
-                    data = _text(message["data"])
-                    if _text(message["channel"]) == STATE_CHANNEL:
+                    data = as_text(message["data"])
+                    if as_text(message["channel"]) == STATE_CHANNEL:
                         self._hold(data)
                     else:
                         self._cache.evict(data)
@@ -107,10 +107,6 @@ class RevocationListener:
             log.warning("revocation state message not understood; ignored")
             return
         self._cache.hold(key_hash, until)
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 class _Silent(Exception):

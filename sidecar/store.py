@@ -452,23 +452,9 @@ class KeyStore:
             pipe.zrangebyscore(grace_set_key(user_id), _micros(datetime.now(UTC)), "+inf")
             pipe.smembers(legacy_active_set_key(user_id))
             found = await self._guarded(pipe.execute())
-        ids = list(dict.fromkeys(_text(i) for group in found for i in group))
-        if not ids:
-            return []
-        everything = all_keys_key(user_id)
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for key_id in ids:
-                pipe.hgetall(record_key(key_id))
-                pipe.zscore(everything, key_id)  # created µs: the listing's order
-            replies = await self._guarded(pipe.execute())
-        now = time.time()
-        records = [
-            (created or 0.0, _public_view(_decode(record), now))
-            for record, created in zip(replies[::2], replies[1::2], strict=True)
-            if record
-        ]
-        records.sort(key=lambda pair: pair[0], reverse=True)
-        return [view for _, view in records if view["is_active"]]
+        ids = list(dict.fromkeys(as_text(i) for group in found for i in group))
+        views = await self._views(ids, created_in=all_keys_key(user_id))
+        return [view for view in views if view["is_active"]]
 
     async def list_canaries(
         self, user_id: str, include_expired: bool
@@ -477,21 +463,38 @@ class KeyStore:
 
     async def _listed(self, index: str, include_expired: bool) -> builtins.list[dict[str, Any]]:
         ids = await self._guarded(self._redis.zrevrange(index, 0, -1))
+        views = await self._views([as_text(i) for i in ids])
+        return [view for view in views if include_expired or view["is_active"]]
+
+    async def _views(
+        self, ids: Sequence[str], created_in: str | None = None
+    ) -> builtins.list[dict[str, Any]]:
+        """The public view of these keys' records (missing ones left out): in this order,
+        or newest first by their score (created µs) in the index ``created_in``."""
         if not ids:
             return []
         async with self._redis.pipeline(transaction=False) as pipe:
             for key_id in ids:
-                pipe.hgetall(record_key(_text(key_id)))
-            records = await self._guarded(pipe.execute())
+                pipe.hgetall(record_key(key_id))
+                if created_in is not None:
+                    pipe.zscore(created_in, key_id)
+            replies = await self._guarded(pipe.execute())
         now = time.time()
-        listed = [_public_view(_decode(r), now) for r in records if r]
-        return [r for r in listed if include_expired or r["is_active"]]
+        if created_in is None:
+            return [_public_view(_decode(r), now) for r in replies if r]
+        scored = [
+            (created or 0.0, _public_view(_decode(record), now))
+            for record, created in zip(replies[::2], replies[1::2], strict=True)
+            if record
+        ]
+        scored.sort(key=lambda pair: pair[0], reverse=True)
+        return [view for _, view in scored]
 
     async def _owned(self, key_id: str, user_id: str | None, *fields: str) -> Sequence[str | None]:
         """``user_id`` and ``fields`` of the record, when it exists and belongs to
         ``user_id`` (None: to anyone); else KeyNotFound."""
         found = await self._guarded(self._redis.hmget(record_key(key_id), "user_id", *fields))
-        values = [None if v is None else _text(v) for v in found]
+        values = [None if v is None else as_text(v) for v in found]
         if values[0] is None or (user_id is not None and values[0] != user_id):
             raise KeyNotFound()
         return values
@@ -699,7 +702,7 @@ class KeyStore:
             for day in days:
                 pipe.hmget(usage_key(key_id, day), "requests", "rate_limited")
             replies = await self._guarded(pipe.execute())
-        owner, prefix = (None if v is None else _text(v) for v in replies[0])
+        owner, prefix = (None if v is None else as_text(v) for v in replies[0])
         if owner is None or prefix is None or (user_id is not None and owner != user_id):
             raise KeyNotFound()
         daily = [
@@ -772,12 +775,13 @@ def _index_entry(
     return orjson.dumps(entry)
 
 
-def _text(value: bytes | str) -> str:
+def as_text(value: bytes | str) -> str:
+    """A Redis reply as text (replies are bytes unless the client decodes them)."""
     return value.decode() if isinstance(value, bytes) else value
 
 
 def _decode(record: Mapping[Any, Any]) -> dict[str, str]:
-    return {_text(k): _text(v) for k, v in record.items()}
+    return {as_text(k): as_text(v) for k, v in record.items()}
 
 
 def _public_view(record: dict[str, str], now: float) -> dict[str, Any]:

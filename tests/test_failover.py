@@ -210,6 +210,19 @@ def _check_nothing_lost(
     assert lost == []
 
 
+def _start_two(
+    config_for: Any, tmp_path: Path, sidecars: list[SidecarProcess], redis: dict[str, Any]
+) -> None:
+    """Two sidecars on this Redis, added to ``sidecars`` (which the caller stops)."""
+    for _ in range(2):
+        config = config_for(
+            redis={**redis, "socket_timeout_seconds": 0.5},
+            # A 503'd create may still have happened: room for such orphans.
+            auth={"api_keys": {"max_active_per_user": 100}},
+        )
+        sidecars.append(SidecarProcess(config, tmp_path).start())
+
+
 @pytest.mark.parametrize("kind", ["planned", "crash"])
 def test_a_failover_never_undoes_an_acknowledged_write(
     kind: str, config_for: Any, tmp_path: Path, user: str
@@ -218,13 +231,7 @@ def test_a_failover_never_undoes_an_acknowledged_write(
     sentinel = SentinelSet(tmp_path / "redis", replicas=1, sentinels=3).start()
     sidecars: list[SidecarProcess] = []
     try:
-        for _ in range(2):
-            config = config_for(
-                redis={"url": sentinel.url, "socket_timeout_seconds": 0.5},
-                # A 503'd create may still have happened: room for such orphans.
-                auth={"api_keys": {"max_active_per_user": 100}},
-            )
-            sidecars.append(SidecarProcess(config, tmp_path).start())
+        _start_two(config_for, tmp_path, sidecars, {"url": sentinel.url})
         doomed = [Api(sidecars[0].url).create_key(user) for _ in range(5)]
         with Workload(sidecars, user, doomed) as load:
             wait_until(lambda: len(load.created) >= 5, timeout=10)
@@ -305,12 +312,7 @@ def test_a_cluster_failover_never_undoes_an_acknowledged_write(
     cluster = ClusterSet(tmp_path / "cluster", replicas=1, node_timeout_ms=1000).start()
     sidecars: list[SidecarProcess] = []
     try:
-        for _ in range(2):
-            config = config_for(
-                redis={"url": cluster.url, "socket_timeout_seconds": 0.5, "min_replicas_acked": 1},
-                auth={"api_keys": {"max_active_per_user": 100}},
-            )
-            sidecars.append(SidecarProcess(config, tmp_path).start())
+        _start_two(config_for, tmp_path, sidecars, {"url": cluster.url, "min_replicas_acked": 1})
         doomed = [Api(sidecars[0].url).create_key(user) for _ in range(5)]
         master = cluster.node_for_key(KEY_DATA)
         replica = cluster.replica_of(master)

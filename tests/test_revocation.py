@@ -126,26 +126,32 @@ def test_a_lost_revocation_feed_does_not_let_a_cached_key_outlive_its_revocation
     seconds_until_rejected(second.url, again["api_key"])
 
 
+def index_field(key: dict[str, Any]) -> tuple[str, str]:
+    """Where Redis keeps the key's index entry: its prefix's hash, and its HMAC there."""
+    return prefix_index_key(key["key_prefix"]), KeyHasher(HASH_SECRET.encode()).hash(key["api_key"])
+
+
+def cached_key_and_its_entry(
+    api: Api, second: SidecarProcess, user: str, client: redis.Redis
+) -> tuple[dict[str, Any], bytes]:
+    """A new key, cached on both instances, and its index entry as Redis has it now."""
+    key = api.create_key(user)
+    cache_on_both([api.base, second.url], key["api_key"], client)
+    entry = client.hget(*index_field(key))
+    assert isinstance(entry, bytes)
+    return key, entry
+
+
 def undo_as_a_failover_would(client: redis.Redis, key: dict[str, Any], entry: bytes) -> None:
     """Put the key's index entry back as it was before a write: what a failover does
     when the promoted replica never received that write."""
-    key_hash = KeyHasher(HASH_SECRET.encode()).hash(key["api_key"])
-    client.hset(prefix_index_key(key["key_prefix"]), key_hash, entry)
-
-
-def index_entry(client: redis.Redis, key: dict[str, Any]) -> bytes:
-    key_hash = KeyHasher(HASH_SECRET.encode()).hash(key["api_key"])
-    entry = client.hget(prefix_index_key(key["key_prefix"]), key_hash)
-    assert isinstance(entry, bytes)
-    return entry
+    client.hset(*index_field(key), entry)
 
 
 def test_a_revocation_a_failover_undid_stays_in_force_on_every_instance_that_saw_it(
     api: Api, second: SidecarProcess, user: str, redis_client: redis.Redis
 ) -> None:
-    key = api.create_key(user)
-    cache_on_both([api.base, second.url], key["api_key"], redis_client)
-    active = index_entry(redis_client, key)
+    key, active = cached_key_and_its_entry(api, second, user, redis_client)
     deleted = api.http.delete(f"/api/v1/api-keys/{key['id']}", headers=api.bearer(user))
     assert deleted.status_code == 200
     seconds_until_rejected(second.url, key["api_key"])
@@ -166,9 +172,7 @@ def test_a_revocation_a_failover_undid_stays_in_force_on_every_instance_that_saw
 def test_a_rotation_a_failover_undid_still_ends_the_old_key_at_the_end_of_its_grace(
     api: Api, second: SidecarProcess, user: str, redis_client: redis.Redis
 ) -> None:
-    old = api.create_key(user)
-    cache_on_both([api.base, second.url], old["api_key"], redis_client)
-    active = index_entry(redis_client, old)
+    old, active = cached_key_and_its_entry(api, second, user, redis_client)
     rotated = api.http.post(
         f"/api/v1/api-keys/{old['id']}/rotate",
         headers=api.bearer(user),
