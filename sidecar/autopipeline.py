@@ -183,10 +183,13 @@ class AutoPipeline:
         self._flush_scheduled = False
         self._closing: set[asyncio.Future[None]] = set()
 
-    async def run_script(self, packed: bytes, script: str) -> Any:
-        """An ``EVALSHA`` command (packed); loads ``script`` if Redis lost it."""
+    async def run_script(
+        self, packed: bytes, script: str, sent: asyncio.Future[Any] | None = None
+    ) -> Any:
+        """An ``EVALSHA`` command (packed); loads ``script`` if Redis lost it. ``sent``:
+        the same command already queued with ``call``, to wait for instead of sending."""
         try:
-            return await self.call(packed)
+            return await (self.call(packed) if sent is None else sent)
         except redis_errors.NoScriptError:
             await self._redis.script_load(script)  # Redis restarted and lost its script cache
             return await self.call(packed)

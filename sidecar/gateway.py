@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 from starlette.types import Receive, Scope, Send
@@ -88,11 +88,14 @@ class Gateway:
         ambiguous: bool,
         record: RequestRecord,
         headers: Sequence[tuple[bytes, bytes]] = (),
+        meanwhile: Callable[[Identity], None] | None = None,
     ) -> Decision:
         """Admit or refuse ``method normalised`` with this credential; charges the rate
         limit. Raises NotAuthenticated, RateLimited, TooManyFailedAuth or StoreUnavailable
         to refuse. ``headers`` (the request's) tell who the client is behind a trusted
-        proxy, for the failed-auth limit."""
+        proxy, for the failed-auth limit. ``meanwhile(identity)`` runs once the
+        credential is verified, while Redis answers the rate-limit check (it must not
+        raise)."""
         if self._public.matches(normalised):
             return _PUBLIC
         try:
@@ -100,8 +103,11 @@ class Gateway:
                 record.auth_outcome = "ambiguous"
                 raise NotAuthenticated("ambiguous")
             identity = await self._authenticate(api_key, authorization, headers, record)
+            check = self._limiter.check(identity.user_id, method, normalised)
+            if meanwhile is not None:
+                meanwhile(identity)  # README "Design notes": the rate-limit round trip
             try:
-                rate_headers = await self._limiter.admit(identity.user_id, method, normalised)
+                rate_headers = await check
             except RateLimited:
                 self._auth.rate_limited(identity)
                 raise
@@ -142,87 +148,49 @@ class Gateway:
         request_id: bytes,
         record: RequestRecord,
     ) -> None:
-        incoming: Headers = scope["headers"]
-        api_key = authorization = None
-        ambiguous = False
-        content_length: int | None = None
-        chunked = False
-        for name, value in incoming:
-            lowered = name.lower()
-            if lowered == b"x-api-key":
-                ambiguous |= api_key is not None
-                api_key = value
-            elif lowered == b"authorization":
-                ambiguous |= authorization is not None
-                authorization = value
-            elif lowered == b"content-length":
-                content_length = int(value) if value.isdigit() else None
-            elif lowered == b"transfer-encoding":
-                if value.strip().lower() != b"chunked":  # as nginx: no other coding
-                    raise UnsupportedCoding()
-                chunked = True
-        method: str = scope["method"]
+        request = _Forwarding(self, scope, normalised, request_id, record)
         decision = await self.decide(
-            method,
+            request.method,
             normalised,
-            api_key=api_key,
-            authorization=authorization,
-            ambiguous=ambiguous,
+            api_key=request.api_key,
+            authorization=request.authorization,
+            ambiguous=request.ambiguous,
             record=record,
-            headers=incoming,
+            headers=request.incoming,
+            meanwhile=request.prepare,
         )
         if decision.public:
             record.route = "public"
-        identity = decision.identity
+        plan = request.plan(decision)
         response_headers: Headers = [(b"x-request-id", request_id), *decision.rate_headers]
-        outgoing = self._rules.upstream_request(
-            incoming,
-            forward_authorization=not ambiguous
-            and _may_forward(authorization)
-            and (identity is None or identity.method == JWT),
-            client=record.client,
-            scheme=scope.get("scheme", "http"),
-            request_id=request_id,
-        )
-        if identity is not None:
-            outgoing += self.identity_headers(identity, method, normalised)
-        elif decision.would_deny is not None:
-            outgoing.append((WOULD_DENY, b"%d" % decision.would_deny))
-        upstream = self._upstream
-        if (
-            self._test_upstream is not None
-            and identity is not None
-            and identity.environment == TEST
-        ):
-            upstream = self._test_upstream
         extensions = scope.get("extensions")
-        if extensions and self._websockets is not None and wants_websocket(incoming):
+        if extensions and self._websockets is not None and wants_websocket(request.incoming):
             take_over = extensions.get(TAKE_OVER)
             if take_over is not None:
+                identity = decision.identity
                 record.status = await self._websockets.relay(
-                    upstream=upstream,
+                    upstream=plan.upstream,
                     take_over=take_over,
                     send=send,
-                    path=upstream_path(scope["raw_path"] or b"/", scope["path"], normalised),
-                    query=scope["query_string"],
-                    headers=outgoing,
+                    path=request.path,
+                    query=request.query,
+                    headers=plan.headers,
                     response_headers=response_headers,
                     identity=identity,
                     credential=None
                     if identity is None
-                    else credential_from(api_key, authorization),
+                    else credential_from(request.api_key, request.authorization),
                 )
                 record.responded = True
                 return
         exchange = Exchange(response_headers)
         try:
-            await upstream.forward(
-                method=method,
-                path=upstream_path(scope["raw_path"] or b"/", scope["path"], normalised),
-                query=scope["query_string"],
-                headers=outgoing,
-                content_length=content_length,
-                chunked=chunked,
+            await plan.upstream.forward(
+                method=request.method,
+                head=plan.head,
+                headers=plan.headers,
+                content_length=request.content_length,
+                chunked=request.chunked,
                 receive=receive,
                 send=send,
                 exchange=exchange,
@@ -233,6 +201,38 @@ class Gateway:
             record.bytes_in = exchange.bytes_in
             record.bytes_out = exchange.bytes_out
             record.upstream_seconds = exchange.upstream_seconds
+
+    def plan_upstream(
+        self, request: _Forwarding, identity: Identity | None, would_deny: int | None
+    ) -> _Plan:
+        """What goes upstream for ``request`` once ``identity`` is decided (None: a public
+        path, or a report-only would-be refusal with the status ``would_deny``)."""
+        authorization = request.authorization
+        headers = self._rules.upstream_request(
+            request.incoming,
+            forward_authorization=not request.ambiguous
+            and _may_forward(authorization)
+            and (identity is None or identity.method == JWT),
+            client=request.record.client,
+            scheme=request.scheme,
+            request_id=request.request_id,
+        )
+        upstream = self._upstream
+        if identity is not None:
+            headers += self.identity_headers(identity, request.method, request.normalised)
+            if self._test_upstream is not None and identity.environment == TEST:
+                upstream = self._test_upstream
+        elif would_deny is not None:
+            headers.append((WOULD_DENY, b"%d" % would_deny))
+        head = upstream.request_head(
+            request.method,
+            request.path,
+            request.query,
+            headers,
+            request.content_length,
+            request.chunked,
+        )
+        return _Plan(identity, upstream, headers, head)
 
     async def _authenticate(
         self,
@@ -269,6 +269,95 @@ class Gateway:
         record.user_id = identity.user_id
         record.key_prefix = identity.key_prefix
         return identity
+
+
+class _Plan(NamedTuple):
+    """One request as it goes upstream, for one decided identity."""
+
+    identity: Identity | None
+    upstream: UpstreamClient
+    headers: Headers
+    head: bytes  # request line and headers, without the body
+
+
+class _Forwarding:
+    """One request on its way upstream: what the client sent, and the plan for sending
+    it on. ``prepare`` makes the plan while Redis answers the rate-limit check; ``plan``
+    reuses it when the decision admitted that identity (in report-only mode a refusal
+    becomes a plan without identity, made then)."""
+
+    __slots__ = (
+        "_gateway",
+        "_prepared",
+        "ambiguous",
+        "api_key",
+        "authorization",
+        "chunked",
+        "content_length",
+        "incoming",
+        "method",
+        "normalised",
+        "path",
+        "query",
+        "record",
+        "request_id",
+        "scheme",
+    )
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        scope: Scope,
+        normalised: str,
+        request_id: bytes,
+        record: RequestRecord,
+    ) -> None:
+        incoming: Headers = scope["headers"]
+        api_key = authorization = None
+        ambiguous = False
+        content_length: int | None = None
+        chunked = False
+        for name, value in incoming:
+            lowered = name.lower()
+            if lowered == b"x-api-key":
+                ambiguous |= api_key is not None
+                api_key = value
+            elif lowered == b"authorization":
+                ambiguous |= authorization is not None
+                authorization = value
+            elif lowered == b"content-length":
+                content_length = int(value) if value.isdigit() else None
+            elif lowered == b"transfer-encoding":
+                if value.strip().lower() != b"chunked":  # as nginx: no other coding
+                    raise UnsupportedCoding()
+                chunked = True
+        self._gateway = gateway
+        self._prepared: _Plan | None = None
+        self.incoming = incoming
+        self.api_key = api_key
+        self.authorization = authorization
+        self.ambiguous = ambiguous
+        self.content_length = content_length
+        self.chunked = chunked
+        self.method: str = scope["method"]
+        self.normalised = normalised
+        self.path = upstream_path(scope["raw_path"] or b"/", scope["path"], normalised)
+        self.query: bytes = scope["query_string"]
+        self.scheme: str = scope.get("scheme", "http")
+        self.request_id = request_id
+        self.record = record
+
+    def prepare(self, identity: Identity) -> None:
+        try:  # noqa: SIM105 (contextlib.suppress costs more, on the hot path)
+            self._prepared = self._gateway.plan_upstream(self, identity, None)
+        except ValueError:
+            pass  # a header that would smuggle a line break: ``plan`` raises it again
+
+    def plan(self, decision: Decision) -> _Plan:
+        prepared = self._prepared
+        if prepared is not None and prepared.identity is decision.identity:
+            return prepared
+        return self._gateway.plan_upstream(self, decision.identity, decision.would_deny)
 
 
 _ENVIRONMENT = {LIVE: b"live", TEST: b"test", None: b"live"}

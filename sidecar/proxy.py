@@ -162,10 +162,21 @@ class UpstreamClient:
             raise UpstreamUnavailable() from exc
         return protocol
 
-    def request_head(self, method: str, path: bytes, query: bytes, headers: Headers) -> bytes:
-        """A bodiless request's head as ``forward`` would send it."""
+    def request_head(
+        self,
+        method: str,
+        path: bytes,
+        query: bytes,
+        headers: Headers,
+        content_length: int | None = None,
+        chunked: bool = False,
+    ) -> bytes:
+        """The request line and headers for this upstream, framed by the client's
+        ``content_length`` or ``chunked``: the ``head`` ``forward`` sends. Raises
+        ValueError if a header would smuggle a line break."""
         target = self._prefix + path + (b"?" + query if query else b"")
-        return request_head(method, target, self._host_header, headers, None, False)
+        length = None if chunked else content_length
+        return request_head(method, target, self._host_header, headers, length, chunked)
 
     @property
     def read_timeout(self) -> float:
@@ -187,8 +198,7 @@ class UpstreamClient:
         self,
         *,
         method: str,
-        path: bytes,
-        query: bytes,
+        head: bytes,
         headers: Headers,
         content_length: int | None,
         chunked: bool,
@@ -196,8 +206,9 @@ class UpstreamClient:
         send: Send,
         exchange: Exchange,
     ) -> None:
-        """Stream the request upstream and the response back. Raises a SidecarError
-        (413/502/504) or ClientGone only while nothing has been sent to the client."""
+        """Stream the request (``head`` from ``request_head``, with the same ``headers``
+        and framing) upstream and the response back. Raises a SidecarError (413/502/504)
+        or ClientGone only while nothing has been sent to the client."""
         assert self._slots is not None, "start() first"
         if content_length is not None and content_length > self._max_body:
             raise PayloadTooLarge(self._max_body)
@@ -210,10 +221,7 @@ class UpstreamClient:
             # Read before taking a connection: a slow client holds no upstream slot.
             whole = await _read_whole(receive, self._max_body, exchange)
             streamed = False  # sent with the head
-        target = self._prefix + path + (b"?" + query if query else b"")
-        head = request_head(method, target, self._host_header, headers, content_length, chunked)
-        head += whole
-        outgoing = _Outgoing(method, head, streamed, chunked, headers)
+        outgoing = _Outgoing(method, head + whole if whole else head, streamed, chunked, headers)
         await self._slots.acquire()
         try:
             await self._exchange(outgoing, receive, send, exchange)

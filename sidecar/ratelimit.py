@@ -51,7 +51,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -195,7 +195,13 @@ class RateLimiter:
 
     async def admit(self, user_id: str, method: str, path: str) -> Headers:
         """Headers to add to the response; raise RateLimited when over the limit."""
-        return []
+        return await self.check(user_id, method, path)
+
+    def check(self, user_id: str, method: str, path: str) -> Coroutine[Any, Any, Headers]:
+        """``admit`` in two steps, so the caller can work while Redis answers: the check
+        is on its way when this returns; awaiting the result gives the headers (or
+        raises RateLimited). The caller must await it, or close it."""
+        return _no_headers()
 
     async def close(self) -> None:
         return None
@@ -236,8 +242,19 @@ class RedisRateLimiter(RateLimiter):
         self._next_warning = 0.0
         self._unwarned = 0
 
-    async def admit(self, user_id: str, method: str, path: str) -> Headers:
+    def check(self, user_id: str, method: str, path: str) -> Coroutine[Any, Any, Headers]:
         rule = self._rules.match(method, path)
+        sent = None
+        if self._pipeline is not None and not self._replicas:
+            # Queued now; the pipeline writes it at once when no reply is owed (at c1,
+            # always), so Redis works on it while the caller does.
+            sent = self._pipeline.call(self._command(user_id, rule))
+        return self._check(user_id, rule, sent)
+
+    async def _check(self, user_id: str, rule: Rule, sent: asyncio.Future[Any] | None) -> Headers:
+        """The verdict; ``sent``: the script already queued on the pipeline, if it was.
+        (The caller awaits this in the iteration ``check`` ran in, so the pipeline it
+        was queued on is still ``self._pipeline``.)"""
         try:
             reply = None
             if self._pipeline is not None:
@@ -246,7 +263,7 @@ class RedisRateLimiter(RateLimiter):
                     if self._replicas:
                         reply = await self._counted(self._pipeline, packed)
                     else:
-                        reply = await self._pipeline.run_script(packed, _GCRA)
+                        reply = await self._pipeline.run_script(packed, _GCRA, sent)
                 except PipelineUnsupported as exc:
                     await self._drop_pipeline(str(exc))
             if reply is None:
@@ -322,6 +339,10 @@ class RedisRateLimiter(RateLimiter):
         if self._fail_open:
             return list(rule.fixed_headers)
         raise StoreUnavailable(self._retry_after) from exc
+
+
+async def _no_headers() -> Headers:
+    return []
 
 
 def _fall_back(reason: str) -> None:

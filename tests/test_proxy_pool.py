@@ -86,8 +86,9 @@ async def _get(client: UpstreamClient) -> int:
         sent.append(message)
 
     exchange = Exchange([])
+    head = client.request_head("GET", b"/", b"", [])
     await client.forward(
-        method="GET", path=b"/", query=b"", headers=[], content_length=None, chunked=False,
+        method="GET", head=head, headers=[], content_length=None, chunked=False,
         receive=receive, send=send, exchange=exchange,
     )  # fmt: skip
     assert sent[-1]["body"] == b"ok"

@@ -263,6 +263,37 @@ async def _in_process_burst(
     return admitted
 
 
+def test_a_check_is_on_its_way_to_redis_before_it_is_awaited(
+    redis_server: RedisProcess, user: str
+) -> None:
+    """The gateway prepares the upstream request while Redis answers the check, so the
+    command must be sent when ``check`` returns, not when its result is awaited."""
+    key = f"callcov:rl:{{{user}}}:default"
+    watcher = redis.Redis.from_url(redis_server.url)
+
+    async def scenario() -> None:
+        client = Redis.from_url(redis_server.url)
+        config = RateLimitsConfig(default={"requests": BURST, "per_seconds": 60})
+        limiter = limiter_for(config, client, retry_after=1)
+        try:
+            await limiter.admit(user, "GET", "/api/v1/things")  # connects; charges one
+            first = int(watcher.get(key) or 0)
+            pending = limiter.check(user, "GET", "/api/v1/things")
+            # The event loop does not run until ``pending`` is awaited: only a command
+            # already written can move the bucket meanwhile.
+            wait_until(lambda: int(watcher.get(key) or 0) > first, timeout=5)
+            headers = dict(await pending)
+            assert headers[b"x-ratelimit-remaining"] == str(BURST - 2).encode()
+        finally:
+            await limiter.close()
+            await client.aclose()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        watcher.close()
+
+
 def test_missing_redis_py_internals_are_found_at_start_and_the_script_call_used(
     redis_server: RedisProcess, user: str, monkeypatch: pytest.MonkeyPatch, caplog: Any
 ) -> None:
