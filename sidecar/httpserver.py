@@ -213,9 +213,7 @@ class _Cycle(RequestResponseCycle):
 
 class _Gather:
     """Stands in for the transport between a response head and its body: collects their
-    writes (a close flushes them first), written as one by ``flush``. The body's write
-    flushes at once: uvicorn's bookkeeping after it (a keep-alive timer, flow control)
-    need not delay the response (measured at c1, see README design notes)."""
+    writes (a close flushes them first), written as one by ``flush``."""
 
     def __init__(self, transport: asyncio.Transport) -> None:
         self.transport = transport
@@ -223,8 +221,6 @@ class _Gather:
 
     def write(self, data: bytes) -> None:
         self._parts.append(data)
-        if len(self._parts) > 1:  # the head, then the body: all there is
-            self.flush()
 
     def flush(self) -> None:
         parts, self._parts = self._parts, []

@@ -13,7 +13,6 @@ from sidecar.httpserver import BODY_FOLLOWS, protocol_for
 from tests.harness import free_port
 
 BODY = b'{"ok":true}'
-RESPONSE_COMPLETE = b"<uvicorn's on_response_complete>"
 
 
 class _Recording:
@@ -48,10 +47,6 @@ def _exchange(request: bytes) -> tuple[bytes, list[bytes]]:
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(_Recording(transport, writes))  # type: ignore[arg-type]
 
-        def on_response_complete(self) -> None:
-            writes.append(RESPONSE_COMPLETE)
-            super().on_response_complete()
-
     async def scenario() -> bytes:
         port = free_port()
         config = uvicorn.Config(
@@ -79,26 +74,25 @@ def _exchange(request: bytes) -> tuple[bytes, list[bytes]]:
     return asyncio.run(scenario()), writes
 
 
-def test_a_flagged_response_goes_out_in_one_write_before_uvicorns_bookkeeping() -> None:
+def test_a_flagged_response_goes_out_in_one_write() -> None:
     response, writes = _exchange(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
     assert response.startswith(b"HTTP/1.1 200 OK\r\n")
-    assert writes == [response, RESPONSE_COMPLETE]
+    assert writes == [response]
 
 
 def test_an_unflagged_response_is_written_as_uvicorn_does() -> None:
     response, writes = _exchange(b"GET /unflagged HTTP/1.1\r\nhost: x\r\n\r\n")
-    assert writes[-1] == RESPONSE_COMPLETE
-    assert b"".join(writes[:-1]) == response
-    assert writes[-2] == BODY
+    assert b"".join(writes) == response
+    assert writes[-1] == BODY
 
 
 def test_a_flagged_response_on_a_closing_connection_is_written_before_the_close() -> None:
     response, writes = _exchange(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
     assert b"connection: close" in response.lower()
-    assert writes == [response, RESPONSE_COMPLETE]
+    assert writes == [response]
 
 
 def test_a_flagged_response_to_http_1_0_is_written_whole() -> None:
     response, writes = _exchange(b"GET / HTTP/1.0\r\nhost: x\r\n\r\n")
     assert response.endswith(b"\r\n\r\n" + BODY)
-    assert writes == [response, RESPONSE_COMPLETE]
+    assert writes == [response]
