@@ -413,6 +413,18 @@ def measure(load: Load, scenario: Scenario, seconds: float) -> Sample:
     return sample
 
 
+def _add_counts(
+    total: dict[str, dict[str, float]],
+    before: dict[str, dict[str, float]],
+    after: dict[str, dict[str, float]],
+) -> None:
+    """Add each sidecar's counter increases from ``before`` to ``after`` to ``total``."""
+    for name, counts in after.items():
+        into = total.setdefault(name, {})
+        for labels, value in counts.items():
+            into[labels] = into.get(labels, 0.0) + value - before.get(name, {}).get(labels, 0.0)
+
+
 # ---------------------------------------------------------------------------- the run
 
 
@@ -435,6 +447,7 @@ class Options:
     source: Path
     baseline: Path | None
     wait_idle: float
+    keep_processes: bool = False
 
 
 def git_state(path: Path) -> tuple[str, bool]:
@@ -458,6 +471,8 @@ class Bench:
         self.work.mkdir(parents=True, exist_ok=True)
         self.notes: list[str] = []
         self.sidecars: dict[str, Sidecar] = {}
+        self.peer: subprocess.Popen[bytes] | None = None  # asgiproxy
+        self.peer_port = 0
         self.unavailable: dict[str, str] = {}
         self.nginx = shutil.which("nginx") or next(
             (p for p in ("/usr/sbin/nginx",) if os.access(p, os.X_OK)), None
@@ -574,6 +589,17 @@ http {{
                 return False
 
         wait_for(f"sidecar {sidecar.name}", answering, timeout)
+        if "--workers" in sidecar.args:
+            try:
+                wait_for(
+                    "two processes serving the public port",
+                    lambda: len(listening_pids(sidecar.port, process_tree(sidecar.pid))) >= 2,
+                    timeout=10,
+                )
+            except RuntimeError:
+                raise RuntimeError(
+                    "serve --workers 2 did not start two processes serving the public port"
+                ) from None
         return sidecar
 
     def stop_sidecar(self, sidecar: Sidecar) -> None:
@@ -581,14 +607,15 @@ http {{
             self.procs.stop(sidecar.process, timeout=20)
 
     def start_asgiproxy(self, upstream: str) -> tuple[str, int]:
+        """asgiproxy on ``self.peer_port`` (picked on first start, kept on restarts)."""
         if not BENCH_PYTHON.exists():
             raise RuntimeError("bench/.venv missing: run bench/run, which creates it")
-        port = free_port()
+        port = self.peer_port = self.peer_port or free_port()
         args = [str(BENCH_PYTHON), str(BENCH / "asgiproxy_app.py")]
         args += ["--upstream", upstream, "--port", str(port), "--concurrency", "256"]
-        child = self.procs.start(args, self.work / "asgiproxy.log")
+        self.peer = self.procs.start(args, self.work / "asgiproxy.log")
         wait_for("asgiproxy", lambda: port_open(port))
-        return f"http://127.0.0.1:{port}", child.pid
+        return f"http://127.0.0.1:{port}", self.peer.pid
 
     def create_key(self, sidecar: Sidecar) -> tuple[str, str]:
         response = httpx.post(
@@ -757,16 +784,6 @@ server {{
             self.log("starting sidecar: serve --workers 2")
             try:
                 self.start_sidecar(workers2)
-                try:
-                    wait_for(
-                        "two processes serving the public port",
-                        lambda: len(listening_pids(workers2.port, process_tree(workers2.pid))) >= 2,
-                        timeout=10,
-                    )
-                except RuntimeError:
-                    raise RuntimeError(
-                        "serve --workers 2 did not start two processes serving the public port"
-                    ) from None
                 self.sidecars["workers2"] = workers2
             except RuntimeError as exc:
                 self.unavailable["workers2"] = str(exc).splitlines()[0]
@@ -837,8 +854,13 @@ server {{
         self.log(f"warm-up: {self.o.warmup:g}s per scenario")
         for scenario in self.scenarios:
             self.load.run(scenario.url, scenario.headers, scenario.connections, self.o.warmup)
+        cache_seen: dict[str, dict[str, float]] = {}
         hits_before = self.cache_counts()
         for round_no in range(self.o.rounds):
+            if round_no and not self.o.keep_processes:
+                _add_counts(cache_seen, hits_before, self.cache_counts())
+                self.restart_servers(upstream)
+                hits_before = self.cache_counts()
             shift = round_no % len(self.scenarios)
             order = self.scenarios[shift:] + self.scenarios[:shift]
             for scenario in order:
@@ -852,11 +874,34 @@ server {{
                     f"p99 {sample.p99_ms:7.3f} ms  cpu {sample.cpu_us_per_request or 0:6.1f} "
                     f"us/req  other load {sample.foreign_cores or 0:4.2f} cores{flag}"
                 )
-        self.sanity_notes(hits_before, self.cache_counts())
+        _add_counts(cache_seen, hits_before, self.cache_counts())
+        self.sanity_notes(cache_seen)
         if self.wanted("profile") and self.selected("full"):
             self.run_profile(full, key_header)
         for sidecar in list(self.sidecars.values()):
             self.stop_sidecar(sidecar)
+
+    def restart_servers(self, upstream: str) -> None:
+        """A fresh process for every Python server measured (the sidecars, asgiproxy), on
+        the same ports, then the warm-up again. On some machines identical code runs up
+        to ~20 % faster or slower from one process to the next (memory placement): with
+        a process per round, the medians are not one process's luck."""
+        self.log("round: restarting the sidecars and asgiproxy (fresh processes)")
+        moved: dict[int, int] = {}
+        for sidecar in self.sidecars.values():
+            old = sidecar.pid
+            self.stop_sidecar(sidecar)
+            self.start_sidecar(sidecar)
+            moved[old] = sidecar.pid
+        if self.peer is not None:
+            old = self.peer.pid
+            self.procs.stop(self.peer)
+            moved[old] = self.start_asgiproxy(upstream)[1]
+        for scenario in self.scenarios:
+            scenario.root_pid = moved.get(scenario.root_pid, scenario.root_pid)
+        for scenario in self.scenarios:
+            self.check_answers(scenario)
+            self.load.run(scenario.url, scenario.headers, scenario.connections, self.o.warmup)
 
     def wait_until_idle(self) -> None:
         """Other work on the machine (a test suite, a build) competes for the same cores;
@@ -914,12 +959,10 @@ server {{
             for name, sidecar in self.sidecars.items()
         }
 
-    def sanity_notes(
-        self, before: dict[str, dict[str, float]], after: dict[str, dict[str, float]]
-    ) -> None:
-        for name in after:
-            hits = after[name].get('{result="hit"}', 0) - before[name].get('{result="hit"}', 0)
-            miss = after[name].get('{result="miss"}', 0) - before[name].get('{result="miss"}', 0)
+    def sanity_notes(self, seen: dict[str, dict[str, float]]) -> None:
+        for name, counts in seen.items():
+            hits = counts.get('{result="hit"}', 0)
+            miss = counts.get('{result="miss"}', 0)
             if hits + miss:
                 self.notes.append(
                     f"Key cache on sidecar `{name}` during the rounds: {hits:.0f} hits, "
@@ -1247,6 +1290,11 @@ server {{
             f"- `wrk -t{o.threads} -c{o.connections} -d{o.duration:g}s --latency --timeout 5s` "
             f"(c1 rows: `-t1 -c1`), GET `{PATH}`, warm-up {o.warmup:g}s per scenario, "
             f"{o.rounds} interleaved round(s) (order rotated each round), medians reported"
+            + (
+                ""
+                if o.keep_processes or o.rounds < 2
+                else "; fresh sidecar and asgiproxy processes for each round (warmed up again)"
+            )
             + (" — QUICK MODE (smoke run, not for comparison)" if o.quick else ""),
             "- every server is one process on 127.0.0.1 unless noted; sidecar: "
             "`python -m sidecar serve` (uvicorn, uvloop + httptools, 1 worker), "
@@ -1707,6 +1755,12 @@ def parse_options(argv: list[str] | None = None) -> Options:
         "(default 300, quick 0)",
     )
     parser.add_argument("--keep-work", action="store_true", help="keep bench/work/run-* (logs)")
+    parser.add_argument(
+        "--keep-processes",
+        action="store_true",
+        help="measure every round on the same sidecar and asgiproxy processes (faster; by "
+        "default each round gets fresh ones, as one process's speed can be luck)",
+    )
     args = parser.parse_args(argv)
     quick = args.quick
     source = (args.source or ROOT).resolve()
@@ -1733,6 +1787,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
         source=source,
         baseline=args.baseline.resolve() if args.baseline else None,
         wait_idle=args.wait_idle if args.wait_idle is not None else (0.0 if quick else 300.0),
+        keep_processes=args.keep_processes,
     )
 
 
