@@ -213,7 +213,7 @@ class Gateway:
             forward_authorization=not request.ambiguous
             and _may_forward(authorization)
             and (identity is None or identity.method == JWT),
-            client=request.record.client,
+            client=request.client,
             scheme=request.scheme,
             request_id=request.request_id,
         )
@@ -293,13 +293,13 @@ class _Forwarding:
         "api_key",
         "authorization",
         "chunked",
+        "client",
         "content_length",
         "incoming",
         "method",
         "normalised",
         "path",
         "query",
-        "record",
         "request_id",
         "scheme",
     )
@@ -345,7 +345,7 @@ class _Forwarding:
         self.query: bytes = scope["query_string"]
         self.scheme: str = scope.get("scheme", "http")
         self.request_id = request_id
-        self.record = record
+        self.client = record.client
 
     def prepare(self, identity: Identity) -> None:
         try:  # noqa: SIM105 (contextlib.suppress costs more, on the hot path)

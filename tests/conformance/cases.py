@@ -578,29 +578,13 @@ CASES: list[Case] = [
     # moment (another case's connection, in the concurrent phase), it would get the same
     # 502 without reaching the upstream, and seen(1) would fail by chance (a POST is not
     # replayed: Go's rule). Alone after the warm-up, it goes on a live connection.
-    case(
-        "close-before-head",
-        post(b"x"),
-        r(b"", then="close"),
-        status(502),
-        seen(1),
-        sequential=True,
-    ),
-    case(
-        "reset-before-head",
-        post(b"x"),
-        r(b"", then="reset"),
-        status(502),
-        seen(1),
-        sequential=True,
-    ),
-    case(
-        "reset-mid-head",
-        post(b"x"),
-        r(b"HTTP/1.1 200 OK\r\nX-Par", then="reset"),
-        status(502),
-        seen(1),
-        sequential=True,
+    *(
+        case(name, post(b"x"), r(reply, then=how), status(502), seen(1), sequential=True)
+        for name, reply, how in (
+            ("close-before-head", b"", "close"),
+            ("reset-before-head", b"", "reset"),
+            ("reset-mid-head", b"HTTP/1.1 200 OK\r\nX-Par", "reset"),
+        )
     ),
     case(
         "reset-mid-small-body",
