@@ -46,6 +46,8 @@ from sidecar.websocket import WebSockets
 log = logging.getLogger("sidecar")
 
 _CONFIRM_EVERY = 1.0  # seconds between attempts to re-apply possibly lost revocations
+_GATEWAY = "proxy"  # the route of everything the gateway handles (it may say "public")
+_ROUTED = "sidecar.routed"  # in a scope: (normalised path, route), from ``on_head``
 
 
 class Sidecar:
@@ -250,6 +252,28 @@ class Sidecar:
         elif kind == "websocket":
             await send({"type": "websocket.close", "code": 1003})
 
+    def on_head(self, scope: Scope) -> None:
+        """The public server's head hook (httpserver.py): a request head was just
+        parsed and this app is called for it next. A request for the gateway starts
+        there and then (``Gateway.start``: its rate-limit check goes to Redis)."""
+        normalised = normalise(scope["path"])
+        route = self._route(scope, normalised)
+        scope[_ROUTED] = (normalised, route)
+        if route == _GATEWAY:
+            self.gateway.start(scope, normalised)
+
+    def _route(self, scope: Scope, normalised: str) -> str:
+        """Which part of the sidecar answers: the RequestRecord route it is logged as."""
+        if self._reject_ambiguous and ambiguous(scope["raw_path"] or b"", scope["path"]):
+            return "refused"
+        if self._scanning_path is not None and (
+            normalised.rstrip("/").lower() == self._scanning_path
+        ):
+            return "secret_scanning"
+        if self._owned.matches(normalised):
+            return "api_keys"
+        return _GATEWAY
+
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         incoming_id = None
         for name, value in scope["headers"]:
@@ -257,29 +281,29 @@ class Sidecar:
                 incoming_id = value
                 break
         rid = request_id(incoming_id)
-        normalised = normalise(scope["path"])
+        routed = scope.get(_ROUTED)
+        if routed is None:
+            normalised = normalise(scope["path"])
+            route = self._route(scope, normalised)
+        else:
+            normalised, route = routed
         client = scope.get("client")
         record = RequestRecord(
             method=scope["method"],
             path=normalised,
-            route="proxy",
+            route=route,
             request_id=rid.decode(),
             client=client[0] if client else None,
             started=time.perf_counter(),
         )
         self.metrics.in_flight.inc()
         try:
-            if self._reject_ambiguous and ambiguous(scope["raw_path"] or b"", scope["path"]):
-                record.route = "refused"
+            if route == "refused":
                 raise AmbiguousPath()
-            if self._scanning_path is not None and (
-                normalised.rstrip("/").lower() == self._scanning_path
-            ):
+            if route == "secret_scanning":
                 assert self.scanning is not None
-                record.route = "secret_scanning"
                 await self.scanning.handle(scope, receive, _Started(send, rid, record))
-            elif self._owned.matches(normalised):
-                record.route = "api_keys"
+            elif route == "api_keys":
                 owned_scope = dict(scope, path=KEYS_PREFIX + normalised[len(KEYS_PREFIX) :])
                 await self.keys_api.app(owned_scope, receive, _Started(send, rid, record))
             else:  # the hot path: the gateway sets X-Request-ID and the record itself

@@ -96,19 +96,32 @@ class Authenticator:
         *,
         peer: str | None = None,
         headers: Iterable[tuple[bytes, bytes]] = (),
+        key_hash: str | None = None,
     ) -> Identity:
         """``peer`` and ``headers`` say who the client is, for the failed-auth limit;
-        they are only looked at when that limit is on and the cache cannot answer."""
+        they are only looked at when that limit is on and the cache cannot answer.
+        ``key_hash``: the API key's hash, when ``vouched`` already computed it."""
         if credential.kind == JWT:
             return Identity(await self._jwt.user_id(credential.value), JWT)
         if self._failed is None:
-            return await self._api_key(credential.value, None)
+            return await self._api_key(credential.value, None, key_hash)
         client = _Client(self._proxies, peer, headers)
         try:
-            return await self._api_key(credential.value, client)
+            return await self._api_key(credential.value, client, key_hash)
         except NotAuthenticated:
             self._failed.failed(client.address())
             raise
+
+    def vouched(self, credential: Credential) -> tuple[str, str] | None:
+        """(user id, key hash) of an API key the cache vouches for, if it would be
+        admitted now; else None. Counts and records nothing: ``authenticate`` decides."""
+        if credential.kind != API_KEY:
+            return None
+        key_hash = self._hasher.hash(credential.value)
+        key = self._cache.fresh(key_hash)
+        if key is None or key.canary or not key.usable_at(time.time()):
+            return None
+        return key.user_id, key_hash
 
     def rate_limited(self, identity: Identity) -> None:
         """The request ``identity`` authenticated was refused with 429 (usage counts)."""
@@ -120,8 +133,9 @@ class Authenticator:
             raise NotAuthenticated("api_key_not_allowed")
         return await self._jwt.user_id(credential.value)
 
-    async def _api_key(self, value: str, client: _Client | None) -> Identity:
-        key_hash = self._hasher.hash(value)
+    async def _api_key(self, value: str, client: _Client | None, key_hash: str | None) -> Identity:
+        if key_hash is None:
+            key_hash = self._hasher.hash(value)
         # A cached hash is a key already parsed and verified: shape and checksum are
         # checked on a miss only (they cost more than the hash on the cached path).
         key = self._cache.fresh(key_hash)

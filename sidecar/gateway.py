@@ -19,7 +19,7 @@ from typing import NamedTuple
 from starlette.types import Receive, Scope, Send
 
 from sidecar.assertion import AssertionSigner
-from sidecar.authn import JWT, Authenticator, Identity, credential_from
+from sidecar.authn import JWT, Authenticator, Credential, Identity, credential_from
 from sidecar.domain import LIVE, TEST, key_prefix
 from sidecar.errors import (
     NotAuthenticated,
@@ -35,12 +35,14 @@ from sidecar.keyformat import looks_like_api_key
 from sidecar.observe import RequestRecord
 from sidecar.paths import PrefixMatcher, upstream_path
 from sidecar.proxy import Exchange, UpstreamClient
-from sidecar.ratelimit import RateLimiter
+from sidecar.ratelimit import RateLimiter, Sent
 from sidecar.websocket import WebSockets, wants_websocket
 
 # The refusals report-only mode turns into "forwarded, marked": 401, 429, and 503 for a
 # key that cannot be verified. Anything else (413, 502...) is not an auth decision.
 REPORTABLE = frozenset({401, 429, 503})
+# Where ``start`` leaves a request for ``handle``, in its ASGI scope.
+_FORWARDING = "sidecar.forwarding"
 
 
 class Decision(NamedTuple):
@@ -48,6 +50,15 @@ class Decision(NamedTuple):
     rate_headers: Headers  # for the client's response
     would_deny: int | None = None  # report-only: the status enforce mode would answer
     public: bool = False
+
+
+class Early(NamedTuple):
+    """What ``Gateway.start`` learnt at a request's head: its credential, which the key
+    cache vouched for, the key's hash, and the rate-limit check it sent."""
+
+    credential: Credential
+    key_hash: str
+    sent: Sent | None
 
 
 _PUBLIC = Decision(None, [], None, True)
@@ -89,21 +100,28 @@ class Gateway:
         record: RequestRecord,
         headers: Sequence[tuple[bytes, bytes]] = (),
         meanwhile: Callable[[Identity], None] | None = None,
+        early: Early | None = None,
     ) -> Decision:
         """Admit or refuse ``method normalised`` with this credential; charges the rate
         limit. Raises NotAuthenticated, RateLimited, TooManyFailedAuth or StoreUnavailable
         to refuse. ``headers`` (the request's) tell who the client is behind a trusted
         proxy, for the failed-auth limit. ``meanwhile(identity)`` runs once the
         credential is verified, while Redis answers the rate-limit check (it must not
-        raise)."""
+        raise). ``early``: what ``start`` learnt and sent, if it ran."""
         if self._public.matches(normalised):
             return _PUBLIC
         try:
             if ambiguous:  # a credential header sent twice: which one would the upstream use?
                 record.auth_outcome = "ambiguous"
                 raise NotAuthenticated("ambiguous")
-            identity = await self._authenticate(api_key, authorization, headers, record)
-            check = self._limiter.check(identity.user_id, method, normalised)
+            sent = early.sent if early is not None else None
+            try:
+                identity = await self._authenticate(api_key, authorization, headers, record, early)
+            except BaseException:
+                if sent is not None:
+                    sent.drop()
+                raise
+            check = self._limiter.check(identity.user_id, method, normalised, sent)
             if meanwhile is not None:
                 meanwhile(identity)  # README "Design notes": the rate-limit round trip
             try:
@@ -138,6 +156,28 @@ class Gateway:
             out.append((self._assertion.header, self._assertion.sign(identity, method, normalised)))
         return out
 
+    def start(self, scope: Scope, normalised: str) -> None:
+        """Begin a request ``handle`` will be given, as soon as its head is parsed: read
+        its headers and, when the key cache vouches for its API key, send its rate-limit
+        check to Redis, which answers while the server and ``handle`` set the request
+        up (README "Design notes": the rate-limit check at the head)."""
+        try:
+            request = _Forwarding(self, scope, normalised)
+        except SidecarError:
+            return  # ``handle`` refuses it, in order
+        scope[_FORWARDING] = request
+        if request.ambiguous or self._public.matches(normalised):
+            return
+        try:
+            credential = credential_from(request.api_key, request.authorization)
+        except NotAuthenticated:
+            return
+        vouched = self._auth.vouched(credential)
+        if vouched is not None:
+            user_id, key_hash = vouched
+            sent = self._limiter.send(user_id, request.method, normalised)
+            request.early = Early(credential, key_hash, sent)
+
     async def handle(
         self,
         scope: Scope,
@@ -148,7 +188,8 @@ class Gateway:
         request_id: bytes,
         record: RequestRecord,
     ) -> None:
-        request = _Forwarding(self, scope, normalised, request_id, record)
+        request: _Forwarding = scope.pop(_FORWARDING, None) or _Forwarding(self, scope, normalised)
+        request.request_id = request_id
         decision = await self.decide(
             request.method,
             normalised,
@@ -158,6 +199,7 @@ class Gateway:
             record=record,
             headers=request.incoming,
             meanwhile=request.prepare,
+            early=request.early,
         )
         if decision.public:
             record.route = "public"
@@ -240,14 +282,19 @@ class Gateway:
         authorization: bytes | None,
         incoming: Sequence[tuple[bytes, bytes]],
         record: RequestRecord,
+        early: Early | None = None,
     ) -> Identity:
         started = time.perf_counter()
         credential = None
         try:
-            credential = credential_from(api_key, authorization)
+            if early is None:
+                credential = credential_from(api_key, authorization)
+                key_hash = None
+            else:
+                credential, key_hash = early.credential, early.key_hash
             record.auth_method = credential.kind
             identity = await self._auth.authenticate(
-                credential, peer=record.client, headers=incoming
+                credential, peer=record.client, headers=incoming, key_hash=key_hash
             )
         except NotAuthenticated as exc:
             record.auth_outcome = exc.reason
@@ -295,6 +342,7 @@ class _Forwarding:
         "chunked",
         "client",
         "content_length",
+        "early",
         "incoming",
         "method",
         "normalised",
@@ -304,14 +352,7 @@ class _Forwarding:
         "scheme",
     )
 
-    def __init__(
-        self,
-        gateway: Gateway,
-        scope: Scope,
-        normalised: str,
-        request_id: bytes,
-        record: RequestRecord,
-    ) -> None:
+    def __init__(self, gateway: Gateway, scope: Scope, normalised: str) -> None:
         incoming: Headers = scope["headers"]
         api_key = authorization = None
         ambiguous = False
@@ -344,8 +385,10 @@ class _Forwarding:
         self.path = upstream_path(scope["raw_path"] or b"/", scope["path"], normalised)
         self.query: bytes = scope["query_string"]
         self.scheme: str = scope.get("scheme", "http")
-        self.request_id = request_id
-        self.client = record.client
+        self.request_id = b""  # set by ``handle``
+        client = scope.get("client")
+        self.client: str | None = client[0] if client else None
+        self.early: Early | None = None  # set by ``start``
 
     def prepare(self, identity: Identity) -> None:
         try:  # noqa: SIM105 (contextlib.suppress costs more, on the hot path)

@@ -53,7 +53,7 @@ import math
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
@@ -190,6 +190,20 @@ def _seconds(micros: int) -> int:
     return max(1, math.ceil(micros / _MICROS))
 
 
+class Sent(NamedTuple):
+    """A check already on its way to Redis (``RateLimiter.send``): whose, which rule,
+    and the future of its reply. Either ``check`` takes it, or ``drop``."""
+
+    user_id: str
+    rule: Rule
+    reply: asyncio.Future[Any]
+
+    def drop(self) -> None:
+        """It will not be checked (the request was refused first); the budget it took
+        stays taken, as if the request had been admitted and then failed."""
+        self.reply.add_done_callback(_ignore)
+
+
 class RateLimiter:
     """Rate limiting turned off: admits everything, adds no headers, no Redis."""
 
@@ -197,10 +211,18 @@ class RateLimiter:
         """Headers to add to the response; raise RateLimited when over the limit."""
         return await self.check(user_id, method, path)
 
-    def check(self, user_id: str, method: str, path: str) -> Coroutine[Any, Any, Headers]:
+    def send(self, user_id: str, method: str, path: str) -> Sent | None:
+        """Send the check for ``user_id`` now, for ``check`` to take later (None: nothing
+        to send, or it cannot be sent ahead)."""
+        return None
+
+    def check(
+        self, user_id: str, method: str, path: str, sent: Sent | None = None
+    ) -> Coroutine[Any, Any, Headers]:
         """``admit`` in two steps, so the caller can work while Redis answers: the check
-        is on its way when this returns; awaiting the result gives the headers (or
-        raises RateLimited). The caller must await it, or close it."""
+        is on its way when this returns (``sent``, when it is this user's, already was);
+        awaiting the result gives the headers (or raises RateLimited). The caller must
+        await it, or close it."""
         return _no_headers()
 
     async def close(self) -> None:
@@ -242,19 +264,28 @@ class RedisRateLimiter(RateLimiter):
         self._next_warning = 0.0
         self._unwarned = 0
 
-    def check(self, user_id: str, method: str, path: str) -> Coroutine[Any, Any, Headers]:
+    def send(self, user_id: str, method: str, path: str) -> Sent | None:
+        if self._pipeline is None or self._replicas:
+            return None
         rule = self._rules.match(method, path)
-        sent = None
-        if self._pipeline is not None and not self._replicas:
-            # Queued now; the pipeline writes it at once when no reply is owed (at c1,
-            # always), so Redis works on it while the caller does.
-            sent = self._pipeline.call(self._command(user_id, rule))
-        return self._check(user_id, rule, sent)
+        # Queued now; the pipeline writes it at once when no reply is owed (at c1,
+        # always), so Redis works on it while the caller does.
+        return Sent(user_id, rule, self._pipeline.call(self._command(user_id, rule)))
+
+    def check(
+        self, user_id: str, method: str, path: str, sent: Sent | None = None
+    ) -> Coroutine[Any, Any, Headers]:
+        if sent is not None and sent.user_id != user_id:
+            sent.drop()
+            sent = None
+        if sent is None:
+            sent = self.send(user_id, method, path)
+        if sent is None:
+            return self._check(user_id, self._rules.match(method, path), None)
+        return self._check(user_id, sent.rule, sent.reply)
 
     async def _check(self, user_id: str, rule: Rule, sent: asyncio.Future[Any] | None) -> Headers:
-        """The verdict; ``sent``: the script already queued on the pipeline, if it was.
-        (The caller awaits this in the iteration ``check`` ran in, so the pipeline it
-        was queued on is still ``self._pipeline``.)"""
+        """The verdict; ``sent``: the script already queued on the pipeline, if it was."""
         try:
             reply = None
             if self._pipeline is not None:
@@ -266,6 +297,8 @@ class RedisRateLimiter(RateLimiter):
                         reply = await self._pipeline.run_script(packed, _GCRA, sent)
                 except PipelineUnsupported as exc:
                     await self._drop_pipeline(str(exc))
+            elif sent is not None:  # queued before the pipeline was dropped, so it failed
+                sent.add_done_callback(_ignore)
             if reply is None:
                 keys = [bucket_key(user_id, rule)]
                 reply = await self._script(keys=keys, args=[rule.interval_us, rule.capacity_us])
@@ -343,6 +376,11 @@ class RedisRateLimiter(RateLimiter):
 
 async def _no_headers() -> Headers:
     return []
+
+
+def _ignore(reply: asyncio.Future[Any]) -> None:
+    if not reply.cancelled():
+        reply.exception()  # retrieved: asyncio does not log it as lost
 
 
 def _fall_back(reason: str) -> None:

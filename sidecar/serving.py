@@ -108,12 +108,13 @@ def bind(host: str, port: int, *, reuse_port: bool = False, listen: bool = True)
 def uvicorn_config(
     app: Any, config: Config, *, lifespan: Literal["on", "off"] = "off", public: bool = False
 ) -> uvicorn.Config:
-    """``public``: the hardened protocol of httpserver.py (request limits, trailers,
-    framing); uvicorn's WebSocket handling off, as websocket.py relays upgrades."""
+    """``public``: ``app`` is the Sidecar, served with the hardened protocol of
+    httpserver.py (request limits, trailers, framing, the app's head hook); uvicorn's
+    WebSocket handling off, as websocket.py relays upgrades."""
     return uvicorn.Config(
         app,
         lifespan=lifespan,
-        http=protocol_for(config.server.limits) if public else "httptools",
+        http=protocol_for(config.server.limits, app.on_head) if public else "httptools",
         ws="none" if public else "auto",
         log_config=None,
         access_log=False,

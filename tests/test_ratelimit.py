@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,7 +18,7 @@ from redis.asyncio.connection import Connection
 from sidecar import autopipeline
 from sidecar.config import RateLimitsConfig
 from sidecar.errors import RateLimited
-from sidecar.ratelimit import limiter_for
+from sidecar.ratelimit import RuleTable, Sent, limiter_for
 from tests.conftest import Api, make_token
 from tests.harness import RedisProcess, SidecarProcess, wait_until
 from tests.upstream_app import RecordingUpstream
@@ -292,6 +293,64 @@ def test_a_check_is_on_its_way_to_redis_before_it_is_awaited(
         asyncio.run(scenario())
     finally:
         watcher.close()
+
+
+def test_a_check_sent_ahead_is_charged_once_and_only_for_its_own_user(
+    redis_server: RedisProcess, user: str
+) -> None:
+    """``send`` (at the request head) charges at once; ``check`` then takes that charge
+    instead of charging again. A check for another user drops it and charges its own."""
+    other = user + "-other"
+    keys = {u: f"callcov:rl:{{{u}}}:default" for u in (user, other)}
+    watcher = redis.Redis.from_url(redis_server.url)
+
+    async def scenario() -> None:
+        client = Redis.from_url(redis_server.url)
+        config = RateLimitsConfig(default={"requests": BURST, "per_seconds": 60})
+        limiter = limiter_for(config, client, retry_after=1)
+        try:
+            await limiter.admit(user, "GET", "/api/v1/things")  # connects; charges one
+            charged = int(watcher.get(keys[user]) or 0)
+            sent = limiter.send(user, "GET", "/api/v1/things")
+            assert sent is not None
+            wait_until(lambda: int(watcher.get(keys[user]) or 0) > charged, timeout=5)
+            headers = dict(await limiter.check(user, "GET", "/api/v1/things", sent))
+            assert headers[b"x-ratelimit-remaining"] == str(BURST - 2).encode()
+
+            sent = limiter.send(user, "GET", "/api/v1/things")
+            headers = dict(await limiter.check(other, "GET", "/api/v1/things", sent))
+            assert headers[b"x-ratelimit-remaining"] == str(BURST - 1).encode()
+            assert watcher.exists(keys[other])
+            with pytest.raises(RateLimited):  # the dropped check took the last of the burst
+                await limiter.admit(user, "GET", "/api/v1/things")
+        finally:
+            await limiter.close()
+            await client.aclose()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        watcher.close()
+
+
+def test_a_dropped_check_that_fails_is_not_reported_as_lost() -> None:
+    """A request refused before its check was taken drops it: if Redis then fails the
+    check, asyncio must not log an exception nobody retrieved."""
+    reported: list[dict[str, Any]] = []
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda _, context: reported.append(context))
+        reply: asyncio.Future[Any] = loop.create_future()
+        rule = RuleTable(RateLimitsConfig(default={"requests": 1, "per_seconds": 1})).default
+        Sent("u", rule, reply).drop()
+        reply.set_exception(redis.ConnectionError("gone"))
+        await asyncio.sleep(0)  # its done callbacks run
+        del reply
+        gc.collect()
+
+    asyncio.run(scenario())
+    assert reported == []
 
 
 def test_missing_redis_py_internals_are_found_at_start_and_the_script_call_used(
