@@ -277,7 +277,7 @@ class Sidecar:
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         incoming_id = None
         for name, value in scope["headers"]:
-            if name.lower() == b"x-request-id":
+            if name == b"x-request-id":  # names are lower case in an ASGI scope
                 incoming_id = value
                 break
         rid = request_id(incoming_id)

@@ -358,17 +358,16 @@ class _Forwarding:
         ambiguous = False
         content_length: int | None = None
         chunked = False
-        for name, value in incoming:
-            lowered = name.lower()
-            if lowered == b"x-api-key":
+        for name, value in incoming:  # names are lower case in an ASGI scope
+            if name == b"x-api-key":
                 ambiguous |= api_key is not None
                 api_key = value
-            elif lowered == b"authorization":
+            elif name == b"authorization":
                 ambiguous |= authorization is not None
                 authorization = value
-            elif lowered == b"content-length":
+            elif name == b"content-length":
                 content_length = int(value) if value.isdigit() else None
-            elif lowered == b"transfer-encoding":
+            elif name == b"transfer-encoding":
                 if value.strip().lower() != b"chunked":  # as nginx: no other coding
                     raise UnsupportedCoding()
                 chunked = True

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import string
 import zlib
 
@@ -115,6 +117,16 @@ def test_keyed_hash_depends_on_the_secret() -> None:
     assert one.hash(key) == one.hash(key)
     assert len(one.hash(key)) == 64 and key not in one.hash(key)
     assert "s" * 32 not in repr(one)
+
+
+def test_keyed_hash_is_hmac_sha256_of_the_key_call_after_call() -> None:
+    """Stored hashes must not change between versions; and a hash must not carry state
+    from the one before (the hasher copies one keyed HMAC per call)."""
+    secret = b"k" * 32
+    hasher = KeyHasher(secret)
+    for key in (keyformat.generate(), keyformat.generate(), "sk_live_x"):
+        expected = hmac.new(secret, key.encode(), hashlib.sha256).hexdigest()
+        assert hasher.hash(key) == expected
 
 
 def test_short_hash_secret_is_refused() -> None:
