@@ -12,8 +12,9 @@ What it changes, and why here (the ASGI app never sees an unfinished head):
   failing; an HTTP/1.0 client gets a body of unknown length delimited by the close, not
   chunked framing it cannot read.
 - A response start flagged ``BODY_FOLLOWS`` (its whole body is the next message) is
-  written together with that body: one write and one TCP segment instead of two
-  (measured at c1: one syscall fewer per proxied request; see README design notes).
+  framed here and written together with that body: one write and one TCP segment
+  instead of two, and one check of the head instead of uvicorn's per-header regular
+  expressions (README design notes: 6 % fewer instructions per proxied request).
 - ``head_hook`` (when set) is called with each request's scope as soon as its head is
   parsed, before the app task runs: the app starts work that waits on another server
   there (app.py: the rate-limit check), a loop iteration and the app's own set-up sooner.
@@ -30,7 +31,11 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 import httptools
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+from uvicorn.protocols.http.httptools_impl import (
+    STATUS_LINE,
+    HttpToolsProtocol,
+    RequestResponseCycle,
+)
 
 from sidecar.config import RequestLimits
 from sidecar.errors import HeadersTooLarge, MalformedRequest, SidecarError, TargetTooLong
@@ -176,13 +181,25 @@ _REASONS = {400: b"Bad Request", 414: b"URI Too Long", 431: b"Request Header Fie
 
 
 class _Cycle(RequestResponseCycle):
-    """uvicorn's request/response cycle with the two framing fixes above."""
+    """uvicorn's request/response cycle with the framing fixes above, and a whole
+    response (a ``BODY_FOLLOWS`` start and its body) written in one piece."""
 
     _close_delimited = False
-    _gathered: _Gather | None = None
+    _held: Any = None  # a BODY_FOLLOWS start, until its body comes
 
     async def send(self, message: Any) -> None:
+        held = self._held
+        if held is not None:  # the body of a BODY_FOLLOWS start: out with its head
+            self._held = None
+            if self.flow.write_paused and not self.disconnected:
+                await self.flow.drain()
+            if not self.disconnected:
+                self._write_whole(held, message.get("body", b""))
+            return
         if message["type"] == "http.response.start" and not self.response_started:
+            if message.get(BODY_FOLLOWS):
+                self._held = message
+                return
             status = message["status"]
             if (
                 self.scope["http_version"] == "1.0"
@@ -192,24 +209,61 @@ class _Cycle(RequestResponseCycle):
             ):
                 self._close_delimited = True
                 self.chunked_encoding = False  # keeps uvicorn from adding chunked
-            if message.get(BODY_FOLLOWS):  # the head waits for the body: one write
-                self._gathered = _Gather(self.transport)
-                self.transport = self._gathered  # type: ignore[assignment]
             await super().send(message)
             if status in _NO_BODY:
                 self.expected_content_length = 0  # its Content-Length announces no body
             return
-        gathered = self._gathered
-        try:
-            if self._close_delimited and not self.response_complete:
-                await self._send_until_close(message)
-            else:
-                await super().send(message)
-        finally:
-            if gathered is not None:  # the body of a BODY_FOLLOWS start: out with its head
-                self.transport = gathered.transport
-                self._gathered = None
-                gathered.flush()
+        if self._close_delimited and not self.response_complete:
+            await self._send_until_close(message)
+        else:
+            await super().send(message)
+
+    def _write_whole(self, start: Any, body: bytes) -> None:
+        """Head and body in one write, framed as uvicorn would frame them (which writes
+        them apart, after matching each header against two regular expressions: here
+        one check of the whole head rejects a line break or control character smuggled
+        into a header). README "Design notes": a whole response, one write."""
+        self.response_started = True
+        self.waiting_for_100_continue = False
+        status = start["status"]
+        no_body = status in _NO_BODY or self.scope["method"] == "HEAD"
+        lines = [STATUS_LINE[status]]
+        framed = close_listed = False
+        for name, value in (*self.default_headers, *start["headers"]):
+            name = name.lower()
+            if name == b"content-length":
+                if not no_body and int(value) != len(body):
+                    raise RuntimeError("Response body length differs from its Content-Length")
+                framed = True
+            elif name == b"transfer-encoding":
+                raise RuntimeError("A whole response is not sent with Transfer-Encoding")
+            elif name == b"connection" and b"close" in _tokens(value):
+                self.keep_alive = False
+                close_listed = True
+            lines.append(b"%b: %b\r\n" % (name, value))
+        if not self.keep_alive and not close_listed:
+            lines.append(b"connection: close\r\n")
+        if no_body:
+            body = b""
+        elif not framed and self.scope["http_version"] == "1.0":
+            self.keep_alive = False  # delimited by the close
+        elif not framed:
+            lines.append(b"transfer-encoding: chunked\r\n")
+            body = (b"%x\r\n%b\r\n0\r\n\r\n" % (len(body), body)) if body else b"0\r\n\r\n"
+        lines.append(b"\r\n")
+        head = b"".join(lines)
+        if (  # each line ends in the one CRLF it holds
+            head.count(b"\n") != len(lines)
+            or head.count(b"\r") != len(lines)
+            or head.translate(None, _ALLOWED_IN_HEAD)
+        ):
+            raise RuntimeError("Invalid HTTP header")
+        self.transport.write(head + body if body else head)
+        self.response_complete = True
+        self.message_event.set()
+        if not self.keep_alive:
+            self.transport.close()
+        self.on_response()
 
     async def _send_until_close(self, message: Any) -> None:
         if self.flow.write_paused and not self.disconnected:
@@ -224,28 +278,13 @@ class _Cycle(RequestResponseCycle):
             self.on_response()
 
 
-class _Gather:
-    """Stands in for the transport between a response head and its body: collects their
-    writes (a close flushes them first), written as one by ``flush``."""
+# Bytes a response head may hold: tab, CR and LF (counted apart), printable ASCII and
+# obs-text, as uvicorn's header checks allow.
+_ALLOWED_IN_HEAD = bytes([9, 10, 13, *range(0x20, 0x7F), *range(0x80, 0x100)])
 
-    def __init__(self, transport: asyncio.Transport) -> None:
-        self.transport = transport
-        self._parts: list[bytes] = []
 
-    def write(self, data: bytes) -> None:
-        self._parts.append(data)
-
-    def flush(self) -> None:
-        parts, self._parts = self._parts, []
-        if parts and not self.transport.is_closing():
-            self.transport.write(b"".join(parts))
-
-    def close(self) -> None:
-        self.flush()
-        self.transport.close()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.transport, name)
+def _tokens(value: bytes) -> list[bytes]:
+    return [token.strip().lower() for token in value.split(b",")]
 
 
 def _framed(message: Any) -> bool:

@@ -31,16 +31,24 @@ class _Recording:
 
 
 async def _app(scope: Any, receive: Any, send: Any) -> None:
-    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(BODY))]
-    flagged = scope["path"] != "/unflagged"
-    start = {"type": "http.response.start", "status": 200, "headers": headers}
+    path = scope["path"]
+    headers = [(b"content-type", b"application/json")]
+    if path != "/unframed":
+        headers.append((b"content-length", b"%d" % len(BODY)))
+    if path == "/smuggle":
+        headers.append((b"x-upstream", b"a\r\nset-cookie: stolen=1"))
+    flagged = path != "/unflagged"
+    status = 204 if path == "/no-content" else 200
+    start = {"type": "http.response.start", "status": status, "headers": headers}
     if flagged:
         start[BODY_FOLLOWS] = 1
     await send(start)
     await send({"type": "http.response.body", "body": BODY, "more_body": False})
 
 
-def _exchange(request: bytes) -> tuple[bytes, list[bytes]]:
+def _exchange(request: bytes, ends: bytes = BODY) -> tuple[bytes, list[bytes]]:
+    """Send ``request``; read until the response ends with ``ends`` or the connection
+    closes."""
     writes: list[bytes] = []
 
     class Protocol(protocol_for(RequestLimits())):  # type: ignore[misc]
@@ -61,9 +69,10 @@ def _exchange(request: bytes) -> tuple[bytes, list[bytes]]:
                 reader, writer = await asyncio.open_connection("127.0.0.1", port)
                 writer.write(request)
                 response = b""
-                while not response.endswith(BODY):
+                while not response.endswith(ends):
                     chunk = await reader.read(65536)
-                    assert chunk, response
+                    if not chunk:
+                        break
                     response += chunk
                 writer.close()
                 return response
@@ -96,3 +105,27 @@ def test_a_flagged_response_to_http_1_0_is_written_whole() -> None:
     response, writes = _exchange(b"GET / HTTP/1.0\r\nhost: x\r\n\r\n")
     assert response.endswith(b"\r\n\r\n" + BODY)
     assert writes == [response]
+
+
+def test_a_flagged_response_without_a_length_is_chunked_in_one_write() -> None:
+    response, writes = _exchange(b"GET /unframed HTTP/1.1\r\nhost: x\r\n\r\n", b"0\r\n\r\n")
+    assert b"transfer-encoding: chunked\r\n" in response
+    assert response.endswith(b"\r\n\r\n%x\r\n%b\r\n0\r\n\r\n" % (len(BODY), BODY))
+    assert writes == [response]
+
+
+def test_a_flagged_response_to_head_or_with_no_content_has_no_body() -> None:
+    for request in (
+        b"HEAD / HTTP/1.1\r\nhost: x\r\n\r\n",
+        b"GET /no-content HTTP/1.1\r\nhost: x\r\n\r\n",
+    ):
+        response, writes = _exchange(request, b"\r\n\r\n")
+        assert b"content-length: %d\r\n" % len(BODY) in response
+        assert response.endswith(b"\r\n\r\n") and BODY not in response
+        assert writes == [response]
+
+
+def test_a_header_smuggling_a_line_break_is_never_written() -> None:
+    response, writes = _exchange(b"GET /smuggle HTTP/1.1\r\nhost: x\r\n\r\n")
+    assert b"stolen" not in response and b"stolen" not in b"".join(writes)
+    assert not response.startswith(b"HTTP/1.1 200")
