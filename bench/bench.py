@@ -41,6 +41,7 @@ BENCH_PYTHON = BENCH / ".venv" / "bin" / "python"
 PY_SPY = BENCH / ".venv" / "bin" / "py-spy"
 sys.path.insert(0, str(BENCH))
 
+import instructions  # noqa: E402
 import ws_client  # noqa: E402
 from profile_summary import markdown as profile_markdown  # noqa: E402
 from profile_summary import summarise  # noqa: E402
@@ -52,6 +53,7 @@ from sidecar.jwt_auth import mint  # noqa: E402
 JWT_SECRET = "bench-jwt-secret-0123456789-abcdefghijklmnop"
 HASH_SECRET = "bench-hash-secret-0123456789-abcdefghijklmnop"
 PATH = "/api/v1/analysis/bench"
+INSTRUCTION_REQUESTS = 2000  # counted under callgrind (bench/instructions.py)
 BENCH_USER = "bench-user"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 MIB = 1024 * 1024
@@ -489,6 +491,7 @@ class Bench:
         self.api_key_id = ""
         self.profile: str = ""
         self.profile_files: list[Path] = []
+        self.instructions: dict[str, float] = {}
         self.started = time.monotonic()
 
     def log(self, message: str) -> None:
@@ -561,11 +564,14 @@ http {{
         self.upstream_pid = child.pid
         return f"http://127.0.0.1:{port}"
 
-    def start_sidecar(self, sidecar: Sidecar, timeout: float = 25.0) -> Sidecar:
+    def start_sidecar(
+        self, sidecar: Sidecar, timeout: float = 25.0, wrapper: tuple[str, ...] = ()
+    ) -> Sidecar:
+        """Start ``sidecar`` (under ``wrapper``, a command prefix, if given)."""
         path = self.work / f"sidecar-{sidecar.name}.yaml"
         path.write_text(yaml.safe_dump(sidecar.config))
         sidecar.log = self.work / f"sidecar-{sidecar.name}.log"
-        command = [sys.executable, "-m", "sidecar", "serve", "--config", str(path)]
+        command = [*wrapper, sys.executable, "-m", "sidecar", "serve", "--config", str(path)]
         # Run from the checkout under test: `-m` puts the working directory first on
         # sys.path, so its sidecar package wins over the one installed in .venv.
         sidecar.process = self.procs.start(
@@ -1043,6 +1049,55 @@ server {{
         if svg.exists():
             self.profile_files.append(svg)
 
+    # -- instructions ---------------------------------------------------------------
+
+    def instruction_test(self, redis_url: str, upstream: str) -> None:
+        """Instructions per request of the full path (bench/instructions.py), for this
+        build and the --baseline build, each in a sidecar of its own under callgrind."""
+        missing = instructions.available()
+        if missing is not None:
+            self.unavailable["instructions"] = missing
+            return
+        builds = [("this build", self.o.source)]
+        if self.o.baseline is not None:
+            builds.append((f"--baseline ({git_state(self.o.baseline)[0]})", self.o.baseline))
+        for index, (label, source) in enumerate(builds):
+            database = redis_url.rsplit("/", 1)[0] + f"/{2 + index}"
+            sidecar = Sidecar(
+                f"callgrind-{index}",
+                sidecar_config(upstream=upstream, redis_url=database),
+                source=source,
+            )
+            out = self.work / f"callgrind-{index}.out"
+            self.log(f"instructions per request under callgrind: {label}")
+            self.start_sidecar(sidecar, timeout=180, wrapper=tuple(instructions.wrapper(out)))
+            key, _ = self.create_key(sidecar)
+            count = instructions.per_request(
+                sidecar.pid, out, sidecar.port, PATH, key, INSTRUCTION_REQUESTS
+            )
+            self.instructions[label] = count
+            self.stop_sidecar(sidecar)
+
+    def _instruction_table(self) -> list[str]:
+        if not self.instructions:
+            return []
+        out = [
+            "## Instructions per request (callgrind)",
+            "",
+            f"Full production path, {INSTRUCTION_REQUESTS:,} sequential requests (c1) after a "
+            f"warm-up of {instructions.WARM_UP}, user-space instructions of the sidecar "
+            "process: repeatable to ~0.1 % where timings vary by ~20 % between processes "
+            "(bench/instructions.py).",
+            "",
+            "| build | instructions per request |",
+            "|---|---:|",
+        ]
+        out += [f"| {label} | {count:,.0f} |" for label, count in self.instructions.items()]
+        counts = list(self.instructions.values())
+        if len(counts) == 2 and counts[1]:
+            out += ["", f"This build / baseline: {counts[0] / counts[1]:.3f}x."]
+        return [*out, ""]
+
     # -- memory -------------------------------------------------------------------
 
     def memory_test(self, redis_url: str) -> None:
@@ -1316,6 +1371,7 @@ server {{
         lines += self._memory_table()
         lines += self._websocket_tables()
         lines += self._revocation_table()
+        lines += self._instruction_table()
         if self.profile:
             lines += ["## Profile of the full production path (API key, cached)", ""]
             lines += [self.profile, ""]
@@ -1702,6 +1758,8 @@ server {{
             self.websocket_test(redis_url)
         if self.wanted("revocation"):
             self.revocation_test(redis_url, upstream)
+        if self.wanted("instructions"):
+            self.instruction_test(redis_url, upstream)
         text = self.report()
         self.o.out.parent.mkdir(parents=True, exist_ok=True)
         self.o.out.write_text(text + "\n")
@@ -1734,7 +1792,8 @@ def parse_options(argv: list[str] | None = None) -> Options:
     parser.add_argument(
         "--skip",
         default="",
-        help="comma list of parts to skip: memory,revocation,websocket,profile,workers2",
+        help="comma list of parts to skip: "
+        "memory,revocation,websocket,profile,workers2,instructions",
     )
     parser.add_argument("--out", type=Path, help="report path (default bench/results/...)")
     parser.add_argument(
