@@ -54,6 +54,8 @@ JWT_SECRET = "bench-jwt-secret-0123456789-abcdefghijklmnop"
 HASH_SECRET = "bench-hash-secret-0123456789-abcdefghijklmnop"
 PATH = "/api/v1/analysis/bench"
 INSTRUCTION_REQUESTS = 2000  # counted under callgrind (bench/instructions.py)
+_THIS_BUILD = "this build"
+_ASSERTION_ON = "this build, identity assertion on (EdDSA)"
 BENCH_USER = "bench-user"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 MIB = 1024 * 1024
@@ -1052,22 +1054,25 @@ server {{
     # -- instructions ---------------------------------------------------------------
 
     def instruction_test(self, redis_url: str, upstream: str) -> None:
-        """Instructions per request of the full path (bench/instructions.py), for this
-        build and the --baseline build, each in a sidecar of its own under callgrind."""
+        """Instructions per request of the full path (bench/instructions.py): this
+        build, this build with the identity assertion on, and the --baseline build, each
+        in a sidecar of its own under callgrind."""
         missing = instructions.available()
         if missing is not None:
             self.unavailable["instructions"] = missing
             return
-        builds = [("this build", self.o.source)]
+        assertion = {"assertion": {"enabled": True, "private_key_file": self.assertion_key()}}
+        builds: list[tuple[str, Path, dict[str, Any]]] = [
+            (_THIS_BUILD, self.o.source, {}),
+            (_ASSERTION_ON, self.o.source, {"identity": assertion}),
+        ]
         if self.o.baseline is not None:
-            builds.append((f"--baseline ({git_state(self.o.baseline)[0]})", self.o.baseline))
-        for index, (label, source) in enumerate(builds):
+            label = f"--baseline ({git_state(self.o.baseline)[0]})"
+            builds.append((label, self.o.baseline, {}))
+        for index, (label, source, extra) in enumerate(builds):
             database = redis_url.rsplit("/", 1)[0] + f"/{2 + index}"
-            sidecar = Sidecar(
-                f"callgrind-{index}",
-                sidecar_config(upstream=upstream, redis_url=database),
-                source=source,
-            )
+            config = sidecar_config(upstream=upstream, redis_url=database)
+            sidecar = Sidecar(f"callgrind-{index}", {**config, **extra}, source=source)
             out = self.work / f"callgrind-{index}.out"
             self.log(f"instructions per request under callgrind: {label}")
             self.start_sidecar(sidecar, timeout=180, wrapper=tuple(instructions.wrapper(out)))
@@ -1094,8 +1099,13 @@ server {{
         ]
         out += [f"| {label} | {count:,.0f} |" for label, count in self.instructions.items()]
         counts = list(self.instructions.values())
-        if len(counts) == 2 and counts[1]:
-            out += ["", f"This build / baseline: {counts[0] / counts[1]:.3f}x."]
+        this = self.instructions.get(_THIS_BUILD)
+        if this:
+            signed = self.instructions.get(_ASSERTION_ON)
+            if signed:
+                out += ["", f"Identity assertion on / off: {signed / this:.3f}x."]
+            if len(counts) == 3 and counts[2]:
+                out += ["", f"This build / baseline: {this / counts[2]:.3f}x."]
         return [*out, ""]
 
     # -- memory -------------------------------------------------------------------
@@ -1563,6 +1573,9 @@ server {{
             met = None if value is None else value >= least
             rows.append((measure, f"≥ {least:g}x", shown, detail, met))
         value, detail = self._ratio("assertion", "full")
+        signed, plain = self.instructions.get(_ASSERTION_ON), self.instructions.get(_THIS_BUILD)
+        if value is not None and signed and plain:
+            detail += f"; instructions per request +{(signed / plain - 1) * 100:.1f} % (callgrind)"
         rows.append(
             (
                 "throughput cost of the identity assertion (1 - assertion/full req/s)",
