@@ -156,6 +156,48 @@ class SidecarHttpProtocol(HttpToolsProtocol):
         self._on_shutdown = on_shutdown
         return self.transport, early, lambda: self.connections.discard(self)
 
+    # The keep-alive timeout, lazily. uvicorn arms a timer at every response and cancels
+    # it at the next request's first bytes: a timer set and cancelled per request. Here
+    # a request only marks the connection busy, and one timer per idle period checks
+    # how long the connection has been idle since its last response.
+    _idle_since: float | None = None  # None: a request is arriving or being answered
+
+    def _unset_keepalive_if_required(self) -> None:
+        self._idle_since = None
+
+    def on_response_complete(self) -> None:
+        """uvicorn's, with the keep-alive timer armed only when none is pending."""
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self.flow.resume_reading()
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+            return
+        self._idle_since = self.loop.time()
+        if self.timeout_keep_alive_task is None:
+            self.timeout_keep_alive_task = self.loop.call_later(
+                self.timeout_keep_alive, self._keep_alive_expired
+            )
+
+    def _keep_alive_expired(self) -> None:
+        self.timeout_keep_alive_task = None
+        idle_since = self._idle_since
+        if idle_since is None:
+            return  # busy: the response that ends it arms the timer again
+        left = idle_since + self.timeout_keep_alive - self.loop.time()
+        if left > 0:
+            self.timeout_keep_alive_task = self.loop.call_later(left, self._keep_alive_expired)
+        else:
+            self.timeout_keep_alive_handler()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        if self.timeout_keep_alive_task is not None:
+            self.timeout_keep_alive_task.cancel()
+            self.timeout_keep_alive_task = None
+
     def shutdown(self) -> None:
         if self._on_shutdown is not None:
             self._on_shutdown()
