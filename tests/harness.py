@@ -6,6 +6,7 @@ the upstream a real uvicorn server, the sidecar the real ``python -m sidecar ser
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import re
@@ -15,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +105,26 @@ class RedisProcess:
             self._process.kill()
             self._process.wait()
         self._process = None
+
+
+@contextlib.asynccontextmanager
+async def serving_here(app: Any, **options: Any) -> AsyncIterator[int]:
+    """uvicorn serving ``app`` on a free loopback port in this event loop (``options``
+    go to ``uvicorn.Config``: a protocol class as ``http``...); yields the port."""
+    port = free_port()
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, lifespan="off", log_config=None, **options
+    )
+    server = uvicorn.Server(config)
+    serving = asyncio.create_task(server.serve())
+    try:
+        async with asyncio.timeout(10):
+            while not server.started:
+                await asyncio.sleep(0.01)
+        yield port
+    finally:
+        server.should_exit = True
+        await serving
 
 
 class ServerThread:

@@ -9,11 +9,10 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-import uvicorn
 
 from sidecar.config import RequestLimits
 from sidecar.httpserver import protocol_for
-from tests.harness import free_port
+from tests.harness import serving_here
 
 Events = list[tuple[str, str]]
 
@@ -36,31 +35,19 @@ def _serve(request: bytes, responses: int, hook: Callable[[Any], None]) -> tuple
         await send({"type": "http.response.body", "body": body})
 
     async def scenario() -> bytes:
-        port = free_port()
         protocol = protocol_for(RequestLimits(), recording_hook)
-        config = uvicorn.Config(
-            app, host="127.0.0.1", port=port, http=protocol, lifespan="off", log_config=None
-        )
-        server = uvicorn.Server(config)
-        serving = asyncio.create_task(server.serve())
-        try:
-            async with asyncio.timeout(10):
-                while not server.started:
-                    await asyncio.sleep(0.01)
-                reader, writer = await asyncio.open_connection("127.0.0.1", port)
-                writer.write(request)
-                received = b""
-                while received.count(b"HTTP/1.1 200") < responses or not received.endswith(
-                    (b"marked", b"none")
-                ):
-                    chunk = await reader.read(65536)
-                    assert chunk, received
-                    received += chunk
-                writer.close()
-                return received
-        finally:
-            server.should_exit = True
-            await serving
+        async with serving_here(app, http=protocol) as port, asyncio.timeout(10):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(request)
+            received = b""
+            while received.count(b"HTTP/1.1 200") < responses or not received.endswith(
+                (b"marked", b"none")
+            ):
+                chunk = await reader.read(65536)
+                assert chunk, received
+                received += chunk
+            writer.close()
+            return received
 
     return asyncio.run(scenario()), events
 

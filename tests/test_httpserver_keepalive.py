@@ -8,11 +8,9 @@ import asyncio
 import time
 from typing import Any
 
-import uvicorn
-
 from sidecar.config import RequestLimits
 from sidecar.httpserver import protocol_for
-from tests.harness import free_port
+from tests.harness import serving_here
 
 TIMEOUT = 1.0
 BODY = b"ok"
@@ -38,30 +36,16 @@ async def _get(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path:
 
 def _serve(client: Any) -> Any:
     async def scenario() -> Any:
-        port = free_port()
-        config = uvicorn.Config(
-            _app,
-            host="127.0.0.1",
-            port=port,
-            http=protocol_for(RequestLimits()),
-            lifespan="off",
-            log_config=None,
-            timeout_keep_alive=TIMEOUT,
-        )
-        server = uvicorn.Server(config)
-        serving = asyncio.create_task(server.serve())
-        try:
-            async with asyncio.timeout(20):
-                while not server.started:
-                    await asyncio.sleep(0.01)
-                reader, writer = await asyncio.open_connection("127.0.0.1", port)
-                try:
-                    return await client(reader, writer)
-                finally:
-                    writer.close()
-        finally:
-            server.should_exit = True
-            await serving
+        protocol = protocol_for(RequestLimits())
+        async with (
+            serving_here(_app, http=protocol, timeout_keep_alive=TIMEOUT) as port,
+            asyncio.timeout(20),
+        ):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            try:
+                return await client(reader, writer)
+            finally:
+                writer.close()
 
     return asyncio.run(scenario())
 

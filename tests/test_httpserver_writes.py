@@ -6,11 +6,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import uvicorn
-
 from sidecar.config import RequestLimits
 from sidecar.httpserver import BODY_FOLLOWS, protocol_for
-from tests.harness import free_port
+from tests.harness import serving_here
 
 BODY = b'{"ok":true}'
 
@@ -56,29 +54,17 @@ def _exchange(request: bytes, ends: bytes = BODY) -> tuple[bytes, list[bytes]]:
             super().connection_made(_Recording(transport, writes))  # type: ignore[arg-type]
 
     async def scenario() -> bytes:
-        port = free_port()
-        config = uvicorn.Config(
-            _app, host="127.0.0.1", port=port, http=Protocol, lifespan="off", log_config=None
-        )
-        server = uvicorn.Server(config)
-        serving = asyncio.create_task(server.serve())
-        try:
-            async with asyncio.timeout(10):
-                while not server.started:
-                    await asyncio.sleep(0.01)
-                reader, writer = await asyncio.open_connection("127.0.0.1", port)
-                writer.write(request)
-                response = b""
-                while not response.endswith(ends):
-                    chunk = await reader.read(65536)
-                    if not chunk:
-                        break
-                    response += chunk
-                writer.close()
-                return response
-        finally:
-            server.should_exit = True
-            await serving
+        async with serving_here(_app, http=Protocol) as port, asyncio.timeout(10):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(request)
+            response = b""
+            while not response.endswith(ends):
+                chunk = await reader.read(65536)
+                if not chunk:
+                    break
+                response += chunk
+            writer.close()
+            return response
 
     return asyncio.run(scenario()), writes
 

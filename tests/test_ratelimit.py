@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from redis.asyncio.connection import Connection
 from sidecar import autopipeline
 from sidecar.config import RateLimitsConfig
 from sidecar.errors import RateLimited
-from sidecar.ratelimit import RuleTable, Sent, limiter_for
+from sidecar.ratelimit import RateLimiter, RuleTable, Sent, limiter_for
 from tests.conftest import Api, make_token
 from tests.harness import RedisProcess, SidecarProcess, wait_until
 from tests.upstream_app import RecordingUpstream
@@ -264,6 +265,19 @@ async def _in_process_burst(
     return admitted
 
 
+@contextlib.asynccontextmanager
+async def _burst_limiter(redis_url: str) -> AsyncIterator[RateLimiter]:
+    """A limiter of BURST per 60 s on its own client, closed afterwards."""
+    client = Redis.from_url(redis_url)
+    config = RateLimitsConfig(default={"requests": BURST, "per_seconds": 60})
+    limiter = limiter_for(config, client, retry_after=1)
+    try:
+        yield limiter
+    finally:
+        await limiter.close()
+        await client.aclose()
+
+
 def test_a_check_is_on_its_way_to_redis_before_it_is_awaited(
     redis_server: RedisProcess, user: str
 ) -> None:
@@ -273,10 +287,7 @@ def test_a_check_is_on_its_way_to_redis_before_it_is_awaited(
     watcher = redis.Redis.from_url(redis_server.url)
 
     async def scenario() -> None:
-        client = Redis.from_url(redis_server.url)
-        config = RateLimitsConfig(default={"requests": BURST, "per_seconds": 60})
-        limiter = limiter_for(config, client, retry_after=1)
-        try:
+        async with _burst_limiter(redis_server.url) as limiter:
             await limiter.admit(user, "GET", "/api/v1/things")  # connects; charges one
             first = int(watcher.get(key) or 0)
             pending = limiter.check(user, "GET", "/api/v1/things")
@@ -285,9 +296,6 @@ def test_a_check_is_on_its_way_to_redis_before_it_is_awaited(
             wait_until(lambda: int(watcher.get(key) or 0) > first, timeout=5)
             headers = dict(await pending)
             assert headers[b"x-ratelimit-remaining"] == str(BURST - 2).encode()
-        finally:
-            await limiter.close()
-            await client.aclose()
 
     try:
         asyncio.run(scenario())
@@ -305,10 +313,7 @@ def test_a_check_sent_ahead_is_charged_once_and_only_for_its_own_user(
     watcher = redis.Redis.from_url(redis_server.url)
 
     async def scenario() -> None:
-        client = Redis.from_url(redis_server.url)
-        config = RateLimitsConfig(default={"requests": BURST, "per_seconds": 60})
-        limiter = limiter_for(config, client, retry_after=1)
-        try:
+        async with _burst_limiter(redis_server.url) as limiter:
             await limiter.admit(user, "GET", "/api/v1/things")  # connects; charges one
             charged = int(watcher.get(keys[user]) or 0)
             sent = limiter.send(user, "GET", "/api/v1/things")
@@ -323,9 +328,6 @@ def test_a_check_sent_ahead_is_charged_once_and_only_for_its_own_user(
             assert watcher.exists(keys[other])
             with pytest.raises(RateLimited):  # the dropped check took the last of the burst
                 await limiter.admit(user, "GET", "/api/v1/things")
-        finally:
-            await limiter.close()
-            await client.aclose()
 
     try:
         asyncio.run(scenario())
