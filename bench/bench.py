@@ -1098,14 +1098,16 @@ server {{
             "|---|---:|",
         ]
         out += [f"| {label} | {count:,.0f} |" for label, count in self.instructions.items()]
-        counts = list(self.instructions.values())
         this = self.instructions.get(_THIS_BUILD)
-        if this:
-            signed = self.instructions.get(_ASSERTION_ON)
-            if signed:
-                out += ["", f"Identity assertion on / off: {signed / this:.3f}x."]
-            if len(counts) == 3 and counts[2]:
-                out += ["", f"This build / baseline: {this / counts[2]:.3f}x."]
+        signed = self.instructions.get(_ASSERTION_ON)
+        baseline = next(
+            (n for k, n in self.instructions.items() if k not in (_THIS_BUILD, _ASSERTION_ON)),
+            None,
+        )
+        if this and signed:
+            out += ["", f"Identity assertion on / off: {signed / this:.3f}x."]
+        if this and baseline:
+            out += ["", f"This build / baseline: {this / baseline:.3f}x."]
         return [*out, ""]
 
     # -- memory -------------------------------------------------------------------

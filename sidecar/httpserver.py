@@ -233,9 +233,7 @@ class _Cycle(RequestResponseCycle):
         held = self._held
         if held is not None:  # the body of a BODY_FOLLOWS start: out with its head
             self._held = None
-            if self.flow.write_paused and not self.disconnected:
-                await self.flow.drain()
-            if not self.disconnected:
+            if await self._writable():
                 self._write_whole(held, message.get("body", b""))
             return
         if message["type"] == "http.response.start" and not self.response_started:
@@ -307,10 +305,15 @@ class _Cycle(RequestResponseCycle):
             self.transport.close()
         self.on_response()
 
-    async def _send_until_close(self, message: Any) -> None:
+    async def _writable(self) -> bool:
+        """Wait while the client is not taking bytes (as uvicorn's ``send`` does); False
+        once it has gone."""
         if self.flow.write_paused and not self.disconnected:
             await self.flow.drain()
-        if self.disconnected:
+        return not self.disconnected
+
+    async def _send_until_close(self, message: Any) -> None:
+        if not await self._writable():
             return
         self.transport.write(message.get("body", b""))
         if not message.get("more_body", False):

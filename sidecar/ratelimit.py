@@ -280,11 +280,10 @@ class RedisRateLimiter(RateLimiter):
             sent = None
         if sent is None:
             sent = self.send(user_id, method, path)
-        if sent is None:
-            return self._check(user_id, self._rules.match(method, path), None)
-        return self._check(user_id, sent.rule, sent.reply)
+        rule = self._rules.match(method, path) if sent is None else sent.rule
+        return self._check(user_id, rule, sent)
 
-    async def _check(self, user_id: str, rule: Rule, sent: asyncio.Future[Any] | None) -> Headers:
+    async def _check(self, user_id: str, rule: Rule, sent: Sent | None) -> Headers:
         """The verdict; ``sent``: the script already queued on the pipeline, if it was."""
         try:
             reply = None
@@ -294,11 +293,12 @@ class RedisRateLimiter(RateLimiter):
                     if self._replicas:
                         reply = await self._counted(self._pipeline, packed)
                     else:
-                        reply = await self._pipeline.run_script(packed, _GCRA, sent)
+                        queued = None if sent is None else sent.reply
+                        reply = await self._pipeline.run_script(packed, _GCRA, queued)
                 except PipelineUnsupported as exc:
                     await self._drop_pipeline(str(exc))
             elif sent is not None:  # queued before the pipeline was dropped, so it failed
-                sent.add_done_callback(_ignore)
+                sent.drop()
             if reply is None:
                 keys = [bucket_key(user_id, rule)]
                 reply = await self._script(keys=keys, args=[rule.interval_us, rule.capacity_us])
