@@ -108,7 +108,7 @@ class Gateway:
         proxy, for the failed-auth limit. ``meanwhile(identity)`` runs once the
         credential is verified, while Redis answers the rate-limit check (it must not
         raise). ``early``: what ``start`` learnt and sent, if it ran."""
-        if self._public.matches(normalised):
+        if early is None and self._public.matches(normalised):  # ``start`` checked it
             return _PUBLIC
         try:
             if ambiguous:  # a credential header sent twice: which one would the upstream use?

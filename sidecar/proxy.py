@@ -7,7 +7,7 @@ and a prototype of this client saved ~160 µs of ~400 µs per request. What it s
 URL and header objects (headers stay bytes end to end), cookie jars, redirects,
 decompression, per-request timeout objects and tasks for small bodies.
 
-What it keeps: a keep-alive pool bounded by ``upstream.pool_size`` (a semaphore and a
+What it keeps: a keep-alive pool bounded by ``upstream.pool_size`` (``Slots`` and a
 LIFO idle list, so the warm connections are reused), connect and read timeouts
 (refused/unreachable -> 502, timeouts -> 504), https with the system's trust store,
 Content-Length or chunked request bodies, response bodies by Content-Length, chunked or
@@ -39,6 +39,7 @@ from sidecar.errors import (
 )
 from sidecar.headers import HeaderRules, Headers
 from sidecar.httpserver import BODY_FOLLOWS
+from sidecar.slots import Slots
 from sidecar.upstream_conn import (
     LAST_CHUNK,
     PARSE_ERRORS,
@@ -121,10 +122,10 @@ class UpstreamClient:
         self._max_body = max_body_bytes
         self._idle_seconds = idle_seconds
         self._idle: list[UpstreamConnection] = []
-        self._slots: asyncio.Semaphore | None = None
+        self._slots: Slots | None = None
 
     async def start(self) -> None:
-        self._slots = asyncio.Semaphore(self._settings.pool_size)
+        self._slots = Slots(self._settings.pool_size)
 
     async def close(self) -> None:
         while self._idle:
@@ -222,11 +223,13 @@ class UpstreamClient:
             whole = await _read_whole(receive, self._max_body, exchange)
             streamed = False  # sent with the head
         outgoing = _Outgoing(method, head + whole if whole else head, streamed, chunked, headers)
-        await self._slots.acquire()
+        slots = self._slots
+        if not slots.try_take():
+            await slots.take()
         try:
             await self._exchange(outgoing, receive, send, exchange)
         finally:
-            self._slots.release()
+            slots.give()
 
     async def _exchange(
         self, outgoing: _Outgoing, receive: Receive, send: Send, exchange: Exchange

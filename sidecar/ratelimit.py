@@ -304,7 +304,7 @@ class RedisRateLimiter(RateLimiter):
                 reply = await self._script(keys=keys, args=[rule.interval_us, rule.capacity_us])
         except REDIS_ERRORS as exc:
             return self._unavailable(rule, exc)
-        admitted, remaining, reset_us, retry_us = (int(v) for v in reply)
+        admitted, remaining, reset_us, retry_us = map(int, reply)
         headers = rule.headers(max(0, remaining), _seconds(reset_us))
         if not admitted:
             raise RateLimited(_seconds(retry_us), headers)
