@@ -102,8 +102,7 @@ def serve(kind: str, port: int) -> None:
 
 
 def count(kind: str, work: Path) -> float:
-    sys.path.insert(0, str(BENCH))
-    import instructions
+    import instructions  # bench/ is sys.path[0]: this script's folder
 
     from bench import free_port, port_open, wait_for
 
@@ -125,7 +124,6 @@ def main() -> int:
     if sys.argv[1:2] == ["--serve"]:
         serve(sys.argv[2], int(sys.argv[3]))
         return 0
-    sys.path.insert(0, str(BENCH))
     import instructions
 
     missing = instructions.available()

@@ -21,6 +21,12 @@ def _clean(value: str) -> str:
     return redact(value) if "sk_" in value or "." in value else value
 
 
+def _millis(seconds: float) -> float:
+    """Milliseconds to the microsecond: what ``round(ms, 3)`` gives, at a quarter of its
+    cost (an integer over 1000 prints with at most 3 decimals)."""
+    return int(seconds * 1e6 + 0.5) / 1000
+
+
 class AccessLog:
     """One JSON line per request, written straight to a file descriptor (stderr, like
     every other log line) in batches rather than through ``logging``.
@@ -47,12 +53,10 @@ class AccessLog:
             "path": _clean(record.path),
             "route": record.route,
             "status": record.status,
-            # Milliseconds to the microsecond: what round(ms, 3) gives, at a quarter
-            # of its cost (an integer over 1000 prints with at most 3 decimals).
-            "duration_ms": int(record.duration * 1e6 + 0.5) / 1000,
+            "duration_ms": _millis(record.duration),
             "upstream_ms": None
             if record.upstream_seconds is None
-            else int(record.upstream_seconds * 1e6 + 0.5) / 1000,
+            else _millis(record.upstream_seconds),
             "auth_method": record.auth_method,
             "auth_outcome": record.auth_outcome,
             "user_id": record.user_id,
