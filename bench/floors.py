@@ -1,4 +1,4 @@
-"""Instructions per request of two servers that do nothing but answer: the floor under
+"""Instructions per request of servers that do less than the sidecar: the floor under
 the sidecar's full path, and what a server of our own could save.
 
 - ``raw``: an ``asyncio.Protocol`` feeding httptools, writing a fixed response per
@@ -6,24 +6,37 @@ the sidecar's full path, and what a server of our own could save.
 - ``server``: uvicorn with the sidecar's public protocol (sidecar/httpserver.py) and
   an ASGI app that answers at once with a whole response (``BODY_FOLLOWS``): the
   scope, the request/response cycle, the task per request, the two ASGI sends.
+- ``full``: the sidecar as ``serve`` runs it, on the bench's full path (API key
+  cached, rate limit on, access log on, nginx upstream, Redis), as bench/run counts it.
+- ``app``: the same sidecar app and services under ``_Minimal``, a protocol that does
+  only what this one request needs (GET, keep-alive, a whole response): no request
+  limits, pipelining, flow control, request bodies, 100-continue, keep-alive timeout,
+  response-head checks or Date header. ``full`` - ``app`` is a measured upper bound of
+  what replacing uvicorn with a server of our own could save on the real path.
 
-The difference between the two is the most that replacing uvicorn's protocol, cycle
-and task per request with a server of our own could save; the sidecar's full path
-(bench/run's "Instructions per request") less ``server`` is the sidecar's own work.
-Counted as bench/instructions.py counts (callgrind, 2,000 sequential keep-alive
-requests after a warm-up). Run from the repository root with the sidecar's venv:
+``server`` - ``raw`` bounds the same saving from below the app; ``full`` - ``server``
+is the sidecar's own work. Counted as bench/instructions.py counts (callgrind, 2,000
+sequential keep-alive requests after a warm-up). ``--timings`` also runs wrk against
+``full`` and ``app`` (c32 and c1, 3 interleaved rounds, fresh processes). Run from the
+repository root with the sidecar's venv (``--timings`` needs wrk and nginx):
 
-    .venv/bin/python bench/floors.py
+    .venv/bin/python bench/floors.py [--timings]
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
+
+import httptools
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -33,12 +46,12 @@ RESPONSE = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length
     BODY,
 )
 REQUESTS = 2000
+ROUNDS = 3
+_NO_BODY = {"type": "http.request", "body": b"", "more_body": False}
 
 
 class _Raw(asyncio.Protocol):
     def connection_made(self, transport: Any) -> None:
-        import httptools
-
         self.transport = transport
         self.parser = httptools.HttpRequestParser(self)
         self.headers: list[tuple[bytes, bytes]] = []
@@ -57,6 +70,67 @@ class _Raw(asyncio.Protocol):
         self.headers = []
 
 
+class _Minimal(asyncio.Protocol):
+    """The least an HTTP/1.1 server must do to run an ASGI app for a GET on a keep-alive
+    connection: the scope uvicorn builds, the app's head hook, a task per request, and
+    the response written whole. Nothing else (see the module docstring)."""
+
+    app: Any = None
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        self.parser = httptools.HttpRequestParser(self)
+        self.client = transport.get_extra_info("peername")[:2]
+        self.server = transport.get_extra_info("sockname")[:2]
+        self.loop = asyncio.get_running_loop()
+        self.start: Any = None
+
+    def data_received(self, data: bytes) -> None:
+        self.parser.feed_data(data)
+
+    def on_message_begin(self) -> None:
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        parsed = httptools.parse_url(self.url)
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": self.parser.get_http_version(),
+            "server": self.server,
+            "client": self.client,
+            "scheme": "http",
+            "method": self.parser.get_method().decode("ascii"),
+            "root_path": "",
+            "path": unquote(parsed.path.decode("ascii")),
+            "raw_path": parsed.path,
+            "query_string": parsed.query or b"",
+            "headers": self.headers,
+            "state": {},
+        }
+        self.app.on_head(scope)
+        self.loop.create_task(self.app(scope, self._receive, self._send))
+
+    async def _receive(self) -> Any:
+        return _NO_BODY
+
+    async def _send(self, message: Any) -> None:
+        if message["type"] == "http.response.start":
+            self.start = message
+            return
+        lines = [STATUS_LINE[self.start["status"]]]
+        lines += [b"%b: %b\r\n" % header for header in self.start["headers"]]
+        lines.append(b"\r\n")
+        self.transport.write(b"".join(lines) + message.get("body", b""))
+
+
 async def _answer(scope: Any, receive: Any, send: Any) -> None:
     from sidecar.httpserver import BODY_FOLLOWS
 
@@ -67,7 +141,7 @@ async def _answer(scope: Any, receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": BODY})
 
 
-def serve(kind: str, port: int) -> None:
+def serve(kind: str, port: int, config_path: str = "") -> None:
     sys.path.insert(0, str(ROOT))  # this checkout's sidecar package
     import uvloop
 
@@ -79,6 +153,9 @@ def serve(kind: str, port: int) -> None:
             await server.serve_forever()
 
         uvloop.run(main())
+        return
+    if kind == "app":
+        uvloop.run(_serve_app(config_path, port))
         return
     import uvicorn
 
@@ -101,6 +178,33 @@ def serve(kind: str, port: int) -> None:
     uvicorn.Server(config).run()
 
 
+async def _serve_app(config_path: str, port: int) -> None:
+    """The sidecar app, started as ``serve`` starts it (heap frozen), under _Minimal."""
+    import gc
+
+    import yaml
+
+    from sidecar import logsetup
+    from sidecar.app import Sidecar
+    from sidecar.config import parse
+
+    config = parse(yaml.safe_load(Path(config_path).read_text()), os.environ)
+    logsetup.configure(config.logging.level)
+    app = Sidecar(config, config.redis.url)
+    await app.startup()
+    _Minimal.app = app
+    server = await asyncio.get_running_loop().create_server(
+        _Minimal, "127.0.0.1", port, backlog=2048
+    )
+    gc.collect()
+    gc.freeze()
+    await server.serve_forever()
+
+
+def _serve_command(kind: str, port: int, *extra: str) -> list[str]:
+    return [sys.executable, __file__, "--serve", kind, str(port), *extra]
+
+
 def count(kind: str, work: Path) -> float:
     import instructions  # bench/ is sys.path[0]: this script's folder
 
@@ -108,7 +212,7 @@ def count(kind: str, work: Path) -> float:
 
     port = free_port()
     out = work / f"{kind}.callgrind"
-    command = [*instructions.wrapper(out), sys.executable, __file__, "--serve", kind, str(port)]
+    command = [*instructions.wrapper(out), *_serve_command(kind, port)]
     child = subprocess.Popen(
         command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -120,10 +224,85 @@ def count(kind: str, work: Path) -> float:
         child.wait(30)
 
 
+class _FullPath:
+    """Redis, the nginx upstream and a key, as bench/run sets them up; sidecars on
+    them either as ``serve`` runs them (``full``) or under _Minimal (``app``)."""
+
+    def __init__(self) -> None:
+        import bench
+
+        self.bench = bench.Bench(bench.parse_options([]))
+        self.redis = self.bench.start_redis()
+        self.upstream = self.bench.start_upstream()
+        first = self.start("full")
+        self.key = self.bench.create_key(first)[0]
+
+    def start(self, kind: str, wrapper: tuple[str, ...] = ()) -> Any:
+        """A sidecar of ``kind`` (``full`` or ``app``), answering."""
+        import yaml
+
+        import bench
+
+        sidecar = bench.Sidecar(
+            kind, bench.sidecar_config(upstream=self.upstream, redis_url=self.redis)
+        )
+        if kind == "full":
+            return self.bench.start_sidecar(sidecar, timeout=120, wrapper=wrapper)
+        path = self.bench.work / f"sidecar-{kind}-{sidecar.port}.yaml"
+        path.write_text(yaml.safe_dump(sidecar.config))
+        sidecar.process = self.bench.procs.start(
+            [*wrapper, *_serve_command("app", sidecar.port, str(path))],
+            self.bench.work / f"sidecar-{kind}.log",
+        )
+        bench.wait_for(kind, lambda: bench.port_open(sidecar.port), timeout=120)
+        return sidecar
+
+    def instructions(self, kind: str) -> float:
+        import instructions
+
+        out = self.bench.work / f"{kind}.callgrind"
+        sidecar = self.start(kind, tuple(instructions.wrapper(out)))
+        try:
+            return instructions.per_request(
+                sidecar.pid, out, sidecar.port, "/api/v1/analysis/bench", self.key, REQUESTS
+            )
+        finally:
+            self.bench.procs.stop(sidecar.process, timeout=30)
+
+    def timings(self) -> None:
+        """wrk c32 then c1 against ``full`` and ``app``: fresh processes each round."""
+        import bench
+
+        header = [f"X-API-Key: {self.key}"]
+        for connections in (32, 1):
+            for round_ in range(1, ROUNDS + 1):
+                for kind in ("full", "app") if round_ % 2 else ("app", "full"):
+                    sidecar = self.start(kind)
+                    url = sidecar.url + bench.PATH
+                    self.bench.load.run(url, header, connections, 2)  # warm-up
+                    before = bench.cpu_ticks([sidecar.pid])
+                    sample = self.bench.load.run(url, header, connections, 10)
+                    after = bench.cpu_ticks([sidecar.pid])
+                    cpu = (after[sidecar.pid] - before[sidecar.pid]) / bench.CLK_TCK
+                    print(
+                        f"c{connections:<2} round {round_} {kind:4} {sample.rps:9,.0f} req/s"
+                        f"  p50 {sample.p50_ms:.3f} ms  CPU {cpu / sample.requests * 1e6:6.1f}"
+                        " µs/req",
+                        flush=True,
+                    )
+                    self.bench.procs.stop(sidecar.process, timeout=30)
+
+    def close(self) -> None:
+        self.bench.procs.stop_all()
+
+
 def main() -> int:
     if sys.argv[1:2] == ["--serve"]:
-        serve(sys.argv[2], int(sys.argv[3]))
+        serve(sys.argv[2], int(sys.argv[3]), *sys.argv[4:])
         return 0
+    parser = argparse.ArgumentParser(prog="bench/floors.py", description=__doc__.split("\n")[0])
+    parser.add_argument("--timings", action="store_true", help="also wrk full vs app")
+    options = parser.parse_args()
     import instructions
 
     missing = instructions.available()
@@ -133,6 +312,14 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as work:
         for kind in ("raw", "server"):
             print(f"{kind:6} {count(kind, Path(work)):9,.0f} instructions/request", flush=True)
+    full_path = _FullPath()
+    try:
+        for kind in ("full", "app"):
+            print(f"{kind:6} {full_path.instructions(kind):9,.0f} instructions/request", flush=True)
+        if options.timings:
+            full_path.timings()
+    finally:
+        full_path.close()
     return 0
 
 
