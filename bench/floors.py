@@ -116,7 +116,7 @@ class _Minimal(asyncio.Protocol):
             "state": {},
         }
         self.app.on_head(scope)
-        self.loop.create_task(self.app(scope, self._receive, self._send))
+        self.task = self.loop.create_task(self.app(scope, self._receive, self._send))
 
     async def _receive(self) -> Any:
         return _NO_BODY
@@ -131,14 +131,21 @@ class _Minimal(asyncio.Protocol):
         self.transport.write(b"".join(lines) + message.get("body", b""))
 
 
-async def _answer(scope: Any, receive: Any, send: Any) -> None:
-    from sidecar.httpserver import BODY_FOLLOWS
+def _answering_app() -> Any:
+    """An ASGI app that answers at once with a whole response (``BODY_FOLLOWS``)."""
+    from sidecar.httpserver import BODY_FOLLOWS  # this checkout's, once sys.path has it
 
-    if scope["type"] != "http":
-        return
     headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(BODY))]
-    await send({"type": "http.response.start", "status": 200, "headers": headers, BODY_FOLLOWS: 1})
-    await send({"type": "http.response.body", "body": BODY})
+
+    async def answer(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": headers, BODY_FOLLOWS: 1}
+        )
+        await send({"type": "http.response.body", "body": BODY})
+
+    return answer
 
 
 def serve(kind: str, port: int, config_path: str = "") -> None:
@@ -163,7 +170,7 @@ def serve(kind: str, port: int, config_path: str = "") -> None:
     from sidecar.httpserver import protocol_for
 
     config = uvicorn.Config(
-        _answer,
+        _answering_app(),
         host="127.0.0.1",
         port=port,
         http=protocol_for(RequestLimits()),
