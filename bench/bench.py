@@ -46,9 +46,9 @@ import ws_client  # noqa: E402
 from profile_summary import markdown as profile_markdown  # noqa: E402
 from profile_summary import summarise  # noqa: E402
 
-from sidecar.config import JwtConfig  # noqa: E402
-from sidecar.embedded import find_binary  # noqa: E402
-from sidecar.jwt_auth import mint  # noqa: E402
+from sidecar.auth.jwt_auth import mint  # noqa: E402
+from sidecar.config.model import JwtConfig  # noqa: E402
+from sidecar.redisconn.embedded import find_binary  # noqa: E402
 
 JWT_SECRET = "bench-jwt-secret-0123456789-abcdefghijklmnop"
 HASH_SECRET = "bench-hash-secret-0123456789-abcdefghijklmnop"

@@ -133,7 +133,7 @@ class _Minimal(asyncio.Protocol):
 
 def _answering_app() -> Any:
     """An ASGI app that answers at once with a whole response (``BODY_FOLLOWS``)."""
-    from sidecar.httpserver import BODY_FOLLOWS  # this checkout's, once sys.path has it
+    from sidecar.core.types import BODY_FOLLOWS  # this checkout's, once sys.path has it
 
     headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(BODY))]
 
@@ -166,8 +166,8 @@ def serve(kind: str, port: int, config_path: str = "") -> None:
         return
     import uvicorn
 
-    from sidecar.config import RequestLimits
-    from sidecar.httpserver import protocol_for
+    from sidecar.config.model import RequestLimits
+    from sidecar.server.protocol import protocol_for
 
     config = uvicorn.Config(
         _answering_app(),
@@ -191,9 +191,9 @@ async def _serve_app(config_path: str, port: int) -> None:
 
     import yaml
 
-    from sidecar import logsetup
-    from sidecar.app import Sidecar
-    from sidecar.config import parse
+    from sidecar.app.dispatch import Sidecar
+    from sidecar.config.model import parse
+    from sidecar.observability import logs as logsetup
 
     config = parse(yaml.safe_load(Path(config_path).read_text()), os.environ)
     logsetup.configure(config.logging.level)

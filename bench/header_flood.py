@@ -29,7 +29,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from sidecar.embedded import find_binary
+from sidecar.redisconn.embedded import find_binary
 
 _PIECE = 64 * 1024
 

@@ -31,9 +31,9 @@ import redis.asyncio as aioredis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sidecar import keyformat  # noqa: E402
-from sidecar.keyhash import KeyHasher  # noqa: E402
-from sidecar.store import KeyStore  # noqa: E402
+from sidecar.keys import format as keyformat  # noqa: E402
+from sidecar.keys.hashing import KeyHasher  # noqa: E402
+from sidecar.keys.store import KeyStore  # noqa: E402
 from tests.harness import (  # noqa: E402
     HASH_SECRET,
     RedisProcess,

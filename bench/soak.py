@@ -40,7 +40,7 @@ from soak_rig import (
     free_port,
 )
 
-from sidecar import keyformat
+from sidecar.keys import format as keyformat
 
 PATH = "/api/v1/soak/items"
 KEYS = "/api/v1/api-keys/"

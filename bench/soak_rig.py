@@ -18,7 +18,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sidecar.embedded import find_binary  # noqa: E402
+from sidecar.redisconn.embedded import find_binary  # noqa: E402
 
 JWT_SECRET = "soak-jwt-secret-0123456789abcdefghijklmnopqrstuv"
 HASH_SECRET = "soak-hash-secret-0123456789abcdefghijklmnopqrstu"

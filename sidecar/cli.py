@@ -19,9 +19,9 @@ import orjson
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from sidecar import config as config_module
-from sidecar.config import Config, ConfigError
-from sidecar.domain import (
+from sidecar.config.model import Config, ConfigError
+from sidecar.config import model as config_module
+from sidecar.core.domain import (
     DEFAULT_GRACE_SECONDS,
     DEFAULT_USAGE_DAYS,
     LIVE,
@@ -34,7 +34,7 @@ from sidecar.domain import (
     usage_json,
     valid_user_id,
 )
-from sidecar.key_input import USAGE_DAYS, CreateKeyBody, Lifetime, RotateKeyBody, usage_window
+from sidecar.keys.input import USAGE_DAYS, CreateKeyBody, Lifetime, RotateKeyBody, usage_window
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 DEFAULT_CONFIG = "config/sidecar.yaml"
@@ -197,7 +197,7 @@ def _workers(text: str) -> int:
 
 
 def _serve(config: Config, args: argparse.Namespace) -> int:
-    from sidecar import server
+    from sidecar.server import run as server
 
     if args.workers is not None:
         server_settings = config.server.model_copy(update={"workers": args.workers})
@@ -211,7 +211,7 @@ def _check_config(config: Config, args: argparse.Namespace) -> int:
 
 
 def _token(config: Config, args: argparse.Namespace) -> int:
-    from sidecar.jwt_auth import mint
+    from sidecar.auth.jwt_auth import mint
 
     try:
         print(mint(config.auth.jwt, _user(args.sub), args.ttl))
@@ -332,12 +332,12 @@ def _keys_revoke(config: Config, args: argparse.Namespace) -> int:
 
 
 def _with_store(config: Config, action: Callable[[Any], Awaitable[Any]]) -> int:
-    from sidecar.embedded import EmbeddedRedisError
-    from sidecar.errors import SidecarError, StoreUnavailable
-    from sidecar.keyhash import KeyHasher
-    from sidecar.redis_conn import connect, durability
-    from sidecar.server import resolve_redis_url
-    from sidecar.store import KeyStore
+    from sidecar.core.errors import SidecarError, StoreUnavailable
+    from sidecar.keys.hashing import KeyHasher
+    from sidecar.keys.store import KeyStore
+    from sidecar.redisconn.client import connect, durability
+    from sidecar.redisconn.embedded import EmbeddedRedisError
+    from sidecar.server.run import resolve_redis_url
 
     try:
         url, embedded = resolve_redis_url(config, share=True)

@@ -25,7 +25,7 @@ import redis
 import uvicorn
 import yaml
 
-from sidecar.embedded import find_binary
+from sidecar.redisconn.embedded import find_binary
 
 JWT_SECRET = "test-jwt-secret-0123456789-abcdefghijklmnop"
 HASH_SECRET = "test-hash-secret-0123456789-abcdefghijklmnop"

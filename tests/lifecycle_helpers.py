@@ -12,8 +12,8 @@ import httpx
 import redis
 import redis.asyncio as aioredis
 
-from sidecar.keyhash import KeyHasher
-from sidecar.store import KeyStore
+from sidecar.keys.hashing import KeyHasher
+from sidecar.keys.store import KeyStore
 from tests.harness import HASH_SECRET, remember_secret
 
 NS = "callcov:{callcov-keys}"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import redis
 
-from sidecar.embedded import find_binary
+from sidecar.redisconn.embedded import find_binary
 from tests.harness import RedisProcess, free_port, wait_until
 
 SERVICE = "callcov"

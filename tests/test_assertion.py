@@ -18,7 +18,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from sidecar.config import ConfigError, parse
+from sidecar.config.model import ConfigError, parse
 from tests.conftest import Api, make_token
 from tests.harness import SidecarProcess, free_port, wait_until
 from tests.upstream_app import RecordingUpstream

@@ -10,7 +10,7 @@ import jwt as pyjwt
 import pytest
 import redis
 
-from sidecar import keyformat
+from sidecar.keys import format as keyformat
 from tests.conftest import Api, make_token
 from tests.upstream_app import RecordingUpstream
 

@@ -14,9 +14,9 @@ import pytest
 import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
 
-from sidecar.autopipeline import AutoPipeline, pack
-from sidecar.config import RedisConfig
-from sidecar.redis_conn import connect
+from sidecar.config.model import RedisConfig
+from sidecar.redisconn.autopipeline import AutoPipeline, pack
+from sidecar.redisconn.client import connect
 from tests.harness import RedisProcess
 
 INCR = "return redis.call('INCR', KEYS[1])"

@@ -14,9 +14,9 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from sidecar import keyformat
-from sidecar.keyhash import KeyHasher
-from sidecar.store import KeyStore
+from sidecar.keys import format as keyformat
+from sidecar.keys.hashing import KeyHasher
+from sidecar.keys.store import KeyStore
 from tests.conftest import Api
 from tests.harness import HASH_SECRET, RedisProcess, SidecarProcess, remember_secret, wait_until
 from tests.test_cli import cli, ok

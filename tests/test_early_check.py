@@ -15,10 +15,10 @@ import httpx
 import pytest
 import redis
 
-from sidecar.app import Sidecar
-from sidecar.config import parse
-from sidecar.keyhash import KeyHasher
-from sidecar.serving import Server, bind, uvicorn_config
+from sidecar.app.dispatch import Sidecar
+from sidecar.config.model import parse
+from sidecar.keys.hashing import KeyHasher
+from sidecar.server.serving import Server, bind, uvicorn_config
 from tests.conftest import Api
 from tests.harness import HASH_SECRET, RedisProcess, wait_until
 

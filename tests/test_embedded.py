@@ -12,7 +12,7 @@ import pytest
 import redis
 import yaml
 
-from sidecar.embedded import EmbeddedRedis, EmbeddedRedisError
+from sidecar.redisconn.embedded import EmbeddedRedis, EmbeddedRedisError
 from tests.conftest import Api
 from tests.harness import SidecarProcess
 

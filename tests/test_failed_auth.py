@@ -14,10 +14,10 @@ import httpx
 import pytest
 import redis
 
-from sidecar import keyformat
-from sidecar.clientaddr import TrustedProxies, client_group
-from sidecar.errors import TooManyFailedAuth
-from sidecar.failed_auth import FailedAuthLimiter
+from sidecar.auth.failed_auth import FailedAuthLimiter
+from sidecar.core.clientaddr import TrustedProxies, client_group
+from sidecar.core.errors import TooManyFailedAuth
+from sidecar.keys import format as keyformat
 from tests.conftest import Api, make_token
 from tests.harness import RedisProcess, SidecarProcess, base_config, merge, remember_secret
 

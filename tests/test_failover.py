@@ -13,7 +13,7 @@ import httpx
 import pytest
 from redis import exceptions as redis_errors
 
-from sidecar.redis_conn import error_code, unexpected
+from sidecar.redisconn.client import error_code, unexpected
 from tests.conftest import Api, make_token
 from tests.harness import RedisProcess, SidecarProcess, remember_secret, wait_until
 from tests.redis_topology import ClusterSet, SentinelSet

@@ -13,9 +13,9 @@ from typing import Any
 import httpx
 import pytest
 
-from sidecar import keyformat
-from sidecar.config import ConfigError, parse
-from sidecar.forward_auth import original_request
+from sidecar.api.forward_auth import original_request
+from sidecar.config.model import ConfigError, parse
+from sidecar.keys import format as keyformat
 from tests.conftest import Api, make_token
 from tests.harness import SidecarProcess, free_port, remember_secret
 from tests.test_lifecycle import _serve_with_port_taken

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from sidecar.config import parse
-from sidecar.headers import HeaderRules, Headers, canonical, connection_listed, request_id
+from sidecar.config.model import parse
+from sidecar.proxy.headers import HeaderRules, Headers, canonical, connection_listed, request_id
 from tests.harness import HASH_SECRET, JWT_SECRET, merge
 
 RID = b"req-1"

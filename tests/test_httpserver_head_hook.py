@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from sidecar.config import RequestLimits
-from sidecar.httpserver import protocol_for
+from sidecar.config.model import RequestLimits
+from sidecar.server.protocol import protocol_for
 from tests.harness import serving_here
 
 Events = list[tuple[str, str]]

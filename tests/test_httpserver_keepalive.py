@@ -8,8 +8,8 @@ import asyncio
 import time
 from typing import Any
 
-from sidecar.config import RequestLimits
-from sidecar.httpserver import protocol_for
+from sidecar.config.model import RequestLimits
+from sidecar.server.protocol import protocol_for
 from tests.harness import serving_here
 
 TIMEOUT = 1.0

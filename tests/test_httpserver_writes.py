@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from sidecar.config import RequestLimits
-from sidecar.httpserver import BODY_FOLLOWS, protocol_for
+from sidecar.config.model import RequestLimits
+from sidecar.core.types import BODY_FOLLOWS
+from sidecar.server.protocol import protocol_for
 from tests.harness import serving_here
 
 BODY = b'{"ok":true}'

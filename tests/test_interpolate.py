@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from sidecar.interpolate import interpolate
+from sidecar.config.interpolate import interpolate
 
 ENV = {"HOST": "cache", "PORT": "6380", "EMPTY": ""}
 

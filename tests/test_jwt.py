@@ -14,9 +14,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from sidecar.config import JwtConfig
-from sidecar.errors import NotAuthenticated
-from sidecar.jwt_auth import JwtVerifier, mint
+from sidecar.auth.jwt_auth import JwtVerifier, mint
+from sidecar.config.model import JwtConfig
+from sidecar.core.errors import NotAuthenticated
 from tests.harness import wait_until
 
 SECRET = "unit-test-jwt-secret-0123456789-abcdefghij"

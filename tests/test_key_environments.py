@@ -11,9 +11,9 @@ import httpx
 import pytest
 import redis
 
-from sidecar import config as config_module
-from sidecar import keyformat
-from sidecar.config import ConfigError
+from sidecar.config.model import ConfigError
+from sidecar.config import model as config_module
+from sidecar.keys import format as keyformat
 from tests.conftest import Api
 from tests.harness import ServerThread, SidecarProcess, free_port, remember_secret
 from tests.lifecycle_helpers import PATH, user_state

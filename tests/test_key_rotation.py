@@ -12,7 +12,7 @@ import httpx
 import pytest
 import redis
 
-from sidecar import keyformat
+from sidecar.keys import format as keyformat
 from tests.conftest import Api, make_token
 from tests.harness import RedisProcess, SidecarProcess, remember_secret, wait_until
 from tests.lifecycle_helpers import (

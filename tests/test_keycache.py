@@ -7,8 +7,8 @@ from dataclasses import dataclass, replace
 
 import pytest
 
-from sidecar.domain import VerifiedKey
-from sidecar.keycache import HOLD_SECONDS, REVOKED, KeyCache
+from sidecar.core.domain import VerifiedKey
+from sidecar.keys.cache import HOLD_SECONDS, REVOKED, KeyCache
 
 KEY = VerifiedKey(id="id-1", user_id="u", prefix="sk_live_abcdef", active=True, expires_at=None)
 

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sidecar import keyformat
-from sidecar.keyhash import KeyHasher
+from sidecar.keys import format as keyformat
+from sidecar.keys.hashing import KeyHasher
 
 BASE62 = string.digits + string.ascii_uppercase + string.ascii_lowercase
 randoms = st.text(alphabet=BASE62, min_size=42, max_size=42)

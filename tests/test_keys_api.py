@@ -12,7 +12,7 @@ import httpx
 import pytest
 import redis
 
-from sidecar import keyformat
+from sidecar.keys import format as keyformat
 from tests.conftest import Api, make_token
 
 UNAUTHORIZED = {"detail": "Could not validate credentials"}

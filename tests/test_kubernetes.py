@@ -19,7 +19,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from sidecar.config import Config, ConfigError, load
+from sidecar.config.model import Config, ConfigError, load
 
 ROOT = Path(__file__).resolve().parent.parent
 MANIFESTS = ROOT / "deploy" / "kubernetes"

@@ -93,7 +93,7 @@ def test_redis_down_at_start_serves_jwt_and_reports_unready(spawn: Any, config_f
         httpx.get(process.url + "/a", headers={"Authorization": f"Bearer {token}"}).status_code
         == 200
     )
-    from sidecar import keyformat
+    from sidecar.keys import format as keyformat
 
     keyed = httpx.get(process.url + "/a", headers={"X-API-Key": keyformat.generate()})
     assert keyed.status_code == 503

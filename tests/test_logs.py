@@ -17,8 +17,10 @@ from typing import Any
 
 import pytest
 
-from sidecar import accesslog, keyformat, logsetup
-from sidecar.logsetup import JsonFormatter, RedactingFilter, redact
+from sidecar.keys import format as keyformat
+from sidecar.observability import accesslog
+from sidecar.observability import logs as logsetup
+from sidecar.observability.logs import JsonFormatter, RedactingFilter, redact
 from tests.conftest import Api, make_token
 from tests.harness import SidecarProcess, leaked_secrets, remember_secret, wait_until
 
@@ -156,7 +158,7 @@ def test_the_access_log_writes_whole_redacted_lines_in_batches(tmp_path: Path) -
 
 
 def _request_record() -> Any:
-    from sidecar.observe import RequestRecord
+    from sidecar.observability.record import RequestRecord
 
     return RequestRecord("GET", "/x", "proxy", "rid-1", "127.0.0.1", 0.0, status=200)
 

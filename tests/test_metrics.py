@@ -17,8 +17,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
-from sidecar.metrics import _LATENCY_BUCKETS, Metrics, _Batch
-from sidecar.observe import RequestRecord
+from sidecar.observability.metrics import _LATENCY_BUCKETS, Metrics, _Batch
+from sidecar.observability.record import RequestRecord
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 ROOT = Path(__file__).resolve().parent.parent
@@ -200,8 +200,8 @@ def test_a_histogram_without_the_internals_we_feed_is_refused() -> None:
 
 _WORKER = """
 import json, sys
-from sidecar.metrics import Metrics
-from sidecar.observe import RequestRecord
+from sidecar.observability.metrics import Metrics
+from sidecar.observability.record import RequestRecord
 
 job = json.load(sys.stdin)
 metrics = Metrics()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sidecar.paths import PrefixMatcher, matched_form, normalise, upstream_path
+from sidecar.core.paths import PrefixMatcher, matched_form, normalise, upstream_path
 
 
 @pytest.mark.parametrize(

@@ -19,8 +19,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from sidecar.config import UpstreamConfig
-from sidecar.proxy import Exchange, UpstreamClient
+from sidecar.config.model import UpstreamConfig
+from sidecar.proxy.upstream import Exchange, UpstreamClient
 from tests.conftest import Api
 from tests.harness import ServerThread
 from tests.upstream_app import RecordingUpstream, pattern

@@ -16,10 +16,10 @@ import redis
 from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.connection import Connection
 
-from sidecar import autopipeline
-from sidecar.config import RateLimitsConfig
-from sidecar.errors import RateLimited
-from sidecar.ratelimit import RateLimiter, RuleTable, Sent, limiter_for
+from sidecar.config.model import RateLimitsConfig
+from sidecar.core.errors import RateLimited
+from sidecar.ratelimit.limiter import RateLimiter, RuleTable, Sent, limiter_for
+from sidecar.redisconn import autopipeline
 from tests.conftest import Api, make_token
 from tests.harness import RedisProcess, SidecarProcess, wait_until
 from tests.upstream_app import RecordingUpstream

@@ -8,8 +8,8 @@ from typing import Any
 import httpx
 import pytest
 
-from sidecar.config import RateLimitsConfig
-from sidecar.ratelimit import RuleTable, sf_string
+from sidecar.config.model import RateLimitsConfig
+from sidecar.ratelimit.limiter import RuleTable, sf_string
 from tests.conftest import make_token
 
 LIMITS: dict[str, Any] = {

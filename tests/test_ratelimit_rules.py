@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from sidecar.config import RateLimitsConfig
-from sidecar.ratelimit import Rule, RuleTable, bucket_key
+from sidecar.config.model import RateLimitsConfig
+from sidecar.ratelimit.limiter import Rule, RuleTable, bucket_key
 
 RULES = RateLimitsConfig.model_validate(
     {

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from sidecar import keyformat
+from sidecar.keys import format as keyformat
 from tests.conftest import Api
 from tests.harness import RedisProcess, ServerThread, SidecarProcess, base_config, merge, wait_until
 from tests.upstream_app import RecordingUpstream

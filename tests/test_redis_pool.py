@@ -9,8 +9,8 @@ import uuid
 
 import redis
 
-from sidecar.config import RedisConfig
-from sidecar.redis_conn import connect
+from sidecar.config.model import RedisConfig
+from sidecar.redisconn.client import connect
 from tests.harness import RedisProcess
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from sidecar import keyformat
+from sidecar.keys import format as keyformat
 from tests.conftest import Api, make_token
 from tests.harness import SidecarProcess, free_port, remember_secret, wait_until
 from tests.test_logs import access_lines

@@ -10,9 +10,9 @@ import httpx
 import redis
 import redis.asyncio as aioredis
 
-from sidecar.keyhash import KeyHasher
-from sidecar.redis_conn import Durability
-from sidecar.store import KeyStore, prefix_index_key
+from sidecar.keys.hashing import KeyHasher
+from sidecar.keys.store import KeyStore, prefix_index_key
+from sidecar.redisconn.client import Durability
 from tests.conftest import Api
 from tests.harness import HASH_SECRET, RedisProcess, SidecarProcess, wait_until
 

@@ -13,10 +13,10 @@ import orjson
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from sidecar import scanning_keys
-from sidecar.config import SecretScanningConfig
-from sidecar.errors import ScanningKeysUnavailable
-from sidecar.scanning_source import REFRESH_SECONDS, ScanningKeySource
+from sidecar.api.scanning_source import REFRESH_SECONDS, ScanningKeySource
+from sidecar.config.model import SecretScanningConfig
+from sidecar.core.errors import ScanningKeysUnavailable
+from sidecar.crypto import scanning_signatures as scanning_keys
 from tests.harness import ServerThread
 from tests.test_failed_auth import Clock
 from tests.test_secret_scanning import Signer

@@ -18,10 +18,10 @@ import redis.asyncio as aioredis
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from sidecar import keyformat
-from sidecar.keyhash import KeyHasher
-from sidecar.redis_conn import Durability
-from sidecar.store import KeyStore, record_key
+from sidecar.keys import format as keyformat
+from sidecar.keys.hashing import KeyHasher
+from sidecar.keys.store import KeyStore, record_key
+from sidecar.redisconn.client import Durability
 from tests.conftest import Api
 from tests.harness import HASH_SECRET, SidecarProcess, remember_secret, wait_until
 from tests.test_failed_auth import metric
@@ -334,7 +334,7 @@ def test_a_batch_of_1000_tokens_is_answered_in_one_request(
 
 
 def test_the_config_names_every_secret_scanning_problem(tmp_path: Path) -> None:
-    from sidecar.config import ConfigError, parse
+    from sidecar.config.model import ConfigError, parse
     from tests.harness import base_config, merge
 
     bad_file = tmp_path / "keys.json"

@@ -7,7 +7,7 @@ import gc
 
 import uvicorn
 
-from sidecar.serving import Server, bind
+from sidecar.server.serving import Server, bind
 
 
 async def _empty_app(scope: object, receive: object, send: object) -> None:

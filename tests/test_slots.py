@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from sidecar.slots import Slots
+from sidecar.core.slots import Slots
 
 
 def test_free_slots_are_taken_without_waiting_and_given_back() -> None:

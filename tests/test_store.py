@@ -12,10 +12,10 @@ import orjson
 import redis
 import redis.asyncio as aioredis
 
-from sidecar import keyformat
-from sidecar.keyhash import KeyHasher
-from sidecar.redis_conn import Durability
-from sidecar.store import KeyStore, prefix_index_key
+from sidecar.keys import format as keyformat
+from sidecar.keys.hashing import KeyHasher
+from sidecar.keys.store import KeyStore, prefix_index_key
+from sidecar.redisconn.client import Durability
 from tests.conftest import Api
 from tests.harness import HASH_SECRET, RedisProcess, SidecarProcess
 

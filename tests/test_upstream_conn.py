@@ -8,7 +8,7 @@ import asyncio
 import httptools
 import pytest
 
-from sidecar.upstream_conn import LAST_CHUNK, UpstreamConnection, chunk, request_head
+from sidecar.proxy.connection import LAST_CHUNK, UpstreamConnection, chunk, request_head
 
 
 def test_the_head_keeps_the_callers_order_and_content_length_in_place() -> None:

@@ -1,0 +1,6 @@
+"""What the sidecar answers itself, one module per surface: the key-management API, the
+admin listener (health, readiness, metrics, JWKS), the forward-auth decision listener
+and the secret-scanning endpoint with its signature-key source.
+"""
+
+__all__ = ["admin", "forward_auth", "keys", "scanning_source", "secret_scanning"]

@@ -1,0 +1,181 @@
+"""``/api/v1/api-keys/``: create, list, expire, rotate keys and show their usage.
+JWT only (SPEC.md)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+from uuid import UUID
+
+import orjson
+from pydantic import TypeAdapter, ValidationError
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route, Router
+
+from sidecar.auth.credentials import Authenticator, credential_from
+from sidecar.core.domain import (
+    DEFAULT_USAGE_DAYS,
+    KEYS_API_PATH,
+    expired_json,
+    key_list_json,
+    usage_json,
+)
+from sidecar.core.errors import PayloadTooLarge, RequestInvalid
+from sidecar.keys.input import USAGE_DAYS, CreateKeyBody, Lifetime, RotateKeyBody, usage_window
+from sidecar.keys.store import KeyStore
+
+PREFIX = KEYS_API_PATH
+_MAX_CREATE_BODY = 64 * 1024
+_BOOL = TypeAdapter(bool)
+_UUID = TypeAdapter(UUID)
+
+
+def json_response(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(body), status, headers, media_type="application/json")
+
+
+def _errors(exc: ValidationError, *where: str) -> list[dict[str, Any]]:
+    """Pydantic's errors in FastAPI's shape: ``loc`` starts with body/query/path."""
+    out = []
+    for detail in exc.errors(include_url=False):
+        error: dict[str, Any] = {**detail, "loc": [*where, *detail["loc"]]}
+        if "ctx" in detail:  # a ValueError raised by a validator: its message, as FastAPI
+            error["ctx"] = {
+                k: str(v) if isinstance(v, Exception) else v for k, v in detail["ctx"].items()
+            }
+        out.append(error)
+    return out
+
+
+class KeysApi:
+    def __init__(
+        self,
+        authenticator: Authenticator,
+        store: KeyStore,
+        on_revoked: Callable[[str], None] = lambda key_hash: None,
+        *,
+        max_lifetime_days: int = 365,
+    ) -> None:
+        self._auth = authenticator
+        self._store = store
+        self._max_lifetime_days = max_lifetime_days
+        # This instance forgets the key at once, not when its own pub/sub message returns.
+        self._on_revoked = on_revoked
+        routes = [
+            Route(PREFIX, self._collection, methods=["GET", "POST"]),
+            Route(PREFIX + "/", self._collection, methods=["GET", "POST"]),
+            Route(PREFIX + "/{api_key_id}", self._item, methods=["DELETE"]),
+            Route(PREFIX + "/{api_key_id}/", self._item, methods=["DELETE"]),
+            Route(PREFIX + "/{api_key_id}/rotate", self._rotate, methods=["POST"]),
+            Route(PREFIX + "/{api_key_id}/rotate/", self._rotate, methods=["POST"]),
+            Route(PREFIX + "/{api_key_id}/usage", self._usage, methods=["GET"]),
+            Route(PREFIX + "/{api_key_id}/usage/", self._usage, methods=["GET"]),
+        ]
+        self.app = Router(routes, redirect_slashes=False)
+
+    async def _user(self, request: Request) -> str:
+        api_key = request.headers.get("x-api-key")
+        authorization = request.headers.get("authorization")
+        credential = credential_from(
+            None if api_key is None else api_key.encode("latin-1"),
+            None if authorization is None else authorization.encode("latin-1"),
+        )
+        return await self._auth.jwt_only(credential)
+
+    # A SidecarError raised here propagates to app.py, which renders every error.
+    async def _collection(self, request: Request) -> Response:
+        user_id = await self._user(request)
+        if request.method == "POST":
+            return await self._create(request, user_id)
+        return await self._list(request, user_id)
+
+    async def _item(self, request: Request) -> Response:
+        user_id = await self._user(request)
+        key_id = _key_id(request)
+        self._on_revoked(await self._store.revoke(key_id, user_id))
+        return json_response(200, expired_json())
+
+    async def _create(self, request: Request, user_id: str) -> Response:
+        payload = await _json_body(request)
+        lifetime = Lifetime(self._max_lifetime_days)
+        try:
+            parsed = CreateKeyBody.model_validate(payload, context={"lifetime": lifetime})
+        except ValidationError as exc:
+            raise RequestInvalid(_errors(exc, "body")) from None
+        created = await self._store.create(
+            user_id,
+            parsed.description,
+            environment=parsed.environment,
+            expires_at=parsed.expires_at,
+        )
+        return json_response(201, created.as_json())
+
+    async def _rotate(self, request: Request) -> Response:
+        user_id = await self._user(request)
+        key_id = _key_id(request)
+        payload = await _json_body(request)
+        try:
+            parsed = RotateKeyBody.model_validate(payload)
+        except ValidationError as exc:
+            raise RequestInvalid(_errors(exc, "body")) from None
+        created, old_hash = await self._store.rotate(key_id, user_id, parsed.grace_period_seconds)
+        self._on_revoked(old_hash)  # its answer changed: look it up again
+        return json_response(201, {**created.as_json(), "rotated_from": key_id})
+
+    async def _usage(self, request: Request) -> Response:
+        user_id = await self._user(request)
+        key_id = _key_id(request)
+        try:
+            days = USAGE_DAYS.validate_python(request.query_params.get("days", DEFAULT_USAGE_DAYS))
+        except ValidationError as exc:
+            raise RequestInvalid(_errors(exc, "query", "days")) from None
+        prefix, daily = await self._store.usage(key_id, user_id, usage_window(days))
+        return json_response(200, usage_json(key_id, prefix, daily))
+
+    async def _list(self, request: Request, user_id: str) -> Response:
+        raw = request.query_params.get("include_expired", "false")
+        try:
+            include_expired = _BOOL.validate_python(raw)
+        except ValidationError as exc:
+            raise RequestInvalid(_errors(exc, "query", "include_expired")) from None
+        return json_response(200, key_list_json(await self._store.list(user_id, include_expired)))
+
+
+def _key_id(request: Request) -> str:
+    try:
+        return str(_UUID.validate_python(request.path_params["api_key_id"]))
+    except ValidationError as exc:
+        raise RequestInvalid(_errors(exc, "path", "api_key_id")) from None
+
+
+async def _json_body(request: Request) -> Any:
+    """The request's JSON body; an empty body is ``{}``."""
+    body = await _read_limited(request, _MAX_CREATE_BODY)
+    if not body.strip():
+        return {}
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise RequestInvalid(
+            [
+                {
+                    "type": "json_invalid",
+                    "loc": ["body", exc.pos],
+                    "msg": "JSON decode error",
+                    "input": {},
+                    "ctx": {"error": exc.msg},
+                }
+            ]
+        ) from None
+
+
+async def _read_limited(request: Request, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)

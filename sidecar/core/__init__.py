@@ -1,0 +1,6 @@
+"""The rules every layer shares, with no I/O: the key domain's value types, the exception
+tree and its HTTP mapping, path normalisation, the client address, timestamps, a
+concurrency bound and the shared header types.
+"""
+
+__all__ = ["clientaddr", "domain", "errors", "paths", "slots", "timeutil", "types"]
