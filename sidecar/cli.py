@@ -19,8 +19,8 @@ import orjson
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from sidecar.config.model import Config, ConfigError
 from sidecar.config import model as config_module
+from sidecar.config.model import Config, ConfigError
 from sidecar.core.domain import (
     DEFAULT_GRACE_SECONDS,
     DEFAULT_USAGE_DAYS,
@@ -255,7 +255,7 @@ def _keys_list(config: Config, args: argparse.Namespace) -> int:
     user = _user(args.user)
 
     async def action(store: Any) -> Any:
-        listing = store.list_canaries if args.canary else store.list
+        listing = store.list_canaries if args.canary else store.list_keys
         return key_list_json(await listing(user, args.include_expired))
 
     return _with_store(config, action)

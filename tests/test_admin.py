@@ -13,7 +13,7 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar.keys import format as keyformat
-from sidecar.keys.store import prefix_index_key
+from sidecar.keys.schema import prefix_index_key
 from tests.conftest import Api, make_token
 from tests.harness import RedisProcess, SidecarProcess, free_port, wait_until
 

@@ -16,9 +16,9 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from sidecar.config import model as config_module
 from sidecar.config.interpolate import interpolate
 from sidecar.config.model import Config
-from sidecar.config import model as config_module
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG_IN_IMAGE = "/etc/callcov-sidecar/sidecar.yaml"

@@ -11,8 +11,8 @@ import httpx
 import pytest
 import redis
 
-from sidecar.config.model import ConfigError
 from sidecar.config import model as config_module
+from sidecar.config.model import ConfigError
 from sidecar.keys import format as keyformat
 from tests.conftest import Api
 from tests.harness import ServerThread, SidecarProcess, free_port, remember_secret

@@ -11,7 +11,8 @@ import redis
 import redis.asyncio as aioredis
 
 from sidecar.keys.hashing import KeyHasher
-from sidecar.keys.store import KeyStore, prefix_index_key
+from sidecar.keys.schema import prefix_index_key
+from sidecar.keys.store import KeyStore
 from sidecar.redisconn.client import Durability
 from tests.conftest import Api
 from tests.harness import HASH_SECRET, RedisProcess, SidecarProcess, wait_until

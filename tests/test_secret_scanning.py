@@ -20,7 +20,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from sidecar.keys import format as keyformat
 from sidecar.keys.hashing import KeyHasher
-from sidecar.keys.store import KeyStore, record_key
+from sidecar.keys.schema import record_key
+from sidecar.keys.store import KeyStore
 from sidecar.redisconn.client import Durability
 from tests.conftest import Api
 from tests.harness import HASH_SECRET, SidecarProcess, remember_secret, wait_until

@@ -139,7 +139,9 @@ class KeysApi:
             include_expired = _BOOL.validate_python(raw)
         except ValidationError as exc:
             raise RequestInvalid(_errors(exc, "query", "include_expired")) from None
-        return json_response(200, key_list_json(await self._store.list(user_id, include_expired)))
+        return json_response(
+            200, key_list_json(await self._store.list_keys(user_id, include_expired))
+        )
 
 
 def _key_id(request: Request) -> str:

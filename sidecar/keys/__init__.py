@@ -3,4 +3,15 @@ keys, the input rules of the key endpoints, the Redis schema and the store (the 
 code that reads or writes key data), revocation following and usage bookkeeping.
 """
 
-__all__ = ["cache", "format", "hashing", "input", "revocations", "store", "usage"]
+__all__ = [
+    "cache",
+    "calls",
+    "format",
+    "hashing",
+    "input",
+    "revocations",
+    "schema",
+    "store",
+    "usage",
+    "view",
+]

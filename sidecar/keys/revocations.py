@@ -16,7 +16,8 @@ from collections.abc import Callable
 from redis.asyncio import Redis
 
 from sidecar.keys.cache import REVOKED, KeyCache
-from sidecar.keys.store import REVOCATION_CHANNEL, STATE_CHANNEL, as_text
+from sidecar.keys.schema import REVOCATION_CHANNEL, STATE_CHANNEL
+from sidecar.keys.view import as_text
 from sidecar.redisconn.client import REDIS_ERRORS
 
 log = logging.getLogger("sidecar.revocations")

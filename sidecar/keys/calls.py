@@ -1,0 +1,236 @@
+"""What the write scripts (schema.py) are called with: a new key minted into its record
+fields and index entry, and the KEYS and ARGV of each script, built from plain values so
+the store only runs them."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sidecar.core.domain import LIVE, CreatedKey, key_prefix
+from sidecar.core.timeutil import to_iso
+from sidecar.keys.hashing import KeyHasher
+from sidecar.keys.schema import (
+    NEVER,
+    REVOCATION_CHANNEL,
+    US,
+    all_keys_key,
+    canary_keys_key,
+    grace_set_key,
+    index_entry,
+    legacy_active_set_key,
+    limit_set_key,
+    micros,
+    prefix_index_key,
+    record_key,
+)
+
+Call = tuple[Sequence[str], Sequence[Any]]  # a script's KEYS and ARGV
+
+
+@dataclass(frozen=True, slots=True)
+class NewKey:
+    """A key about to be written: its record fields and index entry."""
+
+    id: str
+    api_key: str
+    prefix: str
+    hash: str
+    created: datetime
+    created_at: str
+    expires_us: int | None
+    expires_at: str | None
+    environment: str
+    description: str | None
+    fields: list[str]
+    entry: bytes
+
+    @property
+    def created_score(self) -> int:
+        return micros(self.created)
+
+    @property
+    def expiry_score(self) -> str | int:
+        return NEVER if self.expires_us is None else self.expires_us
+
+    def created_key(self) -> CreatedKey:
+        return CreatedKey(
+            self.id,
+            self.api_key,
+            self.prefix,
+            self.description,
+            self.created_at,
+            self.expires_at,
+            self.environment,
+        )
+
+
+def mint_key(
+    api_key: str,
+    hasher: KeyHasher,
+    user_id: str,
+    description: str | None,
+    environment: str,
+    expires_at: datetime | None,
+    *,
+    canary: bool = False,
+    **extra: str,
+) -> NewKey:
+    """A new key's record fields and index entry, from its secret."""
+    prefix = key_prefix(api_key)
+    key_hash = hasher.hash(api_key)
+    key_id = str(uuid.uuid4())
+    moment = datetime.now(UTC)
+    created_at = to_iso(moment)
+    fields: dict[str, str] = {
+        "id": key_id,
+        "user_id": user_id,
+        "key_prefix": prefix,
+        "hash": key_hash,
+        "is_active": "1",
+        "environment": environment,
+        "created_at": created_at,
+        "updated_at": created_at,
+        **extra,
+    }
+    expires_us = expires_iso = None
+    if expires_at is not None:
+        expires_us = micros(expires_at)
+        expires_iso = to_iso(expires_at)
+        fields["expires_at"] = expires_iso
+        fields["expires_us"] = str(expires_us)
+    if description is not None:
+        fields["description"] = description
+    if canary:
+        fields["canary"] = "1"
+    entry = index_entry(key_id, user_id, active=True, expires_us=expires_us, canary=canary)
+    return NewKey(
+        id=key_id,
+        api_key=api_key,
+        prefix=prefix,
+        hash=key_hash,
+        created=moment,
+        created_at=created_at,
+        expires_us=expires_us,
+        expires_at=expires_iso,
+        environment=environment,
+        description=description,
+        fields=[item for pair in fields.items() for item in pair],
+        entry=entry,
+    )
+
+
+def revoke_call(
+    key_id: str,
+    owner: str,
+    prefix: str,
+    environment: str,
+    moment: datetime,
+    reason: str,
+    audit: Mapping[str, str] | None,
+) -> tuple[list[str], list[str | int | bytes]]:
+    """KEYS and ARGV of the revocation script, for one key."""
+    keys = [
+        record_key(key_id),
+        limit_set_key(owner, environment),
+        prefix_index_key(prefix),
+        legacy_active_set_key(owner),
+    ]
+    flat_audit = [item for pair in (audit or {}).items() for item in pair]
+    args: list[str | int | bytes] = [
+        owner,
+        to_iso(moment),
+        micros(moment),
+        REVOCATION_CHANNEL,
+        index_entry(key_id, owner, active=False),
+        reason,
+        *flat_audit,
+    ]
+    return keys, args
+
+
+def create_call(new: NewKey, user_id: str, max_active: int) -> Call:
+    """CREATE: the record, the limit set of its environment and the indexes."""
+    keys = [
+        limit_set_key(user_id, new.environment),
+        all_keys_key(user_id),
+        record_key(new.id),
+        prefix_index_key(new.prefix),
+        legacy_active_set_key(user_id),
+        limit_set_key(user_id, LIVE),
+    ]
+    args: list[str | int | bytes] = [
+        max_active,
+        new.id,
+        new.created_score,
+        new.hash,
+        micros(new.created),
+        new.expiry_score,
+        *new.fields,
+        new.entry,
+    ]
+    return keys, args
+
+
+def canary_call(new: NewKey, user_id: str) -> Call:
+    """CREATE_CANARY: the record, the user's canary set and the prefix index."""
+    keys = [record_key(new.id), canary_keys_key(user_id), prefix_index_key(new.prefix)]
+    args: list[str | int | bytes] = [
+        new.id,
+        new.created_score,
+        new.hash,
+        *new.fields,
+        new.entry,
+    ]
+    return keys, args
+
+
+def rotate_call(
+    new: NewKey,
+    key_id: str,
+    owner: str,
+    prefix: str,
+    old_hash: str,
+    grace_seconds: int,
+    old_end: tuple[int, str] | None,
+) -> Call:
+    """ROTATE: the old key usable until the end of its grace (never past its own expiry,
+    ``old_end`` as µs and ISO), the new one written in the same step."""
+    environment = new.environment
+    now_us = micros(new.created)
+    end_us = now_us + grace_seconds * US
+    end_iso = to_iso(new.created + timedelta(seconds=grace_seconds))
+    if old_end is not None and old_end[0] < end_us:
+        end_us, end_iso = old_end
+    old_entry = index_entry(key_id, owner, active=True, expires_us=end_us)
+    keys = [
+        record_key(key_id),
+        limit_set_key(owner, environment),
+        all_keys_key(owner),
+        record_key(new.id),
+        prefix_index_key(prefix),
+        prefix_index_key(new.prefix),
+        legacy_active_set_key(owner),
+        grace_set_key(owner),
+    ]
+    args: list[str | int | bytes] = [
+        owner,
+        now_us,
+        new.created_at,
+        end_us,
+        end_iso,
+        old_entry,
+        REVOCATION_CHANNEL,
+        key_id,
+        old_hash,
+        new.id,
+        new.created_score,
+        new.hash,
+        new.expiry_score,
+        new.entry,
+        *new.fields,
+    ]
+    return keys, args

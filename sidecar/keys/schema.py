@@ -1,0 +1,203 @@
+"""The Redis schema of key data: key names, the index entry and the Lua scripts that
+change keys atomically (the store, store.py, runs them).
+
+Redis data model (every key carries the hash tag ``{callcov-keys}``, so on Redis
+Cluster all key data lives in one slot and the Lua scripts below stay atomic; key
+data is small and rarely written, so one shard is plenty):
+
+===============================================  ======  ========================================
+key                                               type    holds
+===============================================  ======  ========================================
+``callcov:{callcov-keys}:rec:<id>``               HASH    the audit record: id, user_id, key_prefix,
+                                                          hash, description (absent = null),
+                                                          is_active (1/0), environment (absent =
+                                                          live), created_at, updated_at,
+                                                          last_used_at, expires_at (ISO) and
+                                                          expires_us (epoch µs), rotated_from,
+                                                          rotated_to, revoked_reason, revoked_at
+                                                          and any audit fields of the revocation
+``callcov:{callcov-keys}:user:<uid>:active:<env>`` ZSET   the user's keys counting against the limit
+                                                          of environment <env>, score = expiry in
+                                                          epoch µs (``+inf``: none); ZCARD after
+                                                          pruning expired scores = the count
+``callcov:{callcov-keys}:user:<uid>:active``      SET     the layout before environments (live keys,
+                                                          none expiring): moved into ``active:live``
+                                                          by the user's next create
+``callcov:{callcov-keys}:user:<uid>:all``         ZSET    every id the user ever had, score =
+                                                          created µs
+``callcov:{callcov-keys}:user:<uid>:canary``      ZSET    the user's canary keys, score = created µs
+``callcov:{callcov-keys}:prefix:<prefix>``        HASH    field = HMAC of the full key, value = JSON
+                                                          {id, user_id, active, expires_at (epoch
+                                                          s), canary (only when true)}: what
+                                                          verification needs, in one HGET
+``callcov:{callcov-keys}:usage:<id>:<date>``      HASH    requests, rate_limited on that UTC day;
+                                                          expires after the longest usage window
+``callcov:revocations`` (pub/sub channel)        —       the HMAC of each key whose verification
+                                                          answer changed, for cache eviction
+===============================================  ======  ========================================
+
+A prefix maps to a hash of entries, so any number of keys may share a prefix.
+The full key is never stored, only its keyed hash. Records written before
+environments and expiry existed (no ``environment``, ``expires_us``) read as live
+keys that never expire.
+
+A canary key (record field ``canary: 1``) is in the prefix index like any key, so it
+verifies like one, but in neither of the user's ``active`` nor ``all`` sets: it never
+counts against the limit and is never listed, except by ``list_canaries``.
+
+Verification is that HGET, keyed by the HMAC of the presented key: there is no second
+comparison of secrets after it (one would compare the HMAC with itself). The lookup's
+timing can only depend on the HMAC, which nobody can steer without the hash secret.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+
+NAMESPACE = "callcov:{callcov-keys}"
+REVOCATION_CHANNEL = "callcov:revocations"
+# What a revocation or rotation left the key as, published right after the hash on
+# REVOCATION_CHANNEL (which earlier versions follow): "<hash> 0" when revoked, "<hash>
+# <µs>" when usable until then (a rotation's grace). The scripts derive the name.
+STATE_CHANNEL = REVOCATION_CHANNEL + ":state"
+NEVER = "+inf"  # the score of a key without expiry
+USAGE_KEPT_DAYS = 91  # the longest usage window (90 days) and the day in progress
+US = 1_000_000
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+# Keys of the layout before environments move into the live limit set.
+ADOPT_LEGACY = """
+local function adopt_legacy(legacy, live)
+  local ids = redis.call('SMEMBERS', legacy)
+  for _, id in ipairs(ids) do redis.call('ZADD', live, '+inf', id) end
+  if #ids > 0 then redis.call('DEL', legacy) end
+end
+"""
+# KEYS: limit set of the key's environment, all, record, prefix index, legacy set, live set.
+# ARGV: max, id, created µs, hash, now µs, expiry score, record fields..., index entry.
+CREATE = (
+    ADOPT_LEGACY
+    + """
+adopt_legacy(KEYS[5], KEYS[6])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[5])
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[3], unpack(ARGV, 7, #ARGV - 1))
+redis.call('ZADD', KEYS[1], ARGV[6], ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
+redis.call('HSET', KEYS[4], ARGV[4], ARGV[#ARGV])
+return 1
+"""
+)
+# KEYS: record, the user's canary set, prefix index. ARGV: id, created µs, hash, record
+# fields..., index entry. No limit, no listing: a canary is only a trap (auth/credentials.py).
+CREATE_CANARY = """
+redis.call('HSET', KEYS[1], unpack(ARGV, 4, #ARGV - 1))
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+redis.call('HSET', KEYS[3], ARGV[3], ARGV[#ARGV])
+return 1
+"""
+# KEYS: record, limit set, prefix index, legacy set.
+# ARGV: owner ('' = any), now ISO, now µs, channel, revoked index entry, reason,
+# audit field pairs... Only a key still usable is recorded as revoked (with the reason
+# and audit fields); an expired one is just marked inactive, its reason left null.
+REVOKE = """
+local rec = redis.call('HMGET', KEYS[1], 'user_id', 'is_active', 'hash', 'id', 'expires_us')
+if not rec[1] then return 0 end
+if ARGV[1] ~= '' and rec[1] ~= ARGV[1] then return 0 end
+if rec[2] == '1' then
+  redis.call('HSET', KEYS[1], 'is_active', '0', 'updated_at', ARGV[2])
+  if not rec[5] or tonumber(rec[5]) > tonumber(ARGV[3]) then
+    redis.call('HSET', KEYS[1], 'expires_at', ARGV[2], 'expires_us', ARGV[3],
+      'revoked_reason', ARGV[6], 'revoked_at', ARGV[2], unpack(ARGV, 7))
+  end
+  redis.call('ZREM', KEYS[2], rec[4])
+  redis.call('SREM', KEYS[4], rec[4])
+  redis.call('HSET', KEYS[3], rec[3], ARGV[5])
+  redis.call('PUBLISH', ARGV[4], rec[3])
+  redis.call('PUBLISH', ARGV[4] .. ':state', rec[3] .. ' 0')
+end
+return 1
+"""
+# KEYS: old record, limit set, all, new record, old prefix index, new prefix index,
+# legacy set, grace set. ARGV: owner, now µs, now ISO, old end µs, old end ISO, old index entry,
+# channel, old id, old hash, new id, created µs, new hash, new expiry score, new index
+# entry, new record fields... Returns 1, or 0 / -1 / -2: not found / not active /
+# already rotated (checked in that order: "not active" wins).
+ROTATE = """
+local rec = redis.call('HMGET', KEYS[1], 'user_id', 'is_active', 'expires_us', 'rotated_to')
+if not rec[1] or rec[1] ~= ARGV[1] then return 0 end
+if rec[2] ~= '1' or (rec[3] and tonumber(rec[3]) <= tonumber(ARGV[2])) then return -1 end
+if rec[4] then return -2 end
+redis.call('HSET', KEYS[1], 'rotated_to', ARGV[10], 'updated_at', ARGV[3],
+  'expires_us', ARGV[4], 'expires_at', ARGV[5])
+redis.call('HSET', KEYS[5], ARGV[9], ARGV[6])
+redis.call('ZREM', KEYS[2], ARGV[8])
+redis.call('SREM', KEYS[7], ARGV[8])
+redis.call('ZREMRANGEBYSCORE', KEYS[8], '-inf', ARGV[2])
+redis.call('ZADD', KEYS[8], ARGV[4], ARGV[8])
+redis.call('PUBLISH', ARGV[7], ARGV[9])
+redis.call('PUBLISH', ARGV[7] .. ':state', ARGV[9] .. ' ' .. ARGV[4])
+redis.call('HSET', KEYS[4], unpack(ARGV, 15))
+redis.call('ZADD', KEYS[2], ARGV[13], ARGV[10])
+redis.call('ZADD', KEYS[3], ARGV[11], ARGV[10])
+redis.call('HSET', KEYS[6], ARGV[12], ARGV[14])
+return 1
+"""
+
+
+def record_key(key_id: str) -> str:
+    return f"{NAMESPACE}:rec:{key_id}"
+
+
+def limit_set_key(user_id: str, environment: str) -> str:
+    return f"{NAMESPACE}:user:{user_id}:active:{environment}"
+
+
+def legacy_active_set_key(user_id: str) -> str:
+    return f"{NAMESPACE}:user:{user_id}:active"
+
+
+def all_keys_key(user_id: str) -> str:
+    return f"{NAMESPACE}:user:{user_id}:all"
+
+
+def grace_set_key(user_id: str) -> str:
+    """Rotated keys still in their grace, scored by its end (µs): active, but out of the
+    limit sets; listed with the active keys until then."""
+    return f"{NAMESPACE}:user:{user_id}:grace"
+
+
+def canary_keys_key(user_id: str) -> str:
+    return f"{NAMESPACE}:user:{user_id}:canary"
+
+
+def prefix_index_key(prefix: str) -> str:
+    return f"{NAMESPACE}:prefix:{prefix}"
+
+
+def usage_key(key_id: str, day: str) -> str:
+    return f"{NAMESPACE}:usage:{key_id}:{day}"
+
+
+def micros(moment: datetime) -> int:
+    return (moment - EPOCH) // timedelta(microseconds=1)  # exact, unlike timestamp()
+
+
+def index_entry(
+    key_id: str,
+    user_id: str,
+    *,
+    active: bool,
+    expires_us: int | None = None,
+    canary: bool = False,
+) -> bytes:
+    # Entries written by earlier versions also carry "hash", a copy of their field: ignored.
+    entry: dict[str, Any] = {"id": key_id, "user_id": user_id, "active": active}
+    if expires_us is not None:
+        entry["expires_at"] = expires_us / US
+    if canary:
+        entry["canary"] = True
+    return orjson.dumps(entry)
