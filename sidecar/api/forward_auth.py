@@ -6,8 +6,8 @@ Every request here is a decision request about an original request, found in ord
 ``X-Original-Method`` + ``X-Original-URI`` / ``X-Original-URL`` (nginx, ingress-nginx),
 ``X-Forwarded-Method`` + ``X-Forwarded-Uri`` (Traefik, Caddy), else the decision
 request's own method and path minus ``forward_auth.path_prefix`` (Envoy). The decision
-is ``Gateway.decide``, the proxy path's own. Those headers are believed from any peer,
-which is why the listener must stay private.
+is ``Decider.decide`` (proxy/decision.py), the proxy path's own. Those headers are
+believed from any peer, which is why the listener must stay private.
 
 Allow: 200, empty body, identity and rate-limit headers, ``Cache-Control: private,
 max-age=N`` (N = ``forward_auth.cache_seconds``; 0: ``no-store``). Deny: the proxy
@@ -29,7 +29,7 @@ from sidecar.core.errors import Forbidden, SidecarError, rendered
 from sidecar.core.paths import PrefixMatcher, normalise
 from sidecar.core.types import Headers
 from sidecar.observability.record import RequestRecord
-from sidecar.proxy.gateway import Gateway
+from sidecar.proxy.decision import Decider
 from sidecar.proxy.headers import WOULD_DENY, request_id
 
 log = logging.getLogger("sidecar")
@@ -66,13 +66,13 @@ class ForwardAuth:
 
     def __init__(
         self,
-        gateway: Gateway,
+        decider: Decider,
         config: ForwardAuthConfig,
         *,
         owned: PrefixMatcher,
         done: Callable[[RequestRecord], None],
     ) -> None:
-        self._gateway = gateway
+        self._decider = decider
         self._owned = owned
         self._done = done
         self._prefix = config.path_prefix.rstrip("/") if config.path_prefix else None
@@ -110,7 +110,7 @@ class ForwardAuth:
         try:
             if self._owned.matches(normalised):
                 raise Forbidden()
-            decision = await self._gateway.decide(
+            decision = await self._decider.decide(
                 method,
                 normalised,
                 api_key=found.get(b"x-api-key"),
@@ -121,7 +121,7 @@ class ForwardAuth:
             )
             status = 200
             if decision.identity is not None:
-                headers += self._gateway.identity_headers(decision.identity, method, normalised)
+                headers += self._decider.identity_headers(decision.identity, method, normalised)
             headers += decision.rate_headers
             if decision.would_deny is None:
                 headers.append(self._allow_cache)

@@ -42,6 +42,7 @@ from sidecar.keys.usage import UsageTracker
 from sidecar.observability.accesslog import AccessLog
 from sidecar.observability.metrics import Metrics
 from sidecar.observability.record import RequestRecord
+from sidecar.proxy.decision import Decider
 from sidecar.proxy.gateway import Gateway
 from sidecar.proxy.headers import HeaderRules, request_id
 from sidecar.proxy.upstream import UpstreamClient
@@ -132,20 +133,26 @@ class Sidecar:
         )
         self.watch.on_switch(self.limiter.reconnect)
         self.watch.on_switch(self.listener.reconnect)
-        self.gateway = Gateway(
+        self.decider = Decider(
             rules=rules,
             public_paths=PrefixMatcher(config.auth.public_paths),
             authenticator=self.authenticator,
             limiter=self.limiter,
-            upstream=self.upstream,
-            test_upstream=self.test_upstream,
-            websockets=self.websockets,
             report_only=report_only_matcher(config),
             assertion=(
                 AssertionSigner(config.identity.assertion)
                 if config.identity.assertion.enabled
                 else None
             ),
+        )
+        self.gateway = Gateway(
+            decider=self.decider,
+            rules=rules,
+            authenticator=self.authenticator,
+            limiter=self.limiter,
+            upstream=self.upstream,
+            test_upstream=self.test_upstream,
+            websockets=self.websockets,
         )
         self._owned = PrefixMatcher((KEYS_PREFIX,))
         self._reject_ambiguous = config.server.reject_ambiguous_paths
@@ -162,7 +169,7 @@ class Sidecar:
         self.access_log = AccessLog() if config.logging.access_log else None
         # The decision listener's app; served by server.py/workers.py when enabled.
         self.forward_auth = ForwardAuth(
-            self.gateway, config.forward_auth, owned=self._owned, done=self.finished
+            self.decider, config.forward_auth, owned=self._owned, done=self.finished
         )
         self._tasks: list[asyncio.Task[None]] = []
         self._register_callback_metrics()

@@ -3,4 +3,4 @@ the forwarding with its header rules, the upstream client and its connections, a
 WebSocket relay.
 """
 
-__all__ = ["connection", "gateway", "headers", "upstream", "websocket"]
+__all__ = ["connection", "decision", "gateway", "headers", "upstream", "websocket"]

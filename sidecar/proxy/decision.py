@@ -1,0 +1,199 @@
+"""The one authorisation decision — public path, credential, authentication, rate
+limit, report-only mode — used by the proxy path (gateway.py), the forward-auth
+listener and the WebSocket handshake alike.
+
+In enforce mode it raises the SidecarError the client gets; in report-only mode a
+401, 429 or 503 becomes a Decision with ``would_deny`` set and no identity.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+from sidecar.auth.assertion import AssertionSigner
+from sidecar.auth.credentials import Authenticator, Credential, Identity, credential_from
+from sidecar.core.domain import LIVE, TEST, key_prefix
+from sidecar.core.errors import (
+    NotAuthenticated,
+    RateLimited,
+    SidecarError,
+    StoreUnavailable,
+    TooManyFailedAuth,
+)
+from sidecar.core.paths import PrefixMatcher
+from sidecar.core.types import Headers
+from sidecar.observability.record import RequestRecord
+from sidecar.proxy.headers import HeaderRules
+from sidecar.ratelimit.limiter import RateLimiter, Sent
+
+# The refusals report-only mode turns into "forwarded, marked": 401, 429, and 503 for a
+# key that cannot be verified. Anything else (413, 502...) is not an auth decision.
+REPORTABLE = frozenset({401, 429, 503})
+
+
+class Decision(NamedTuple):
+    identity: Identity | None  # None: a public path, or a report-only would-be refusal
+    rate_headers: Headers  # for the client's response
+    would_deny: int | None = None  # report-only: the status enforce mode would answer
+    public: bool = False
+
+
+class Early(NamedTuple):
+    """What ``Gateway.start`` learnt at a request's head: its credential, which the key
+    cache vouched for, the key's hash, and the rate-limit check it sent."""
+
+    credential: Credential
+    key_hash: str
+    sent: Sent | None
+
+
+PUBLIC = Decision(None, [], None, True)
+log = logging.getLogger("sidecar.auth")
+
+
+class Decider:
+    """Decides requests with the configured rules; built once at start."""
+
+    def __init__(
+        self,
+        *,
+        rules: HeaderRules,
+        public_paths: PrefixMatcher,
+        authenticator: Authenticator,
+        limiter: RateLimiter,
+        report_only: PrefixMatcher | None = None,
+        assertion: AssertionSigner | None = None,
+    ) -> None:
+        self._rules = rules
+        self.public = public_paths
+        self._auth = authenticator
+        self._limiter = limiter
+        self._report_only = report_only
+        self._assertion = assertion
+
+    async def decide(
+        self,
+        method: str,
+        normalised: str,
+        *,
+        api_key: bytes | None,
+        authorization: bytes | None,
+        ambiguous: bool,
+        record: RequestRecord,
+        headers: Sequence[tuple[bytes, bytes]] = (),
+        meanwhile: Callable[[Identity], None] | None = None,
+        early: Early | None = None,
+    ) -> Decision:
+        """Admit or refuse ``method normalised`` with this credential; charges the rate
+        limit. Raises NotAuthenticated, RateLimited, TooManyFailedAuth or StoreUnavailable
+        to refuse. ``headers`` (the request's) tell who the client is behind a trusted
+        proxy, for the failed-auth limit. ``meanwhile(identity)`` runs once the
+        credential is verified, while Redis answers the rate-limit check (it must not
+        raise). ``early``: what ``start`` learnt and sent, if it ran."""
+        if early is None and self.public.matches(normalised):  # ``start`` checked it
+            return PUBLIC
+        try:
+            if ambiguous:  # a credential header sent twice: which one would the upstream use?
+                record.auth_outcome = "ambiguous"
+                raise NotAuthenticated("ambiguous")
+            sent = early.sent if early is not None else None
+            try:
+                identity = await self._authenticate(api_key, authorization, headers, record, early)
+            except BaseException:
+                if sent is not None:
+                    sent.drop()
+                raise
+            check = self._limiter.check(identity.user_id, method, normalised, sent)
+            if meanwhile is not None:
+                meanwhile(identity)  # README "Design notes": the rate-limit round trip
+            try:
+                rate_headers = await check
+            except RateLimited:
+                self._auth.rate_limited(identity)
+                raise
+        except SidecarError as exc:
+            if (
+                self._report_only is None
+                or exc.status not in REPORTABLE
+                or not self._report_only.matches(normalised)
+            ):
+                raise
+            record.would_deny = exc.status
+            rate_headers = exc.rate_headers if isinstance(exc, RateLimited) else []
+            return Decision(None, rate_headers, exc.status)
+        return Decision(identity, rate_headers)
+
+    def identity_headers(self, identity: Identity, method: str, normalised: str) -> Headers:
+        """The request headers that tell the upstream who is calling (and, signed, for
+        which route)."""
+        rules = self._rules
+        out = [
+            (rules.user_id, identity.user_id.encode()),
+            (rules.auth_method, identity.method.encode()),
+        ]
+        if identity.key_id is not None:
+            out.append((rules.key_id, identity.key_id.encode()))
+            out.append((rules.environment, _ENVIRONMENT[identity.environment]))
+        if self._assertion is not None:
+            out.append((self._assertion.header, self._assertion.sign(identity, method, normalised)))
+        return out
+
+    async def _authenticate(
+        self,
+        api_key: bytes | None,
+        authorization: bytes | None,
+        incoming: Sequence[tuple[bytes, bytes]],
+        record: RequestRecord,
+        early: Early | None = None,
+    ) -> Identity:
+        started = time.perf_counter()
+        credential = None
+        try:
+            if early is None:
+                credential = credential_from(api_key, authorization)
+                key_hash = None
+            else:
+                credential, key_hash = early.credential, early.key_hash
+            record.auth_method = credential.kind
+            identity = await self._auth.authenticate(
+                credential, peer=record.client, headers=incoming, key_hash=key_hash
+            )
+        except NotAuthenticated as exc:
+            record.auth_outcome = exc.reason
+            if credential is not None and exc.reason in _WELL_FORMED_KEY_REJECTED:
+                record.key_prefix = key_prefix(credential.value)  # public; tells ops which key
+                if exc.reason == "canary":
+                    client = self._rules.proxies.client(record.client, incoming)
+                    _report_canary(record, client)
+            raise
+        except StoreUnavailable:
+            record.auth_outcome = "store_unavailable"
+            raise
+        except TooManyFailedAuth:
+            record.auth_outcome = "failed_auth_limited"
+            raise
+        finally:
+            record.auth_seconds = time.perf_counter() - started
+        record.auth_outcome = "ok"
+        record.user_id = identity.user_id
+        record.key_prefix = identity.key_prefix
+        return identity
+
+
+_ENVIRONMENT = {LIVE: b"live", TEST: b"test", None: b"live"}
+_WELL_FORMED_KEY_REJECTED = frozenset({"unknown", "revoked", "expired", "canary"})
+
+
+def _report_canary(record: RequestRecord, client: str | None) -> None:
+    context = {
+        "key_prefix": record.key_prefix,
+        "client": client,
+        "peer": record.client,
+        "method": record.method,
+        "path": record.path,
+        "request_id": record.request_id,
+    }
+    log.warning("canary key used", extra={"context": context})
