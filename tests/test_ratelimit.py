@@ -18,7 +18,8 @@ from redis.asyncio.connection import Connection
 
 from sidecar.config.model import RateLimitsConfig
 from sidecar.core.errors import RateLimited
-from sidecar.ratelimit.limiter import RateLimiter, RuleTable, Sent, limiter_for
+from sidecar.ratelimit.limiter import RateLimiter, Sent, limiter_for
+from sidecar.ratelimit.rules import RuleTable
 from sidecar.redisconn import autopipeline
 from tests.conftest import Api, make_token
 from tests.harness import RedisProcess, SidecarProcess, wait_until

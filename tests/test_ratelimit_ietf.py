@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from sidecar.config.model import RateLimitsConfig
-from sidecar.ratelimit.limiter import RuleTable, sf_string
+from sidecar.ratelimit.rules import RuleTable, sf_string
 from tests.conftest import make_token
 
 LIMITS: dict[str, Any] = {

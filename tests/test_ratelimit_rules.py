@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from sidecar.config.model import RateLimitsConfig
-from sidecar.ratelimit.limiter import Rule, RuleTable, bucket_key
+from sidecar.ratelimit.rules import Rule, RuleTable, bucket_key
 
 RULES = RateLimitsConfig.model_validate(
     {

@@ -2,4 +2,4 @@
 config and the GCRA limiter that checks them.
 """
 
-__all__ = ["limiter"]
+__all__ = ["limiter", "rules"]
