@@ -20,7 +20,7 @@ sequential keep-alive requests after a warm-up). ``--timings`` also runs wrk aga
 ``full`` and ``app`` (c32 and c1, 3 interleaved rounds, fresh processes). Run from the
 repository root with the sidecar's venv (``--timings`` needs wrk and nginx):
 
-    .venv/bin/python bench/floors.py [--timings]
+    .venv/bin/python -m bench.floors [--timings]
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -133,7 +134,7 @@ class _Minimal(asyncio.Protocol):
 
 def _answering_app() -> Any:
     """An ASGI app that answers at once with a whole response (``BODY_FOLLOWS``)."""
-    from sidecar.core.types import BODY_FOLLOWS  # this checkout's, once sys.path has it
+    from sidecar.core.types import BODY_FOLLOWS
 
     headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(BODY))]
 
@@ -149,7 +150,6 @@ def _answering_app() -> Any:
 
 
 def serve(kind: str, port: int, config_path: str = "") -> None:
-    sys.path.insert(0, str(ROOT))  # this checkout's sidecar package
     import uvloop
 
     if kind == "raw":
@@ -209,13 +209,13 @@ async def _serve_app(config_path: str, port: int) -> None:
 
 
 def _serve_command(kind: str, port: int, *extra: str) -> list[str]:
-    return [sys.executable, __file__, "--serve", kind, str(port), *extra]
+    """Run from the repo root, so that `-m` puts this checkout's sidecar package first."""
+    return [sys.executable, "-m", "bench.floors", "--serve", kind, str(port), *extra]
 
 
 def count(kind: str, work: Path) -> float:
-    import instructions  # bench/ is sys.path[0]: this script's folder
-
-    from bench import free_port, port_open, wait_for
+    from bench import instructions
+    from bench.harness import free_port, port_open, wait_for
 
     port = free_port()
     out = work / f"{kind}.callgrind"
@@ -236,81 +236,86 @@ class _FullPath:
     them either as ``serve`` runs them (``full``) or under _Minimal (``app``)."""
 
     def __init__(self) -> None:
-        import bench
+        from bench.harness import new_work_dir
+        from bench.load import Load
+        from bench.services import Services
 
-        self.bench = bench.Bench(bench.parse_options([]))
-        self.redis = self.bench.start_redis()
-        self.upstream = self.bench.start_upstream()
+        self.services = Services(new_work_dir(), ROOT)
+        self.load = Load(shutil.which("wrk"), 1)
+        self.redis = self.services.start_redis()
+        self.upstream = self.services.start_upstream()
         first = self.start("full")
-        self.key = self.bench.create_key(first)[0]
+        self.key = self.services.create_key(first)[0]
 
     def start(self, kind: str, wrapper: tuple[str, ...] = ()) -> Any:
         """A sidecar of ``kind`` (``full`` or ``app``), answering."""
         import yaml
 
-        import bench
+        from bench.harness import port_open, wait_for
+        from bench.services import Sidecar, sidecar_config
 
-        sidecar = bench.Sidecar(
-            kind, bench.sidecar_config(upstream=self.upstream, redis_url=self.redis)
-        )
+        sidecar = Sidecar(kind, sidecar_config(upstream=self.upstream, redis_url=self.redis))
         if kind == "full":
-            return self.bench.start_sidecar(sidecar, timeout=120, wrapper=wrapper)
-        path = self.bench.work / f"sidecar-{kind}-{sidecar.port}.yaml"
+            return self.services.start_sidecar(sidecar, timeout=120, wrapper=wrapper)
+        path = self.services.work / f"sidecar-{kind}-{sidecar.port}.yaml"
         path.write_text(yaml.safe_dump(sidecar.config))
-        sidecar.process = self.bench.procs.start(
+        sidecar.process = self.services.procs.start(
             [*wrapper, *_serve_command("app", sidecar.port, str(path))],
-            self.bench.work / f"sidecar-{kind}.log",
+            self.services.work / f"sidecar-{kind}.log",
         )
-        bench.wait_for(kind, lambda: bench.port_open(sidecar.port), timeout=120)
+        wait_for(kind, lambda: port_open(sidecar.port), timeout=120)
         return sidecar
 
     def instructions(self, kind: str) -> float:
-        import instructions
+        from bench import instructions
 
-        out = self.bench.work / f"{kind}.callgrind"
+        out = self.services.work / f"{kind}.callgrind"
         sidecar = self.start(kind, tuple(instructions.wrapper(out)))
         try:
             return instructions.per_request(
                 sidecar.pid, out, sidecar.port, "/api/v1/analysis/bench", self.key, REQUESTS
             )
         finally:
-            self.bench.procs.stop(sidecar.process, timeout=30)
+            self.services.procs.stop(sidecar.process, timeout=30)
 
     def timings(self) -> None:
         """wrk c32 then c1 against ``full`` and ``app``: fresh processes each round."""
-        import bench
+        from bench.harness import CLK_TCK, cpu_ticks
+        from bench.services import PATH
 
         header = [f"X-API-Key: {self.key}"]
         for connections in (32, 1):
             for round_ in range(1, ROUNDS + 1):
                 for kind in ("full", "app") if round_ % 2 else ("app", "full"):
                     sidecar = self.start(kind)
-                    url = sidecar.url + bench.PATH
-                    self.bench.load.run(url, header, connections, 2)  # warm-up
-                    before = bench.cpu_ticks([sidecar.pid])
-                    sample = self.bench.load.run(url, header, connections, 10)
-                    after = bench.cpu_ticks([sidecar.pid])
-                    cpu = (after[sidecar.pid] - before[sidecar.pid]) / bench.CLK_TCK
+                    url = sidecar.url + PATH
+                    self.load.run(url, header, connections, 2)  # warm-up
+                    before = cpu_ticks([sidecar.pid])
+                    sample = self.load.run(url, header, connections, 10)
+                    after = cpu_ticks([sidecar.pid])
+                    cpu = (after[sidecar.pid] - before[sidecar.pid]) / CLK_TCK
                     print(
                         f"c{connections:<2} round {round_} {kind:4} {sample.rps:9,.0f} req/s"
                         f"  p50 {sample.p50_ms:.3f} ms  CPU {cpu / sample.requests * 1e6:6.1f}"
                         " µs/req",
                         flush=True,
                     )
-                    self.bench.procs.stop(sidecar.process, timeout=30)
+                    self.services.procs.stop(sidecar.process, timeout=30)
 
     def close(self) -> None:
-        self.bench.procs.stop_all()
+        self.services.procs.stop_all()
 
 
 def main() -> int:
     if sys.argv[1:2] == ["--serve"]:
         serve(sys.argv[2], int(sys.argv[3]), *sys.argv[4:])
         return 0
-    parser = argparse.ArgumentParser(prog="bench/floors.py", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.floors", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--timings", action="store_true", help="also wrk full vs app")
     options = parser.parse_args()
-    import instructions
+    from bench import instructions
 
     missing = instructions.available()
     if missing is not None:

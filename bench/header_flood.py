@@ -8,7 +8,7 @@ RSS before, at its peak during and after the flood (sampled every 10 ms from
 /proc/PID/status), how the flood was refused, and the other client's latencies. It
 measures; it asserts nothing.
 
-    .venv/bin/python bench/header_flood.py [--flooders 4] [--mib 16]
+    .venv/bin/python -m bench.header_flood [--flooders 4] [--mib 16]
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ from pathlib import Path
 
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from sidecar.redisconn.embedded import find_binary
 
 _PIECE = 64 * 1024

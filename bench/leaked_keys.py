@@ -11,7 +11,7 @@ each) on loopback ports, using the test harness. Then:
 - batch: ``--rounds`` signed reports of ``--batch`` real keys each, posted to the
   secret-scanning endpoint; prints the end-to-end time of each.
 
-    .venv/bin/python bench/leaked_keys.py [--flood 10000] [--batch 1000] [--rounds 3]
+    .venv/bin/python -m bench.leaked_keys [--flood 10000] [--batch 1000] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,13 +27,10 @@ import httpx
 import orjson
 import redis.asyncio as aioredis
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from sidecar.keys import format as keyformat  # noqa: E402
-from sidecar.keys.hashing import KeyHasher  # noqa: E402
-from sidecar.keys.store import KeyStore  # noqa: E402
-from tests.harness import (  # noqa: E402
+from sidecar.keys import format as keyformat
+from sidecar.keys.hashing import KeyHasher
+from sidecar.keys.store import KeyStore
+from tests.harness import (
     HASH_SECRET,
     RedisProcess,
     ServerThread,
@@ -42,9 +38,9 @@ from tests.harness import (  # noqa: E402
     base_config,
     merge,
 )
-from tests.test_failed_auth import command_calls, cpu_seconds, pipelined_statuses  # noqa: E402
-from tests.test_secret_scanning import Signer, report  # noqa: E402
-from tests.upstream_app import RecordingUpstream  # noqa: E402
+from tests.test_failed_auth import command_calls, cpu_seconds, pipelined_statuses
+from tests.test_secret_scanning import Signer, report
+from tests.upstream_app import RecordingUpstream
 
 
 def flood(redis_server: RedisProcess, upstream: str, work: Path, count: int, on: bool) -> str:

@@ -25,7 +25,8 @@ from typing import Any
 import jwt
 import orjson
 from redis.asyncio import Redis
-from soak_rig import (
+
+from bench.soak_rig import (
     JWT_SECRET,
     MAX_ACTIVE,
     ROOT,
@@ -39,7 +40,6 @@ from soak_rig import (
     find_binary,
     free_port,
 )
-
 from sidecar.keys import format as keyformat
 
 PATH = "/api/v1/soak/items"

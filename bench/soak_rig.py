@@ -15,10 +15,9 @@ from typing import Any
 
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from sidecar.redisconn.embedded import find_binary
 
-from sidecar.redisconn.embedded import find_binary  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 JWT_SECRET = "soak-jwt-secret-0123456789abcdefghijklmnopqrstuv"
 HASH_SECRET = "soak-hash-secret-0123456789abcdefghijklmnopqrstu"

@@ -1,4 +1,4 @@
-"""WebSocket client side of the relay measurements (bench.py runs it in-process).
+"""WebSocket client side of the relay measurements (bench/experiments.py runs it in-process).
 
 Both talk to ``bench/upstreams.py ws``, a sink that counts the bytes of binary messages
 and answers a text message with the count so far (then resets it). No compression and

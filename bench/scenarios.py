@@ -1,0 +1,179 @@
+"""The throughput scenarios: which servers each drives, with which credentials and
+connections. Starting them starts their sidecars (full, rate limiting off, cold key,
+two workers, the deployment modes, a --baseline build), asgiproxy, the nginx sites,
+and creates the bench key."""
+
+from __future__ import annotations
+
+import httpx
+
+from bench.context import Run
+from bench.harness import free_port, git_state, wait_for
+from bench.load import Scenario
+from bench.services import PATH, Sidecar, sidecar_config
+
+
+def throughput_scenarios(run: Run, redis_url: str, upstream: str) -> list[Scenario]:
+    """The selected scenarios that are available, their servers started (the sidecars
+    into ``run.sidecars``) and the bench key created on sidecar ``full``."""
+    c = run.o.connections
+    full = Sidecar("full", sidecar_config(upstream=upstream, redis_url=redis_url))
+    rl_off = Sidecar(
+        "rl-off", sidecar_config(upstream=upstream, redis_url=redis_url, rate_limits=False)
+    )
+    cold = Sidecar("cold", sidecar_config(upstream=upstream, redis_url=redis_url, cache_ttl=1e-6))
+    workers2 = Sidecar(
+        "workers2",
+        sidecar_config(upstream=upstream, redis_url=redis_url),
+        args=("--workers", "2"),
+    )
+    run.log("starting sidecars: full, rl-off, cold")
+    for sidecar in (full, rl_off, cold):
+        run.sidecars[sidecar.name] = run.services.start_sidecar(sidecar)
+    deployment_sidecars(run, redis_url, upstream)
+    wait_for(
+        "sidecar full /readyz",
+        lambda: httpx.get(full.admin_url + "/readyz", timeout=2).status_code == 200,
+    )
+    run.api_key, run.api_key_id = run.services.create_key(full)
+    key_header = f"X-API-Key: {run.api_key}"
+    jwt_header = f"Authorization: Bearer {run.services.jwt}"
+    check_rate_limit_headers(run, full, rl_off)
+    if not run.wanted("workers2"):
+        run.results.unavailable["workers2"] = "skipped (--skip workers2)"
+    elif run.selected("workers2"):
+        run.log("starting sidecar: serve --workers 2")
+        try:
+            run.services.start_sidecar(workers2)
+            run.sidecars["workers2"] = workers2
+        except RuntimeError as exc:
+            run.results.unavailable["workers2"] = str(exc).splitlines()[0]
+            run.log(f"workers2 not available: {run.results.unavailable['workers2']}")
+            run.services.stop_sidecar(workers2)
+    peer_url, peer_pid = run.services.start_asgiproxy(upstream)
+    path = PATH
+    baseline: list[Scenario] = []
+    if run.o.baseline is not None and run.selected("baseline"):
+        # Its own Redis database: an older build may not read today's key records.
+        base = Sidecar(
+            "baseline",
+            sidecar_config(upstream=upstream, redis_url=redis_url.rsplit("/", 1)[0] + "/1"),
+            source=run.o.baseline,
+        )
+        run.log(f"starting sidecar: baseline from {run.o.baseline}")
+        run.sidecars["baseline"] = run.services.start_sidecar(base)
+        base_key, _ = run.services.create_key(base)
+        build = git_state(run.o.baseline)[0]
+        baseline += [
+            Scenario("baseline", f"as full, the build at {build}",
+                     base.url + path, [f"X-API-Key: {base_key}"], base.pid, c, "sidecar"),
+            Scenario("baseline_c1", f"as full_c1, the build at {build}",
+                     base.url + path, [f"X-API-Key: {base_key}"], base.pid, 1, "sidecar"),
+        ]  # fmt: skip
+    candidates = [
+        Scenario("direct", "direct to upstream", upstream + path, [], run.services.upstream_pid, c,
+                 "upstream"),
+        Scenario("full", "sidecar, API key (cached), full production path", full.url + path,
+                 [key_header], full.pid, c, "sidecar"),
+        Scenario("rl_off", "sidecar, API key (cached), rate limiting off", rl_off.url + path,
+                 [key_header], rl_off.pid, c, "sidecar"),
+        Scenario("jwt", "sidecar, JWT (HS256), full production path", full.url + path,
+                 [jwt_header], full.pid, c, "sidecar"),
+        Scenario("cold", "sidecar, API key cold (Redis lookup every request)",
+                 cold.url + path, [key_header], cold.pid, c, "sidecar"),
+        Scenario("workers2", "sidecar, full production path, serve --workers 2",
+                 workers2.url + path, [key_header],
+                 workers2.pid if workers2.process else 0, c, "sidecar (all workers)"),
+        Scenario("asgiproxy", "asgiproxy (no auth, buffers bodies)", peer_url + path, [],
+                 peer_pid, c, "asgiproxy"),
+        Scenario("direct_c1", "direct to upstream, c1", upstream + path, [],
+                 run.services.upstream_pid, 1, "upstream"),
+        Scenario("full_c1", "sidecar full production path, c1", full.url + path,
+                 [key_header], full.pid, 1, "sidecar"),
+        Scenario("asgiproxy_c1", "asgiproxy, c1", peer_url + path, [], peer_pid, 1,
+                 "asgiproxy"),
+    ]  # fmt: skip
+    candidates += baseline
+    candidates += deployment_scenarios(run, upstream, key_header)
+    if run.selected("nginx_pass"):
+        if run.services.nginx is None:
+            run.results.unavailable["nginx_pass"] = "nginx not installed"
+        else:
+            pass_url, pass_pid = run.services.start_pass_nginx(upstream)
+            candidates += [
+                Scenario("nginx_pass", "nginx reverse proxy (keepalive upstream, "
+                         "proxy_buffering off), no auth", pass_url + path, [], pass_pid, c,
+                         "front nginx"),
+                Scenario("nginx_pass_c1", "nginx reverse proxy, c1", pass_url + path, [],
+                         pass_pid, 1, "front nginx"),
+            ]  # fmt: skip
+    return [
+        s
+        for s in candidates
+        if run.selected(s.key) and s.key.removesuffix("_c1") not in run.results.unavailable
+    ]
+
+
+def deployment_sidecars(run: Run, redis_url: str, upstream: str) -> None:
+    """The sidecars of the deployment-mode scenarios, started only when selected:
+    ``fa`` (forward-auth listener on) and ``assertion`` (identity assertion on)."""
+    if run.selected("fa_decide") or run.selected("nginx_fa"):
+        config = sidecar_config(upstream=upstream, redis_url=redis_url)
+        config["forward_auth"] = {"enabled": True, "port": free_port()}
+        run.sidecars["fa"] = run.services.start_sidecar(Sidecar("fa", config))
+    if run.selected("assertion"):
+        config = sidecar_config(upstream=upstream, redis_url=redis_url)
+        config["identity"] = {
+            "assertion": {"enabled": True, "private_key_file": run.services.assertion_key()}
+        }
+        run.sidecars["assertion"] = run.services.start_sidecar(Sidecar("assertion", config))
+
+
+def deployment_scenarios(run: Run, upstream: str, key_header: str) -> list[Scenario]:
+    c = run.o.connections
+    out: list[Scenario] = []
+    fa = run.sidecars.get("fa")
+    if fa is not None:
+        decisions = f"http://127.0.0.1:{fa.config['forward_auth']['port']}/"
+        original = ["X-Original-Method: GET", f"X-Original-URI: {PATH}"]
+        out.append(
+            Scenario("fa_decide", "forward-auth decisions (nginx dialect), key cached, "
+                     "rate limit on", decisions, [key_header, *original], fa.pid, c,
+                     "sidecar")
+        )  # fmt: skip
+        if run.selected("nginx_fa"):
+            if run.services.nginx is None:
+                run.results.unavailable["nginx_fa"] = "nginx not installed"
+            else:
+                front_url, _ = run.services.start_front_nginx(
+                    fa.config["forward_auth"]["port"], upstream
+                )
+                out.append(
+                    Scenario("nginx_fa", "nginx auth_request (README config) + sidecar "
+                             "decisions -> upstream", front_url + PATH, [key_header],
+                             fa.pid, c, "sidecar (decisions only)")
+                )  # fmt: skip
+    asserting = run.sidecars.get("assertion")
+    if asserting is not None:
+        out.append(
+            Scenario("assertion", "as full, signed identity assertion on (EdDSA)",
+                     asserting.url + PATH, [key_header], asserting.pid, c, "sidecar")
+        )  # fmt: skip
+    return out
+
+
+def check_rate_limit_headers(run: Run, full: Sidecar, rl_off: Sidecar) -> None:
+    headers = {"X-API-Key": run.api_key}
+    on = httpx.get(full.url + PATH, headers=headers, timeout=10).headers
+    off = httpx.get(rl_off.url + PATH, headers=headers, timeout=10).headers
+    if "x-ratelimit-limit" not in on:
+        run.results.notes.append(
+            "Rate limiting ON sent no `X-RateLimit-*` headers: the limiter is not "
+            "implemented in this build (a no-op), so `full` and `rl_off` do the same work."
+        )
+    else:
+        run.results.notes.append(
+            f"Rate limiting ON answered `X-RateLimit-Limit: {on['x-ratelimit-limit']}`; "
+            f"OFF sent {'no' if 'x-ratelimit-limit' not in off else 'some'} rate-limit "
+            "headers."
+        )
