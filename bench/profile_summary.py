@@ -16,15 +16,19 @@ from dataclasses import dataclass
 # (component, path fragments), checked in order for each frame.
 COMPONENTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     (
-        "sidecar: access log (accesslog.py, logsetup.py, timeutil.py)",
-        ("/sidecar/accesslog.py", "/sidecar/logsetup.py", "/sidecar/timeutil.py"),
+        "sidecar: access log (observability/accesslog.py, logs.py, core/timeutil.py)",
+        (
+            "/sidecar/observability/accesslog.py",
+            "/sidecar/observability/logs.py",
+            "/sidecar/core/timeutil.py",
+        ),
     ),
-    ("sidecar: metrics (metrics.py)", ("/sidecar/metrics.py",)),
+    ("sidecar: metrics (observability/metrics.py)", ("/sidecar/observability/metrics.py",)),
     (
-        "sidecar: rate limiter (ratelimit.py, autopipeline.py)",
-        ("/sidecar/ratelimit.py", "/sidecar/autopipeline.py"),
+        "sidecar: rate limiter (ratelimit/, redisconn/autopipeline.py)",
+        ("/sidecar/ratelimit/", "/sidecar/redisconn/autopipeline.py"),
     ),
-    ("sidecar: upstream hop (proxy.py)", ("/sidecar/proxy.py",)),
+    ("sidecar: upstream hop (proxy/upstream.py)", ("/sidecar/proxy/upstream.py",)),
     ("sidecar: dispatch, gateway, auth, headers", ("/sidecar/",)),
     ("logging (stdlib)", ("/logging/",)),
     ("prometheus_client", ("/prometheus_client/",)),
@@ -34,7 +38,12 @@ COMPONENTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("starlette", ("/starlette/",)),
 )
 # Entry points that sit at the root of every stack: never charged.
-NEUTRAL = ("/sidecar/server.py", "/sidecar/serving.py", "/sidecar/cli.py", "/sidecar/__main__.py")
+NEUTRAL = (
+    "/sidecar/server/run.py",
+    "/sidecar/server/serving.py",
+    "/sidecar/cli.py",
+    "/sidecar/__main__.py",
+)
 EVENT_LOOP = "event loop (asyncio/uvloop, C callbacks)"
 _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
 
