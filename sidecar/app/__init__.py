@@ -3,4 +3,4 @@ dispatch of the public listener (``dispatch``): the key endpoints to the keys AP
 everything else through the gateway.
 """
 
-__all__ = ["dispatch"]
+__all__ = ["build", "dispatch"]

@@ -1,261 +1,40 @@
-"""Wiring: build every component from the config once, and dispatch requests.
-
-``/api/v1/api-keys`` goes to the keys API; everything else to the gateway. The
-app owns the lifespan of the Redis client, the upstream pool and the background
-tasks (revocation feed, last-used flushing).
+"""The public listener's ASGI app: each request routed once, at its head, to the keys
+API, the secret-scanning endpoint or the gateway (everything else), with one error
+mapping for what they raise.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 
-from redis.asyncio import Redis
 from starlette.types import Message, Receive, Scope, Send
 
-from sidecar.api.forward_auth import ForwardAuth
 from sidecar.api.keys import PREFIX as KEYS_PREFIX
-from sidecar.api.keys import KeysApi
-from sidecar.api.scanning_source import ScanningKeySource
-from sidecar.api.secret_scanning import SecretScanning
-from sidecar.auth.assertion import AssertionSigner
-from sidecar.auth.credentials import Authenticator
-from sidecar.auth.failed_auth import FailedAuthLimiter
-from sidecar.auth.jwt_auth import JwtVerifier
-from sidecar.config.model import Config
+from sidecar.app.build import Components
 from sidecar.core.errors import (
     CLIENT_CLOSED,
     AmbiguousPath,
     ClientGone,
     SidecarError,
-    StoreUnavailable,
     rendered,
 )
-from sidecar.core.paths import PrefixMatcher, ambiguous, normalise
-from sidecar.keys.cache import KeyCache
-from sidecar.keys.hashing import KeyHasher
-from sidecar.keys.revocations import RevocationListener
-from sidecar.keys.store import KeyStore
-from sidecar.keys.usage import UsageTracker
-from sidecar.observability.accesslog import AccessLog
-from sidecar.observability.metrics import Metrics
+from sidecar.core.paths import ambiguous, normalise
 from sidecar.observability.record import RequestRecord
-from sidecar.proxy.decision import Decider
-from sidecar.proxy.gateway import Gateway
-from sidecar.proxy.headers import HeaderRules, request_id
-from sidecar.proxy.upstream import UpstreamClient
-from sidecar.proxy.websocket import WebSockets
-from sidecar.ratelimit.limiter import limiter_for
-from sidecar.redisconn.client import connect, durability
-from sidecar.redisconn.master_watch import MasterWatch
+from sidecar.proxy.headers import request_id
 
 log = logging.getLogger("sidecar")
 
-_CONFIRM_EVERY = 1.0  # seconds between attempts to re-apply possibly lost revocations
 _GATEWAY = "proxy"  # the route of everything the gateway handles (it may say "public")
 _ROUTED = "sidecar.routed"  # in a scope: (normalised path, route), from ``on_head``
 
 
-class Sidecar:
-    """The public ASGI app."""
+_GATEWAY = "proxy"  # the route of everything the gateway handles (it may say "public")
+_ROUTED = "sidecar.routed"  # in a scope: (normalised path, route), from ``on_head``
 
-    def __init__(self, config: Config, redis_url: str, metrics: Metrics | None = None) -> None:
-        self.config = config
-        keys = config.auth.api_keys
-        self.redis: Redis = connect(redis_url, config.redis)
-        self.durability = durability(redis_url, config.redis)
-        self.watch = MasterWatch(self.redis)
-        hasher = KeyHasher(keys.hash_secret.get_secret_value().encode())
-        self.store = KeyStore(
-            self.redis,
-            hasher,
-            keys.max_active_per_user,
-            retry_after=config.redis.retry_after_seconds,
-            durability=self.durability,
-            on_readonly=self.watch.demoted,
-        )
-        self.cache = KeyCache(
-            ttl=keys.cache_ttl_seconds,
-            max_entries=keys.cache_max_entries,
-            negative_ttl=keys.negative_cache_ttl_seconds,
-            stale_window=keys.stale_window_seconds,
-        )
-        self.usage = UsageTracker(self.store, keys.last_used_flush_seconds)
-        rules = HeaderRules(config)
-        failed = config.auth.failed_auth
-        self.failed_auth = (
-            FailedAuthLimiter(requests=failed.requests, per_seconds=failed.per_seconds)
-            if failed.enabled
-            else None
-        )
-        self.authenticator = Authenticator(
-            store=self.store,
-            hasher=hasher,
-            cache=self.cache,
-            jwt_verifier=JwtVerifier(config.auth.jwt),
-            usage=self.usage,
-            failed_auth=self.failed_auth,
-            proxies=rules.proxies,
-        )
-        self.metrics = metrics or Metrics()
-        self.websockets = WebSockets(
-            limit=config.server.max_websockets,
-            hasher=hasher,
-            authenticate=self.authenticator.authenticate,
-            jwt_leeway=config.auth.jwt.leeway_seconds,
-        )
-        self.cache.on_evict.append(self.websockets.evicted)
-        self.listener = RevocationListener(
-            self.redis, self.cache, on_message=self.metrics.revocations.inc
-        )
-        self.upstream = UpstreamClient(config.upstream, config.server.max_body_bytes)
-        test_settings = config.upstream.for_test_keys()
-        self.test_upstream = (
-            None
-            if test_settings is None
-            else UpstreamClient(test_settings, config.server.max_body_bytes)
-        )
-        self.keys_api = KeysApi(
-            self.authenticator,
-            self.store,
-            on_revoked=self.cache.evict,
-            max_lifetime_days=keys.max_lifetime_days,
-        )
-        self.limiter = limiter_for(
-            config.rate_limits,
-            self.redis,
-            retry_after=config.redis.retry_after_seconds,
-            on_store_error=self.metrics.rate_limit_store_errors.inc,
-            on_readonly=self.watch.demoted,
-            durability=self.durability,
-        )
-        self.watch.on_switch(self.limiter.reconnect)
-        self.watch.on_switch(self.listener.reconnect)
-        self.decider = Decider(
-            rules=rules,
-            public_paths=PrefixMatcher(config.auth.public_paths),
-            authenticator=self.authenticator,
-            limiter=self.limiter,
-            report_only=report_only_matcher(config),
-            assertion=(
-                AssertionSigner(config.identity.assertion)
-                if config.identity.assertion.enabled
-                else None
-            ),
-        )
-        self.gateway = Gateway(
-            decider=self.decider,
-            rules=rules,
-            authenticator=self.authenticator,
-            limiter=self.limiter,
-            upstream=self.upstream,
-            test_upstream=self.test_upstream,
-            websockets=self.websockets,
-        )
-        self._owned = PrefixMatcher((KEYS_PREFIX,))
-        self._reject_ambiguous = config.server.reject_ambiguous_paths
-        self.scanning: SecretScanning | None = None
-        self._scanning_path: str | None = None
-        if config.secret_scanning.enabled:
-            self.scanning = SecretScanning(
-                keys=ScanningKeySource(config.secret_scanning),
-                store=self.store,
-                hasher=hasher,
-                on_revoked=self.cache.evict,
-            )
-            self._scanning_path = config.secret_scanning.path.rstrip("/").lower()
-        self.access_log = AccessLog() if config.logging.access_log else None
-        # The decision listener's app; served by server.py/workers.py when enabled.
-        self.forward_auth = ForwardAuth(
-            self.decider, config.forward_auth, owned=self._owned, done=self.finished
-        )
-        self._tasks: list[asyncio.Task[None]] = []
-        self._register_callback_metrics()
 
-    def _register_callback_metrics(self) -> None:
-        auth = self.authenticator
-        self.metrics.count_from(
-            "sidecar_key_cache",
-            "API-key cache lookups",
-            lambda: {"hit": auth.cache_hits, "miss": auth.cache_misses},
-            "result",
-        )
-        self.metrics.count_from(
-            "sidecar_redis_errors",
-            "Redis operations that failed",
-            lambda: {"key_store": self.store.errors, "revocations": self.listener.errors},
-            "component",
-        )
-        self.metrics.count_from(
-            "sidecar_redis_master_switches",
-            "Times every Redis connection was dropped to follow a new master",
-            lambda: dict(self.watch.switches),
-            "source",
-        )
-        self.metrics.count_total(
-            "sidecar_revocations_republished",
-            "Revocations a failover may have lost, applied again on the new master",
-            lambda: self.store.republished,
-        )
-        self.metrics.count_total(
-            "sidecar_revocation_holds",
-            "Key lookups Redis answered less restricted than a revocation or rotation this "
-            "instance saw published (a failover lost the write): the published state held",
-            lambda: self.cache.held_back,
-        )
-        self.metrics.count_total(
-            "sidecar_canary_hits", "Requests that used a canary key", lambda: auth.canary_hits
-        )
-        self.metrics.count_total(
-            "sidecar_leaked_keys",
-            "Keys revoked because secret scanning reported them leaked",
-            lambda: self.scanning.leaked if self.scanning is not None else 0,
-        )
-        failed = self.failed_auth
-        self.metrics.count_total(
-            "sidecar_failed_auth_limited",
-            "API-key requests refused by the failed-authentication limit",
-            lambda: failed.limited if failed is not None else 0,
-        )
-
-    async def startup(self) -> None:
-        await self.upstream.start()
-        if self.test_upstream is not None:
-            await self.test_upstream.start()
-        self._tasks = [
-            asyncio.create_task(self.listener.run(), name="revocations"),
-            asyncio.create_task(self.usage.run(), name="last-used"),
-            asyncio.create_task(self.watch.run(), name="master-watch"),
-            asyncio.create_task(self._confirm_revocations(), name="revocation-confirm"),
-        ]
-        if self.access_log is not None:
-            self._tasks.append(asyncio.create_task(self.access_log.run(), name="access-log"))
-
-    async def _confirm_revocations(self) -> None:
-        """Revocations a failover may have lost are run again until a master has them
-        replicated (KeyStore.confirm_revocations)."""
-        while True:
-            await asyncio.sleep(_CONFIRM_EVERY)
-            if self.store.unconfirmed:
-                with contextlib.suppress(StoreUnavailable):
-                    await self.store.confirm_revocations()
-
-    async def shutdown(self) -> None:
-        self.websockets.close_all()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        await self.upstream.close()
-        if self.test_upstream is not None:
-            await self.test_upstream.close()
-        await self.limiter.close()
-        if self.scanning is not None:
-            await self.scanning.close()
-        await self.redis.aclose()
+class Sidecar(Components):
+    """The public ASGI app, over the components build.py wires."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -340,12 +119,6 @@ class Sidecar:
             record.duration = time.perf_counter() - record.started
             self.finished(record)
 
-    def finished(self, record: RequestRecord) -> None:
-        """A request is done: count it and log it."""
-        self.metrics.observe(record)
-        if self.access_log is not None:
-            self.access_log.write(record)
-
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
             message = await receive()
@@ -360,14 +133,6 @@ class Sidecar:
                 await self.shutdown()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
-
-
-def report_only_matcher(config: Config) -> PrefixMatcher | None:
-    """Where refusals are only reported: everywhere (``auth.mode: report``), under
-    ``auth.report_only_paths``, or nowhere (None)."""
-    if config.auth.mode == "report":
-        return PrefixMatcher(("/",))
-    return PrefixMatcher(config.auth.report_only_paths) if config.auth.report_only_paths else None
 
 
 class _Started:
