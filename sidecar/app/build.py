@@ -40,7 +40,6 @@ from sidecar.ratelimit.limiter import limiter_for
 from sidecar.redisconn.client import connect, durability
 from sidecar.redisconn.master_watch import MasterWatch
 
-
 _CONFIRM_EVERY = 1.0  # seconds between attempts to re-apply possibly lost revocations
 
 
