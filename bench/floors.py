@@ -192,7 +192,7 @@ async def _serve_app(config_path: str, port: int) -> None:
     import yaml
 
     from sidecar.app.dispatch import Sidecar
-    from sidecar.config.model import parse
+    from sidecar.config.loading import parse
     from sidecar.observability import logs as logsetup
 
     config = parse(yaml.safe_load(Path(config_path).read_text()), os.environ)

@@ -19,8 +19,8 @@ import orjson
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from sidecar.config import model as config_module
-from sidecar.config.model import Config, ConfigError
+from sidecar.config import loading as config_module
+from sidecar.config.model import Config, ConfigError, mask_url
 from sidecar.core.domain import (
     DEFAULT_GRACE_SECONDS,
     DEFAULT_USAGE_DAYS,
@@ -364,7 +364,7 @@ def _with_store(config: Config, action: Callable[[Any], Awaitable[Any]]) -> int:
         result = asyncio.run(run())
     except StoreUnavailable as exc:
         cause = type(exc.__cause__).__name__ if exc.__cause__ else "no answer"
-        where = config_module.mask_url(url)
+        where = mask_url(url)
         print(f"error: Redis unreachable at {where} ({cause})", file=sys.stderr)
         return EXIT_FAILURE
     except SidecarError as exc:

@@ -18,7 +18,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from sidecar.config.model import ConfigError, parse
+from sidecar.config.loading import parse
+from sidecar.config.model import ConfigError
 from tests.conftest import Api, make_token
 from tests.harness import SidecarProcess, free_port, wait_until
 from tests.upstream_app import RecordingUpstream

@@ -12,8 +12,9 @@ import yaml
 from pydantic import BaseModel, SecretStr
 from pydantic_core import PydanticUndefined
 
-from sidecar.config import model as config
-from sidecar.config.model import Config, ConfigError, mask_url, masked_dump
+from sidecar.config import loading as config
+from sidecar.config.loading import masked_dump
+from sidecar.config.model import Config, ConfigError, mask_url
 from tests.harness import HASH_SECRET, JWT_SECRET, base_config, merge
 
 ROOT = Path(__file__).resolve().parent.parent

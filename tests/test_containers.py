@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from sidecar.config import model as config_module
+from sidecar.config import loading as config_module
 from sidecar.config.interpolate import interpolate
 from sidecar.config.model import Config
 

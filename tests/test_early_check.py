@@ -16,7 +16,7 @@ import pytest
 import redis
 
 from sidecar.app.dispatch import Sidecar
-from sidecar.config.model import parse
+from sidecar.config.loading import parse
 from sidecar.keys.hashing import KeyHasher
 from sidecar.server.serving import Server, bind, uvicorn_config
 from tests.conftest import Api

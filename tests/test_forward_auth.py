@@ -14,7 +14,8 @@ import httpx
 import pytest
 
 from sidecar.api.forward_auth import original_request
-from sidecar.config.model import ConfigError, parse
+from sidecar.config.loading import parse
+from sidecar.config.model import ConfigError
 from sidecar.keys import format as keyformat
 from tests.conftest import Api, make_token
 from tests.harness import SidecarProcess, free_port, remember_secret

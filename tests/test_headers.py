@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from sidecar.config.model import parse
+from sidecar.config.loading import parse
 from sidecar.proxy.headers import HeaderRules, Headers, canonical, connection_listed, request_id
 from tests.harness import HASH_SECRET, JWT_SECRET, merge
 

@@ -11,7 +11,7 @@ import httpx
 import pytest
 import redis
 
-from sidecar.config import model as config_module
+from sidecar.config import loading as config_module
 from sidecar.config.model import ConfigError
 from sidecar.keys import format as keyformat
 from tests.conftest import Api

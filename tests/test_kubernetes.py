@@ -19,7 +19,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from sidecar.config.model import Config, ConfigError, load
+from sidecar.config.loading import load
+from sidecar.config.model import Config, ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 MANIFESTS = ROOT / "deploy" / "kubernetes"

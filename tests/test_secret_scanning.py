@@ -335,7 +335,8 @@ def test_a_batch_of_1000_tokens_is_answered_in_one_request(
 
 
 def test_the_config_names_every_secret_scanning_problem(tmp_path: Path) -> None:
-    from sidecar.config.model import ConfigError, parse
+    from sidecar.config.loading import parse
+    from sidecar.config.model import ConfigError
     from tests.harness import base_config, merge
 
     bad_file = tmp_path / "keys.json"
