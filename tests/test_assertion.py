@@ -289,11 +289,12 @@ def test_config_problems_are_reported_by_path(keys: dict[str, str], tmp_path: Pa
     ]
 
 
-def test_the_readmes_upstream_check_works(
+def test_the_documented_upstream_check_works(
     signing: SidecarProcess, recorder: RecordingUpstream, user: str
 ) -> None:
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    snippet = readme.split("What an upstream needs (PyJWT):\n\n```python\n")[1].split("```")[0]
+    page = Path(__file__).resolve().parent.parent / "docs" / "security" / "identity-assertion.md"
+    text = page.read_text()
+    snippet = text.split("What an upstream needs (PyJWT):\n\n```python\n")[1].split("```")[0]
     snippet = snippet.replace("http://sidecar-admin:9090", signing.admin_url)
     snippet = snippet.replace('"callcov-upstream"', repr(AUDIENCE))
     snippet = snippet.replace('"callcov-sidecar"', repr(ISSUER))

@@ -227,7 +227,7 @@ def _start_two(
 def test_a_failover_never_undoes_an_acknowledged_write(
     kind: str, config_for: Any, tmp_path: Path, user: str
 ) -> None:
-    # One replica: WAIT for 1 then covers every replica, as it must (README).
+    # One replica: WAIT for 1 then covers every replica, as it must (docs/operations/redis.md).
     sentinel = SentinelSet(tmp_path / "redis", replicas=1, sentinels=3).start()
     sidecars: list[SidecarProcess] = []
     try:

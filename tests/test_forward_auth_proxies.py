@@ -1,5 +1,6 @@
 """Forward auth behind real front proxies: nginx (``auth_request`` + ``auth_request_set``)
-and Caddy (``forward_auth``), each running the configuration the README gives
+and Caddy (``forward_auth``), each running the configuration the docs give
+(docs/deployment/forward-auth.md includes these files)
 (deploy/forward-auth/), in front of a real upstream, asking a real sidecar."""
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ BUDGET = 3
 
 
 class FrontProxy:
-    """nginx or Caddy on a free loopback port, with the README's configuration."""
+    """nginx or Caddy on a free loopback port, with the configuration in deploy/forward-auth/."""
 
     def __init__(self, kind: str, workdir: Path, decisions_port: int, upstream_port: int):
         self.kind = kind
@@ -215,7 +216,7 @@ def test_public_and_report_only_paths(front: FrontProxy, recorder: RecordingUpst
     assert got.header("x-callcov-user-id") is None
 
 
-def test_the_readme_shows_these_configurations() -> None:
-    readme = (CONFIGS.parent.parent / "README.md").read_text()
+def test_the_docs_show_these_configurations() -> None:
+    page = (CONFIGS.parent.parent / "docs" / "deployment" / "forward-auth.md").read_text()
     for name in ("nginx.conf", "Caddyfile"):
-        assert (CONFIGS / name).read_text().strip() in readme, name
+        assert f'--8<-- "deploy/forward-auth/{name}"' in page, name

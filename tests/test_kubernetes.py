@@ -286,8 +286,9 @@ def test_the_ingress_copies_the_identity_headers_and_caches_nothing(tmp_path: Pa
         config.identity.assertion.header,  # stripped from what a client sends, even when off
     }  # fmt: skip
     assert expected <= set(copied)
-    # The same list as the README's ingress-nginx snippet.
-    assert f'{RESPONSE_HEADERS}: "{",".join(copied)}"' in (ROOT / "README.md").read_text()
+    # The docs show this very manifest (included, not pasted).
+    page = (ROOT / "docs" / "deployment" / "kubernetes.md").read_text()
+    assert f'--8<-- "deploy/kubernetes/{INGRESS}"' in page
     # Decision caching off on both sides; the file says what turning it on costs.
     assert config.forward_auth.cache_seconds == 0
     assert not [name for name in annotations if name.startswith(AUTH_URL.replace("url", "cache"))]
@@ -329,7 +330,7 @@ def test_check_config_rejects_a_configmap_with_a_bad_key(tmp_path: Path) -> None
         load(file, container_env(SHARED))
 
 
-def test_the_readme_points_at_the_manifests() -> None:
-    readme = (ROOT / "README.md").read_text()
+def test_the_docs_include_the_manifests() -> None:
+    page = (ROOT / "docs" / "deployment" / "kubernetes.md").read_text()
     for name in (IN_POD, SHARED, INGRESS):
-        assert f"deploy/kubernetes/{name}" in readme
+        assert f'--8<-- "deploy/kubernetes/{name}"' in page

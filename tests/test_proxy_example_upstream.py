@@ -1,5 +1,6 @@
-"""The README walkthrough: ``serve --example-upstream`` runs the echo upstream next to
-the sidecar; create a key, call the API with it, see the identity the upstream got."""
+"""The walkthrough (README, docs/quickstart.md): ``serve --example-upstream`` runs the
+echo upstream next to the sidecar; create a key, call the API with it, see the identity
+the upstream got."""
 
 from __future__ import annotations
 

@@ -688,7 +688,7 @@ CASES += [
     ),
 ]
 
-# Where the sidecar differs from nginx 1.22 on purpose. Also in the README.
+# Where the sidecar differs from nginx 1.22 on purpose. Also in docs/proxying.md.
 DELIBERATE = {
     "103-early-hints": "nginx 1.22 relays a 103 as the final response; we drop interim responses",
     "100-then-200": "nginx 1.22 relays an unasked 100 as the final response; we drop it",

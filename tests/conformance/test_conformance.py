@@ -1,7 +1,7 @@
 """Differential conformance: the corpus of cases.py through the sidecar, and through a
 real nginx (proxy_pass, buffering off) when one is installed. Every case checks the
 client's and the upstream's view; where nginx is present, any difference from it fails
-unless the case is listed in DELIBERATE (with its reason; also in the README).
+unless the case is listed in DELIBERATE (with its reason; also in docs/proxying.md).
 
 The corpus runs once per proxy, cases concurrently, then the cases that need a warm
 pooled connection one at a time."""
