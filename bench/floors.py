@@ -3,7 +3,7 @@ the sidecar's full path, and what a server of our own could save.
 
 - ``raw``: an ``asyncio.Protocol`` feeding httptools, writing a fixed response per
   request (uvloop, as the sidecar). What any Python HTTP server on this stack costs.
-- ``server``: uvicorn with the sidecar's public protocol (sidecar/httpserver.py) and
+- ``server``: uvicorn with the sidecar's public protocol (sidecar/server/protocol.py) and
   an ASGI app that answers at once with a whole response (``BODY_FOLLOWS``): the
   scope, the request/response cycle, the task per request, the two ASGI sends.
 - ``full``: the sidecar as ``serve`` runs it, on the bench's full path (API key

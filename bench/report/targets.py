@@ -144,7 +144,7 @@ def targets_table(run: Run) -> list[str]:
         "## Targets (issue 15's acceptance table)",
         "",
         "`full` is the full production path *with usage counting*: every key-authenticated "
-        "request is counted per key and UTC day (sidecar/usage.py, flushed to Redis in one "
+        "request is counted per key and UTC day (sidecar/keys/usage.py, flushed to Redis in one "
         "batch every `auth.api_keys.last_used_flush_seconds`); there is no switch to turn "
         "it off, so every sidecar row includes it."
         + (" **Quick mode: smoke numbers, not a verdict.**" if run.o.quick else ""),
