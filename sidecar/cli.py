@@ -34,9 +34,9 @@ from sidecar.core.domain import (
     usage_json,
     valid_user_id,
 )
+from sidecar.core.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 from sidecar.keys.input import USAGE_DAYS, CreateKeyBody, Lifetime, RotateKeyBody, usage_window
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 DEFAULT_CONFIG = "config/sidecar.yaml"
 EXIT_CODES = "exit codes: 0 ok, 1 runtime failure, 2 usage error or invalid configuration"
 

@@ -38,6 +38,10 @@ from typing import Any
 
 import orjson
 
+# The process's exit status (``callcov-sidecar``): success, a runtime failure (a port in
+# use, Redis unreachable for an operator command), a usage error or invalid config.
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
 UNAUTHENTICATED_DETAIL = "Could not validate credentials"
 # Recorded (never sent) when the client went away before its response was complete, as nginx.
 CLIENT_CLOSED = 499

@@ -11,4 +11,7 @@ TAKE_OVER = "sidecar.take_over"
 # In an ``http.response.start`` message: the next message is the whole body, at once.
 BODY_FOLLOWS = "sidecar.body_follows"
 
-__all__ = ["BODY_FOLLOWS", "TAKE_OVER", "Headers"]
+# Statuses whose responses never carry a body, whatever their headers say (RFC 9110 §6.4.1).
+NO_BODY_STATUSES = frozenset({204, 304})
+
+__all__ = ["BODY_FOLLOWS", "NO_BODY_STATUSES", "TAKE_OVER", "Headers"]

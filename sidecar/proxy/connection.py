@@ -19,12 +19,11 @@ from typing import Any
 
 import httptools
 
-from sidecar.core.types import Headers
+from sidecar.core.types import NO_BODY_STATUSES, Headers
 
 # Response body bytes held before reading from the upstream pauses (per connection).
 _HIGH_WATER = 256 * 1024
 # Responses without a body, whatever their headers say (RFC 9110 §6.4.1).
-_NO_BODY = frozenset({204, 304})
 PARSE_ERRORS = (httptools.HttpParserError, httptools.HttpParserUpgrade)
 # Status codes a response may carry (RFC 9110 §15); anything else is an invalid response.
 _HIGHEST_STATUS = 599
@@ -211,7 +210,7 @@ class UpstreamConnection(asyncio.Protocol):
                 # Only a final "chunked" frames the body; otherwise it runs until close.
                 chunked = value.rpartition(b",")[2].strip().lower() == b"chunked"
         self.keep_alive = parser.should_keep_alive()
-        if self._head_only or status in _NO_BODY:
+        if self._head_only or status in NO_BODY_STATUSES:
             self.complete = True
         elif chunked:
             self.content_length = None

@@ -4,4 +4,4 @@ sockets, the single-process run with graceful shutdown, and the supervisor of
 ``--workers N``. The top of the stack below the CLI: it builds the app and serves it.
 """
 
-__all__ = ["protocol", "run", "serving", "supervisor"]
+__all__ = ["compat", "protocol", "run", "serving", "supervisor"]

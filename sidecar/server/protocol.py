@@ -39,11 +39,10 @@ from uvicorn.protocols.http.httptools_impl import (
 
 from sidecar.config.model import RequestLimits
 from sidecar.core.errors import HeadersTooLarge, MalformedRequest, SidecarError, TargetTooLong
-from sidecar.core.types import BODY_FOLLOWS, TAKE_OVER
+from sidecar.core.types import BODY_FOLLOWS, NO_BODY_STATUSES, TAKE_OVER
 
 log = logging.getLogger("sidecar")
 HeadHook = Callable[[dict[str, Any]], None]
-_NO_BODY = frozenset({204, 304})
 # Per header line: ": " and CRLF, which the parser does not pass on.
 _LINE_OVERHEAD = 4
 
@@ -241,14 +240,14 @@ class _Cycle(RequestResponseCycle):
             status = message["status"]
             if (
                 self.scope["http_version"] == "1.0"
-                and status not in _NO_BODY
+                and status not in NO_BODY_STATUSES
                 and self.scope["method"] != "HEAD"
                 and not _framed(message)
             ):
                 self._close_delimited = True
                 self.chunked_encoding = False  # keeps uvicorn from adding chunked
             await super().send(message)
-            if status in _NO_BODY:
+            if status in NO_BODY_STATUSES:
                 self.expected_content_length = 0  # its Content-Length announces no body
             return
         if self._close_delimited and not self.response_complete:
@@ -264,7 +263,7 @@ class _Cycle(RequestResponseCycle):
         self.response_started = True
         self.waiting_for_100_continue = False
         status = start["status"]
-        no_body = status in _NO_BODY or self.scope["method"] == "HEAD"
+        no_body = status in NO_BODY_STATUSES or self.scope["method"] == "HEAD"
         lines = [STATUS_LINE[status]]
         framed = close_listed = False
         for name, value in (*self.default_headers, *start["headers"]):

@@ -14,12 +14,15 @@ from __future__ import annotations
 import logging
 import socket
 
+import uvicorn
 from prometheus_client import generate_latest
 
 from sidecar.app.dispatch import Sidecar
 from sidecar.config.model import Config
+from sidecar.core.errors import EXIT_FAILURE, EXIT_OK
 from sidecar.observability import logs as logsetup
 from sidecar.redisconn.embedded import EmbeddedRedis, EmbeddedRedisError
+from sidecar.server.compat import untested_uvicorn
 from sidecar.server.serving import (
     Server,
     admin_listener,
@@ -34,8 +37,6 @@ from sidecar.server.supervisor import supervise
 
 log = logging.getLogger("sidecar")
 
-EXIT_OK, EXIT_FAILURE = 0, 1
-
 
 def resolve_redis_url(config: Config, *, share: bool = False) -> tuple[str, EmbeddedRedis | None]:
     """The Redis URL to use, starting the embedded server when configured."""
@@ -49,6 +50,10 @@ def resolve_redis_url(config: Config, *, share: bool = False) -> tuple[str, Embe
 def run(config: Config, *, example_upstream: bool = False) -> int:
     """Serve until SIGTERM/SIGINT; the process exit status."""
     logsetup.configure(config.logging.level)
+    refused = untested_uvicorn(uvicorn.__version__)
+    if refused is not None:
+        log.error("%s", refused)
+        return EXIT_FAILURE
     workers = config.server.workers
     try:
         admin_sock = _bind_or_explain(config.admin.host, config.admin.port, "admin")
