@@ -126,6 +126,8 @@ class ConsolePage:
         reply = self._replies.get(scope["path"].lower()[len(self._base) :], self._not_found)
         if scope["method"] not in _READ_METHODS:
             reply = self._not_allowed
-        await send({"type": "http.response.start", "status": reply.status, "headers": reply.headers})
+        await send(
+            {"type": "http.response.start", "status": reply.status, "headers": reply.headers}
+        )
         body = b"" if scope["method"] == "HEAD" else reply.body
         await send({"type": "http.response.body", "body": body})

@@ -9,6 +9,7 @@ import contextlib
 
 from redis.asyncio import Redis
 
+from sidecar.api.console import ConsolePage, page_settings
 from sidecar.api.forward_auth import ForwardAuth
 from sidecar.api.keys import PREFIX as KEYS_PREFIX
 from sidecar.api.keys import KeysApi
@@ -151,6 +152,7 @@ class Components:
                 on_revoked=self.cache.evict,
             )
             self._scanning_path = config.secret_scanning.path.rstrip("/").lower()
+        self.console = console_page(config)
         self.access_log = AccessLog() if config.logging.access_log else None
         # The decision listener's app; served by server.py/workers.py when enabled.
         self.forward_auth = ForwardAuth(
@@ -247,6 +249,20 @@ class Components:
         self.metrics.observe(record)
         if self.access_log is not None:
             self.access_log.write(record)
+
+
+def console_page(config: Config) -> ConsolePage | None:
+    """The API Keys page when ``console.enabled``; its settings are fixed at start-up."""
+    console = config.console
+    if not console.enabled:
+        return None
+    settings = page_settings(
+        login_url=console.login_url,
+        refresh_url=console.refresh_url,
+        scopes=tuple(getattr(config.auth, "scopes", None) or ()),  # auth.scopes: issue 26
+        max_lifetime_days=config.auth.api_keys.max_lifetime_days,
+    )
+    return ConsolePage(console.path, settings)
 
 
 def report_only_matcher(config: Config) -> PrefixMatcher | None:

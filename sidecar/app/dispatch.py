@@ -65,6 +65,8 @@ class Sidecar(Components):
             return "secret_scanning"
         if self._owned.matches(normalised):
             return "api_keys"
+        if self.console is not None and self.console.matches(normalised):
+            return "console"
         return _GATEWAY
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -96,6 +98,10 @@ class Sidecar(Components):
             if route == "secret_scanning":
                 assert self.scanning is not None
                 await self.scanning.handle(scope, receive, _Started(send, rid, record))
+            elif route == "console":
+                assert self.console is not None
+                page_scope = dict(scope, path=normalised)
+                await self.console(page_scope, receive, _Started(send, rid, record))
             elif route == "api_keys":
                 owned_scope = dict(scope, path=KEYS_PREFIX + normalised[len(KEYS_PREFIX) :])
                 await self.keys_api.app(owned_scope, receive, _Started(send, rid, record))

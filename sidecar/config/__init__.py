@@ -2,4 +2,4 @@
 that every problem is reported with its YAML path before any port is bound.
 """
 
-__all__ = ["checks", "interpolate", "loading", "model"]
+__all__ = ["checks", "console", "interpolate", "loading", "model"]

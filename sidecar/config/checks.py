@@ -1,5 +1,6 @@
 """Rules that span fields or need more than a type: JWT algorithms and their keys,
-URLs, listeners, path lists, secret scanning and the identity assertion. Each returns
+URLs, listeners, path lists, secret scanning, the identity assertion and the API Keys
+page (console.py). Each returns
 ``path: rule`` problems; all of them are reported at once."""
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from sidecar.config.console import console_problems
 from sidecar.config.model import ASYMMETRIC_ALGORITHMS, HMAC_ALGORITHMS
 from sidecar.core.domain import KEYS_API_PATH
 from sidecar.core.paths import matched_form, normalise
@@ -61,6 +63,7 @@ def cross_field_problems(data: dict[str, Any]) -> list[str]:
     problems.extend(_path_list_problems(data))
     problems.extend(_assertion_problems(data))
     problems.extend(_secret_scanning_problems(data))
+    problems.extend(console_problems(get(data, "console"), get(data, "auth", "public_paths")))
     for i, proxy in enumerate(get(data, "server", "trusted_proxies") or []):
         try:
             ipaddress.ip_network(str(proxy), strict=False)

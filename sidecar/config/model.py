@@ -192,6 +192,23 @@ class LoggingConfig(_Section):
     access_log: bool = True
 
 
+class ConsoleConfig(_Section):
+    """The API Keys page (api/console.py), off by default."""
+
+    enabled: bool = False
+    path: str = Field("/console/", pattern=r"^/")
+    login_url: str = Field("/api/v1/auth/login", pattern=r"^/")
+    refresh_url: str = Field("/api/v1/auth/refresh", pattern=r"^/")
+
+
+class ExampleUpstreamConfig(_Section):
+    """Read only by ``serve --example-upstream``: the demo user its login answers for."""
+
+    demo_email: str | None = Field(None, min_length=3, max_length=254)
+    demo_password: SecretStr | None = None
+    demo_user_id: str = Field("demo-user", pattern=r"^[\x21-\x7e]{1,256}$")
+
+
 class Config(_Section):
     server: ServerConfig = ServerConfig()
     admin: AdminConfig = AdminConfig()
@@ -203,6 +220,8 @@ class Config(_Section):
     forward_auth: ForwardAuthConfig = ForwardAuthConfig()
     secret_scanning: SecretScanningConfig = SecretScanningConfig()
     logging: LoggingConfig = LoggingConfig()
+    console: ConsoleConfig = ConsoleConfig()
+    example_upstream: ExampleUpstreamConfig = ExampleUpstreamConfig()
 
 
 def mask_url(url: str) -> str:

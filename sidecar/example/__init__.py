@@ -1,5 +1,6 @@
 """A stand-in for the CallCov backend used by the walkthrough, docker-compose and the
-tests: it echoes what it received. Not part of the request path.
+tests: it echoes what it received, and signs a demo user in for the API Keys page. Not
+part of the request path.
 """
 
-__all__ = ["upstream"]
+__all__ = ["login", "upstream"]

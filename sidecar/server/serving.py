@@ -208,6 +208,7 @@ def log_listening(config: Config) -> None:
 
 
 def example_upstream_server(config: Config) -> Server:
+    from sidecar.example.login import DemoLogin, demo_login_problem
     from sidecar.example.upstream import echo_app, verifying
 
     app: Any = echo_app
@@ -220,6 +221,11 @@ def example_upstream_server(config: Config) -> Server:
             audience=assertion.audience,
             header=assertion.header,
         )
+    problem = demo_login_problem(config.example_upstream, config.auth.jwt)
+    if problem is None:
+        app = DemoLogin(app, config.example_upstream, config.auth.jwt)
+    else:
+        log.info("example upstream: no demo login (%s)", problem)
     target = urlsplit(config.upstream.url)
     settings = uvicorn.Config(
         app,
