@@ -31,7 +31,7 @@ def chromium_missing() -> str | None:
     return None
 
 
-def console_config(base: dict[str, Any]) -> dict[str, Any]:
+def console_config(base: dict[str, Any], user_id: str = DEMO_USER) -> dict[str, Any]:
     """The page on, the example upstream's demo user set, usage flushed every 0.2 s."""
     return {
         **base,
@@ -39,7 +39,7 @@ def console_config(base: dict[str, Any]) -> dict[str, Any]:
         "example_upstream": {
             "demo_email": DEMO_EMAIL,
             "demo_password": DEMO_PASSWORD,
-            "demo_user_id": DEMO_USER,
+            "demo_user_id": user_id,
         },
         "auth": {
             **base["auth"],
