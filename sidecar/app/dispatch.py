@@ -1,6 +1,6 @@
 """The public listener's ASGI app: each request routed once, at its head, to the keys
-API, the secret-scanning endpoint or the gateway (everything else), with one error
-mapping for what they raise.
+API, the secret-scanning endpoint, the API Keys page (when on) or the gateway
+(everything else), with one error mapping for what they raise.
 """
 
 from __future__ import annotations
