@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 import yaml
 
-from sidecar.config import model as config
-from sidecar.config.model import ConfigError, masked_dump
+from sidecar.config import loading as config
+from sidecar.config.loading import masked_dump
+from sidecar.config.model import ConfigError
 from tests.harness import base_config, merge
 
 ROOT = Path(__file__).resolve().parent.parent

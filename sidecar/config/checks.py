@@ -1,7 +1,7 @@
 """Rules that span fields or need more than a type: JWT algorithms and their keys,
 URLs, listeners, path lists, secret scanning, the identity assertion and the API Keys
-page (console.py). Each returns
-``path: rule`` problems; all of them are reported at once."""
+page (console.py). Each returns ``path: rule`` problems; all of them are reported at
+once."""
 
 from __future__ import annotations
 
