@@ -14,6 +14,7 @@ from starlette.responses import Response
 from starlette.routing import Route, Router
 
 from sidecar.auth.credentials import Authenticator, credential_from
+from sidecar.core.bodies import read_body
 from sidecar.core.domain import (
     DEFAULT_USAGE_DAYS,
     KEYS_API_PATH,
@@ -21,7 +22,7 @@ from sidecar.core.domain import (
     key_list_json,
     usage_json,
 )
-from sidecar.core.errors import PayloadTooLarge, RequestInvalid
+from sidecar.core.errors import RequestInvalid
 from sidecar.keys.input import USAGE_DAYS, CreateKeyBody, Lifetime, RotateKeyBody, usage_window
 from sidecar.keys.store import KeyStore
 
@@ -153,7 +154,7 @@ def _key_id(request: Request) -> str:
 
 async def _json_body(request: Request) -> Any:
     """The request's JSON body; an empty body is ``{}``."""
-    body = await _read_limited(request, _MAX_CREATE_BODY)
+    body = await read_body(request.receive, _MAX_CREATE_BODY)
     if not body.strip():
         return {}
     try:
@@ -170,14 +171,3 @@ async def _json_body(request: Request) -> Any:
                 }
             ]
         ) from None
-
-
-async def _read_limited(request: Request, limit: int) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(limit)
-        chunks.append(chunk)
-    return b"".join(chunks)

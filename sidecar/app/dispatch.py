@@ -20,16 +20,13 @@ from sidecar.core.errors import (
     rendered,
 )
 from sidecar.core.paths import ambiguous, normalise
+from sidecar.core.types import Route
 from sidecar.observability.record import RequestRecord
 from sidecar.proxy.headers import request_id
 
 log = logging.getLogger("sidecar")
 
-_GATEWAY = "proxy"  # the route of everything the gateway handles (it may say "public")
-_ROUTED = "sidecar.routed"  # in a scope: (normalised path, route), from ``on_head``
-
-
-_GATEWAY = "proxy"  # the route of everything the gateway handles (it may say "public")
+_GATEWAY: Route = "proxy"  # the route of everything the gateway handles (it may say "public")
 _ROUTED = "sidecar.routed"  # in a scope: (normalised path, route), from ``on_head``
 
 
@@ -55,7 +52,7 @@ class Sidecar(Components):
         if route == _GATEWAY:
             self.gateway.start(scope, normalised)
 
-    def _route(self, scope: Scope, normalised: str) -> str:
+    def _route(self, scope: Scope, normalised: str) -> Route:
         """Which part of the sidecar answers: the RequestRecord route it is logged as."""
         if self._reject_ambiguous and ambiguous(scope["raw_path"] or b"", scope["path"]):
             return "refused"

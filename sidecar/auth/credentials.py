@@ -20,19 +20,20 @@ from sidecar.auth.jwt_auth import JwtVerifier
 from sidecar.core.clientaddr import TrustedProxies
 from sidecar.core.domain import VerifiedKey
 from sidecar.core.errors import NotAuthenticated, StoreUnavailable
+from sidecar.core.types import AuthMethod
 from sidecar.keys import format as keyformat
 from sidecar.keys.cache import KeyCache
 from sidecar.keys.hashing import KeyHasher
 from sidecar.keys.store import KeyStore
 from sidecar.keys.usage import UsageTracker
 
-API_KEY = "api_key"
-JWT = "jwt"
+API_KEY: AuthMethod = "api_key"
+JWT: AuthMethod = "jwt"
 
 
 class Identity(NamedTuple):
     user_id: str
-    method: str  # API_KEY or JWT
+    method: AuthMethod
     key_id: str | None = None
     key_prefix: str | None = None
     environment: str | None = None  # API keys: "live" or "test"
@@ -40,7 +41,7 @@ class Identity(NamedTuple):
 
 
 class Credential(NamedTuple):
-    kind: str  # API_KEY or JWT
+    kind: AuthMethod
     value: str
 
     def __repr__(self) -> str:

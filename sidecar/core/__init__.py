@@ -3,4 +3,4 @@ tree and its HTTP mapping, path normalisation, the client address, timestamps, a
 concurrency bound and the shared header types.
 """
 
-__all__ = ["clientaddr", "domain", "errors", "paths", "slots", "timeutil", "types"]
+__all__ = ["bodies", "clientaddr", "domain", "errors", "paths", "slots", "timeutil", "types"]

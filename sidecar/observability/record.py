@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sidecar.core.types import AuthMethod, Route
+
 
 @dataclass(slots=True)
 class RequestRecord:
     method: str
     path: str  # normalised
-    route: str  # "proxy", "public", "api_keys", "not_found"
+    route: Route
     request_id: str
     client: str | None
     started: float  # time.perf_counter()
@@ -18,7 +20,7 @@ class RequestRecord:
     duration: float = 0.0
     upstream_seconds: float | None = None
     auth_seconds: float | None = None
-    auth_method: str | None = None
+    auth_method: AuthMethod | None = None
     auth_outcome: str | None = None  # "ok" or a NotAuthenticated reason / "store_unavailable"
     user_id: str | None = None
     key_prefix: str | None = None

@@ -142,7 +142,7 @@ class Gateway:
             record.bytes_out = exchange.bytes_out
             record.upstream_seconds = exchange.upstream_seconds
 
-    def plan_upstream(
+    def _plan_upstream(
         self, request: _Forwarding, identity: Identity | None, would_deny: int | None
     ) -> _Plan:
         """What goes upstream for ``request`` once ``identity`` is decided (None: a public
@@ -248,7 +248,7 @@ class _Forwarding:
 
     def prepare(self, identity: Identity) -> None:
         try:  # noqa: SIM105 (contextlib.suppress costs more, on the hot path)
-            self._prepared = self._gateway.plan_upstream(self, identity, None)
+            self._prepared = self._gateway._plan_upstream(self, identity, None)
         except ValueError:
             pass  # a header that would smuggle a line break: ``plan`` raises it again
 
@@ -256,7 +256,7 @@ class _Forwarding:
         prepared = self._prepared
         if prepared is not None and prepared.identity is decision.identity:
             return prepared
-        return self._gateway.plan_upstream(self, decision.identity, decision.would_deny)
+        return self._gateway._plan_upstream(self, decision.identity, decision.would_deny)
 
 
 def _may_forward(authorization: bytes | None) -> bool:

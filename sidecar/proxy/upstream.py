@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple, TypeVar
 from urllib.parse import urlsplit
@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 from starlette.types import Receive, Send
 
 from sidecar.config.model import UpstreamConfig
+from sidecar.core.bodies import body_chunks, read_body
 from sidecar.core.errors import (
     CLIENT_CLOSED,
     ClientGone,
@@ -217,7 +218,7 @@ class UpstreamClient:
         streamed = has_body
         if has_body and content_length is not None and content_length <= _WHOLE_AT_MOST:
             # Read before taking a connection: a slow client holds no upstream slot.
-            whole = await _read_whole(receive, self._max_body, exchange)
+            whole = await read_body(receive, self._max_body, exchange)
             streamed = False  # sent with the head
         outgoing = _Outgoing(method, head + whole if whole else head, streamed, chunked, headers)
         slots = self._slots
@@ -324,7 +325,7 @@ class UpstreamClient:
         limit = self._max_body
         timeout = self._read_timeout
         try:
-            async for data in _client_body(receive, limit, exchange):
+            async for data in body_chunks(receive, limit, exchange):
                 await conn.write(chunk(data) if chunked else data, timeout)
             if chunked:
                 await conn.write(LAST_CHUNK, timeout)
@@ -334,27 +335,6 @@ class UpstreamClient:
             # The upstream closed its side, perhaps after answering early: the response
             # (or its absence) tells what happened. Not reusable: the body is unfinished.
             conn.keep_alive = False
-
-
-async def _client_body(receive: Receive, limit: int, exchange: Exchange) -> AsyncIterator[bytes]:
-    """The client's request body, chunk by chunk, counted and capped at ``limit``."""
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientGone()
-        data = message.get("body", b"")
-        if data:
-            exchange.bytes_in += len(data)
-            if exchange.bytes_in > limit:
-                raise PayloadTooLarge(limit)
-            yield data
-        if not message.get("more_body", False):
-            return
-
-
-async def _read_whole(receive: Receive, limit: int, exchange: Exchange) -> bytes:
-    parts = [data async for data in _client_body(receive, limit, exchange)]
-    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def _cut_if_failed(sender: asyncio.Task[None], conn: UpstreamConnection) -> None:
