@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from bench.harness import (
     BENCH,
@@ -80,16 +81,12 @@ class Load:
             command += [f"-d{seconds:g}s", "--latency", "--timeout", "5s"]
             for header in headers:
                 command += ["-H", header]
-            done = subprocess.run(
-                [*command, url], capture_output=True, text=True, timeout=timeout, check=True
-            )
-            return parse_wrk(done.stdout)
+            return parse_wrk(_output([*command, url], timeout))
         command = [sys.executable, str(BENCH / "loadgen.py"), url]
         command += ["--connections", str(connections), "--seconds", str(seconds)]
         for header in headers:
             command += ["--header", header]
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=True)
-        data = json.loads(done.stdout)
+        data = json.loads(_output(command, timeout))
         return Sample(
             requests=int(data["requests"]),
             rps=data["rps"],
@@ -129,3 +126,15 @@ def measure(load: Load, scenario: Scenario, seconds: float) -> Sample:
     if sample.requests:
         sample.cpu_us_per_request = ticks / CLK_TCK / sample.requests * 1e6
     return sample
+
+
+def _output(command: list[str], timeout: float) -> str:
+    """The load generator's stdout. A failure names the program and its stderr but not
+    its arguments, which carry the bench's API key in a header."""
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
+    if done.returncode != 0:
+        program = Path(command[0]).name if command[0] != sys.executable else Path(command[1]).name
+        raise RuntimeError(
+            f"{program} exited with {done.returncode}: {done.stderr.strip()[-2000:]}"
+        )
+    return done.stdout
