@@ -1,7 +1,7 @@
 """The failed-authentication limit: a client that failed ``requests`` times within
 ``per_seconds`` is refused any credential that would need a Redis lookup.
 
-Per instance, in memory (README, "When a key leaks", says why): checking costs a dict
+Per instance, in memory (docs/security, "When a key leaks", says why): checking costs a dict
 lookup and never a Redis round trip, and it keeps working while Redis is down. The
 window slides: a client is refused while its ``requests``-th latest failure is younger
 than ``per_seconds``. Refusals are not failures, so a refused client is let back in

@@ -4,7 +4,7 @@ flight).
 
 ``Semaphore.acquire`` is a coroutine, and ``locked()`` scans the waiters; taking and
 giving back a slot here is two attribute updates, and only a request that has to
-wait builds a coroutine (README "Design notes": 1.4 % fewer instructions per request).
+wait builds a coroutine (docs/design-notes.md, "Slots and the protocol's one write").
 Waiters are served first come, first served; a freed slot is handed straight to the
 next one.
 """

@@ -108,7 +108,7 @@ class Decider:
                 raise
             check = self._limiter.check(identity.user_id, method, normalised, sent)
             if meanwhile is not None:
-                meanwhile(identity)  # README "Design notes": the rate-limit round trip
+                meanwhile(identity)  # docs/design-notes.md: the rate-limit round trip
             try:
                 rate_headers = await check
             except RateLimited:

@@ -58,7 +58,7 @@ class Gateway:
         """Begin a request ``handle`` will be given, as soon as its head is parsed: read
         its headers and, when the key cache vouches for its API key, send its rate-limit
         check to Redis, which answers while the server and ``handle`` set the request
-        up (README "Design notes": the rate-limit check at the head)."""
+        up (docs/design-notes.md: the rate-limit check at the head)."""
         try:
             request = _Forwarding(self, scope, normalised)
         except SidecarError:

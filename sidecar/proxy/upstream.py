@@ -1,9 +1,9 @@
 """The upstream hop: the only module that talks to the upstream.
 
 A lean HTTP/1.1 client on ``asyncio.Protocol`` + httptools' response parser
-(sidecar/upstream_conn.py), not a general-purpose library. Measured in bench/ (issue 6,
-2 cores, loopback, c32): aiohttp's client took ~35 % of the sidecar's CPU per request,
-and a prototype of this client saved ~160 µs of ~400 µs per request. What it skips:
+(connection.py), not a general-purpose library, because a general client's per-request
+objects cost more CPU than the rest of the sidecar's hop (docs/design-notes.md, "The
+upstream client"). What it skips:
 URL and header objects (headers stay bytes end to end), cookie jars, redirects,
 decompression, per-request timeout objects and tasks for small bodies.
 

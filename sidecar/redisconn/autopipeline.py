@@ -7,16 +7,12 @@ is no task per command or per batch: a caller awaits a future, the connection's
 protocol parses replies as they arrive and settles the futures, and a deadline timer
 per connection (not per command) catches a Redis that stops answering.
 
-Measured (bench/, 2 cores, c32): redis-py's ``await script(...)`` costs ~90 µs of CPU
-per call; its connection used directly in batches (the previous version of this
-module) ~13-19 µs plus a task per batch and a timeout per reply; this ~3 µs (3.4 % of
-the 94 µs a request costs, bench/results/2-core profile at 16fa084). At one client
-connection (c1) two choices save two of the five event-loop iterations a proxied
-request took (strace: 5.0 -> 3.0 epoll_wait calls and 13.2 -> 10.2 syscalls per
-request; CPU 288 -> 251 µs per request, interleaved A/B on a loaded machine): a
-command finding no reply owed is written at once instead of at the end of the
-iteration, and replies are parsed in ``data_received`` instead of by a reader task
-(whose wake-up cost an iteration before the caller's).
+Why not redis-py's own calls: their per-command objects and tasks cost far more CPU than
+the command itself (docs/design-notes.md, "The auto-pipeline"). At one client
+connection two choices save event-loop iterations: a command finding no reply owed is
+written at once instead of at the end of the iteration, and replies are parsed in
+``data_received`` instead of by a reader task (whose wake-up costs an iteration before
+the caller's).
 
 redis-py still opens each connection (TLS, unix sockets, AUTH, SELECT, Sentinel
 discovery); after its handshake the sidecar takes over its transport. Its streams are

@@ -14,7 +14,7 @@ What it changes, and why here (the ASGI app never sees an unfinished head):
 - A response start flagged ``BODY_FOLLOWS`` (its whole body is the next message) is
   framed here and written together with that body: one write and one TCP segment
   instead of two, and one check of the head instead of uvicorn's per-header regular
-  expressions (README design notes: 6 % fewer instructions per proxied request).
+  expressions (docs/design-notes.md, "Slots and the protocol's one write").
 - ``head_hook`` (when set) is called with each request's scope as soon as its head is
   parsed, before the app task runs: the app starts work that waits on another server
   there (app.py: the rate-limit check), a loop iteration and the app's own set-up sooner.
@@ -259,7 +259,7 @@ class _Cycle(RequestResponseCycle):
         """Head and body in one write, framed as uvicorn would frame them (which writes
         them apart, after matching each header against two regular expressions: here
         one check of the whole head rejects a line break or control character smuggled
-        into a header). README "Design notes": a whole response, one write."""
+        into a header). docs/design-notes.md: a whole response, one write."""
         self.response_started = True
         self.waiting_for_100_continue = False
         status = start["status"]
