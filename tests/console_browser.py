@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from selenium import webdriver
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webelement import WebElement
@@ -83,9 +84,12 @@ class Browser:
         return self.driver.find_element(By.ID, element_id)
 
     def wait(self, condition: Any, timeout: float = WAIT_SECONDS) -> Any:
-        return WebDriverWait(self.driver, timeout, poll_frequency=0.05).until(
-            lambda _driver: condition()
-        )
+        """Poll ``condition`` until it is truthy; an element the page re-rendered in the
+        meantime (stale, or not there yet) counts as not yet."""
+        ignored = (NoSuchElementException, StaleElementReferenceException)
+        return WebDriverWait(
+            self.driver, timeout, poll_frequency=0.05, ignored_exceptions=ignored
+        ).until(lambda _driver: condition())
 
     def wait_visible(self, element_id: str) -> WebElement:
         return self.wait(lambda: self.by_id(element_id).is_displayed() and self.by_id(element_id))

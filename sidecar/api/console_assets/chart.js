@@ -5,11 +5,11 @@ const WIDTH = 720;
 const HEIGHT = 220;
 const PAD = { top: 16, right: 12, bottom: 28, left: 44 };
 
-// A round number at or above `value`, for the top of the scale (1, 2, 5, 10, 20, 50...).
+// A round, even number at or above `value`, for the top of the scale (2, 4, 6, 8, 10, 12...).
 function ceiling(value) {
-  if (value <= 1) return 1;
+  if (value <= 10) return Math.max(2, 2 * Math.ceil(value / 2));
   const magnitude = 10 ** Math.floor(Math.log10(value));
-  for (const step of [1, 2, 5, 10]) {
+  for (const step of [1, 1.2, 1.6, 2, 3, 4, 5, 6, 8, 10]) {
     if (step * magnitude >= value) return step * magnitude;
   }
   return 10 * magnitude;
