@@ -29,20 +29,45 @@ def bash_blocks(page: Path) -> list[str]:
     return blocks
 
 
-@pytest.fixture(scope="module")
-def dev_sidecar(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SidecarProcess]:
+def dev_process(workdir: Path) -> SidecarProcess:
     """config/sidecar.yaml as ./scripts/dev runs it, on free ports and a fresh Redis."""
-    workdir = tmp_path_factory.mktemp("quickstart")
     config: dict[str, Any] = yaml.safe_load((ROOT / "config" / "sidecar.yaml").read_text())
     config["server"]["port"] = free_port()
     config["admin"]["port"] = free_port()
     config["upstream"]["url"] = f"http://127.0.0.1:{free_port()}"
     config["redis"]["embedded_dir"] = str(workdir / "redis")
-    process = SidecarProcess(config, workdir, ("--example-upstream",)).start()
+    return SidecarProcess(config, workdir, ("--example-upstream",))
+
+
+@pytest.fixture(scope="module")
+def dev_sidecar(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SidecarProcess]:
+    process = dev_process(tmp_path_factory.mktemp("quickstart")).start()
     try:
         yield process
     finally:
         process.stop()
+
+
+def test_the_start_up_ends_with_where_the_sidecar_listens(tmp_path: Path) -> None:
+    process = dev_process(tmp_path).start()
+    try:
+        wait_until(lambda: "listening: " in process.logs())
+        messages = [
+            line["message"]
+            for line in map(json.loads, process.logs().splitlines())
+            if "logger" in line
+        ]
+    finally:
+        process.stop()
+    # Not the example upstream's "Uvicorn running on", nor one start line per server.
+    assert messages[-1] == (
+        f"listening: API {process.url}, admin {process.admin_url} (/healthz, /readyz, /metrics)"
+        "; 1 worker(s)"
+    )
+    assert process.process is not None
+    started = [m for m in messages if m.startswith("Started server process")]
+    assert started == [f"Started server process [{process.process.pid}]"]
+    assert not [m for m in messages if "Uvicorn running" in m]
 
 
 class Run:

@@ -88,7 +88,11 @@ class RevocationListener:
                     if as_text(message["channel"]) == REVOCATION_CHANNEL:  # not once per channel
                         self._cache.resync()
                         self.connected.set()
-                        log.info("revocation feed up; key cache cleared")
+                        # At start-up the feed coming up is the expected state, and this
+                        # line would follow the start-up's own "listening" line; after a
+                        # loss (a warning) it is news.
+                        report = log.info if self.errors else log.debug
+                        report("revocation feed up; key cache cleared")
                 elif kind == "message":
                     data = as_text(message["data"])
                     if as_text(message["channel"]) == STATE_CHANNEL:

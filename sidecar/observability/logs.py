@@ -9,6 +9,7 @@ key into either).
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import re
 from typing import Any
@@ -91,6 +92,18 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry).decode()
 
 
+# Set in the tasks of the helper servers (the admin and forward-auth listeners, the
+# example upstream): their uvicorn start-up lines would repeat the public server's
+# "Started server process" and announce the example upstream's port as if it were the
+# sidecar's. The sidecar's own "listening" line says where everything is.
+QUIET_UVICORN: contextvars.ContextVar[bool] = contextvars.ContextVar("quiet_uvicorn", default=False)
+
+
+class _QuietHelpers(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno > logging.INFO or not QUIET_UVICORN.get()
+
+
 def configure(level: str) -> None:
     """Route every logger (ours, uvicorn's, asyncio's, warnings) through one redacting
     JSON handler on stderr. The access log (``AccessLog``) does not use logging."""
@@ -103,5 +116,6 @@ def configure(level: str) -> None:
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+    logging.getLogger("uvicorn.error").filters[:] = [_QuietHelpers()]
     logging.getLogger("uvicorn.access").disabled = True
     logging.captureWarnings(True)

@@ -118,7 +118,11 @@ async def _serve(
     example_upstream: bool,
 ) -> int:
     sidecar = Sidecar(config, redis_url)
-    public = Server(uvicorn_config(sidecar, config, lifespan="on", public=True), freeze_heap=True)
+    public = Server(
+        uvicorn_config(sidecar, config, lifespan="on", public=True),
+        on_started=lambda: log_listening(config),  # last: after the helpers and start-up
+        freeze_heap=True,
+    )
 
     def scrape() -> bytes:
         sidecar.metrics.sync()
@@ -141,7 +145,6 @@ async def _serve(
         ),
         forward_auth_listener(config, decisions_sock, sidecar.forward_auth, public),
     ):
-        log_listening(config)
         try:
             await public.serve(sockets=[public_sock])
         except SystemExit:  # uvicorn's way to report a failed lifespan start-up

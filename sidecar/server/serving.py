@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import gc
 import logging
 import math
@@ -22,6 +23,7 @@ from redis.asyncio import Redis
 from sidecar.api.admin import build_admin_app
 from sidecar.auth.assertion import public_jwks
 from sidecar.config.model import Config
+from sidecar.observability.logs import QUIET_UVICORN
 from sidecar.proxy.upstream import UpstreamClient
 from sidecar.redisconn.client import REDIS_ERRORS, Durability
 from sidecar.server.protocol import protocol_for
@@ -55,6 +57,7 @@ class Server(uvicorn.Server):
         self._on_started = on_started
         self._freeze_heap = freeze_heap
         self.followers: list[Server] = []  # stop draining when this one does
+        self.listening = asyncio.Event()
 
     def handle_exit(self, sig: int, frame: Any) -> None:
         super().handle_exit(sig, frame)
@@ -81,8 +84,24 @@ class Server(uvicorn.Server):
         if self._freeze_heap:
             gc.collect()  # start-up's own garbage first: frozen cycles are never freed
             gc.freeze()
+        self.listening.set()
         if self._on_started is not None:
             self._on_started()
+
+
+async def serve_helper(
+    server: Server, sockets: list[socket.socket] | None = None
+) -> asyncio.Task[None]:
+    """Serve a helper (the admin or forward-auth listener, the example upstream) in a task
+    whose uvicorn INFO lines are quiet, once it listens (or has failed to start): the
+    start-up's last line is then the sidecar's own."""
+    context = contextvars.copy_context()
+    context.run(QUIET_UVICORN.set, True)
+    task = asyncio.create_task(server.serve(sockets=sockets), context=context)
+    listening = asyncio.create_task(server.listening.wait())
+    await asyncio.wait((task, listening), return_when=asyncio.FIRST_COMPLETED)
+    listening.cancel()
+    return task
 
 
 def bind(host: str, port: int, *, reuse_port: bool = False, listen: bool = True) -> socket.socket:
@@ -165,10 +184,10 @@ async def admin_listener(
     )
     admin = Server(uvicorn_config(app, config), handle_signals=False)
     helpers = [admin]
-    tasks = [asyncio.create_task(admin.serve(sockets=[sock]))]
+    tasks = [await serve_helper(admin, [sock])]
     if example_upstream:
         helpers.append(example_upstream_server(config))
-        tasks.append(asyncio.create_task(helpers[-1].serve()))
+        tasks.append(await serve_helper(helpers[-1]))
     try:
         yield
     finally:
@@ -188,7 +207,7 @@ async def forward_auth_listener(
         return
     server = Server(uvicorn_config(app, config), handle_signals=False)
     leader.followers.append(server)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
+    task = await serve_helper(server, [sock])
     try:
         yield
     finally:
@@ -197,14 +216,15 @@ async def forward_auth_listener(
 
 
 def log_listening(config: Config) -> None:
-    server, admin = config.server, config.admin
-    log.info(
-        "listening: public http://%s:%d, admin http://%s:%d, %d worker(s)",
-        server.host, server.port, admin.host, admin.port, server.workers,
-    )  # fmt: skip
-    decisions = config.forward_auth
+    """The start-up's last line: where the sidecar answers."""
+    server, admin, decisions = config.server, config.admin, config.forward_auth
+    where = [
+        f"API http://{server.host}:{server.port}",
+        f"admin http://{admin.host}:{admin.port} (/healthz, /readyz, /metrics)",
+    ]
     if decisions.enabled:
-        log.info("listening: forward-auth http://%s:%d", decisions.host, decisions.port)
+        where.append(f"forward-auth decisions http://{decisions.host}:{decisions.port}")
+    log.info("listening: %s; %d worker(s)", ", ".join(where), server.workers)
 
 
 def example_upstream_server(config: Config) -> Server:
