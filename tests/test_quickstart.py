@@ -60,9 +60,10 @@ def test_the_start_up_ends_with_where_the_sidecar_listens(tmp_path: Path) -> Non
     finally:
         process.stop()
     # Not the example upstream's "Uvicorn running on", nor one start line per server.
+    assert process.config["console"]["enabled"]  # the dev config serves the keys page
     assert messages[-1] == (
         f"listening: API {process.url}, admin {process.admin_url} (/healthz, /readyz, /metrics)"
-        "; 1 worker(s)"
+        f", keys page {process.url}{process.config['console']['path']}; 1 worker(s)"
     )
     assert process.process is not None
     started = [m for m in messages if m.startswith("Started server process")]

@@ -222,6 +222,8 @@ def log_listening(config: Config) -> None:
         f"API http://{server.host}:{server.port}",
         f"admin http://{admin.host}:{admin.port} (/healthz, /readyz, /metrics)",
     ]
+    if config.console.enabled:
+        where.append(f"keys page http://{server.host}:{server.port}{config.console.path}")
     if decisions.enabled:
         where.append(f"forward-auth decisions http://{decisions.host}:{decisions.port}")
     log.info("listening: %s; %d worker(s)", ", ".join(where), server.workers)
