@@ -31,10 +31,11 @@ class AccessLog:
     """One JSON line per request, written straight to a file descriptor (stderr, like
     every other log line) in batches rather than through ``logging``.
 
-    A logging record, a lock and a write() per request cost ~34 µs; this costs ~5. Lines
-    wait at most ``FLUSH_SECONDS`` (or until ``BATCH_LINES`` are queued) and go out in
-    whole-line writes of at most PIPE_BUF bytes, so several workers writing to one pipe
-    never interleave inside a line. The client controls the path; it is redacted here.
+    Cheaper per request than a logging record, a lock and a write() (the figures are in
+    docs/design-notes.md). Lines wait at most ``FLUSH_SECONDS`` (or until ``BATCH_LINES``
+    are queued) and go out in whole-line writes of at most PIPE_BUF bytes, so several
+    workers writing to one pipe never interleave inside a line. The client controls the
+    path; it is redacted here.
     """
 
     FLUSH_SECONDS = 0.2

@@ -254,7 +254,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     async def _wait(self, future: asyncio.Future[None], timeout: float) -> None:
         """Await ``future``, failing it with TimeoutError after ``timeout`` seconds. One
-        timer handle: asyncio.timeout() cost ~3 % of the sidecar's CPU (bench profile)."""
+        timer handle, not asyncio.timeout() (docs/design-notes.md says what it cost)."""
         if future.done():
             return future.result()
         timer = self._loop.call_later(timeout, _settle, future, TimeoutError())

@@ -40,9 +40,8 @@ class Server(uvicorn.Server):
 
     ``freeze_heap``: once started, move everything start-up allocated (modules, config,
     the app; ~66,000 objects) out of the cyclic garbage collector's reach. A full
-    collection otherwise walks them all: 20-40 ms with the event loop stopped, about
-    once a second under load, which was the sidecar's p99 (bench: full path p99 26 ms
-    -> 5 ms at c32)."""
+    collection otherwise walks them all with the event loop stopped, about once a second
+    under load: it was the sidecar's p99 (docs/design-notes.md has the figures)."""
 
     def __init__(
         self,
