@@ -181,9 +181,28 @@ def test_forwarding_headers_from_a_trusted_proxy_are_extended(
     assert values(out, b"x-forwarded-host") == [expected_host]
 
 
+@pytest.mark.parametrize(
+    ("trusted", "client", "forwarded", "real_ip"),
+    [
+        ([], "203.0.113.7", [b"6.6.6.6"], b"203.0.113.7"),  # an untrusted peer: itself
+        (["10.0.0.0/8"], "10.0.0.2", [b"6.6.6.6, 198.51.100.7"], b"198.51.100.7"),
+        (["10.0.0.0/8"], "10.0.0.2", [b"198.51.100.7", b"10.0.0.9"], b"198.51.100.7"),
+        (["10.0.0.0/8"], "10.0.0.2", [], b"10.0.0.2"),  # a trusted proxy that said nothing
+    ],
+)
+@pytest.mark.parametrize("spelling", [b"X-Real-IP", b"x-real-ip", b"X_Real_Ip"])
+def test_x_real_ip_is_the_resolved_client_never_the_clients_own(
+    trusted: list[str], client: str, forwarded: list[bytes], real_ip: bytes, spelling: bytes
+) -> None:
+    incoming = [(spelling, b"6.6.6.6"), *((b"X-Forwarded-For", f) for f in forwarded)]
+    out = upstream(incoming, header_rules=rules(server={"trusted_proxies": trusted}), client=client)
+    assert [(n, v) for n, v in out if canonical(n) == b"x-real-ip"] == [(b"x-real-ip", real_ip)]
+
+
 def test_no_client_address_means_no_invented_x_forwarded_for() -> None:
     out = upstream([(b"x-forwarded-for", b"6.6.6.6")], client=None, scheme="https")
     assert values(out, b"x-forwarded-for") == []
+    assert values(out, b"x-real-ip") == []
     assert values(out, b"x-forwarded-proto") == [b"https"]
     assert values(out, b"x-forwarded-host") == []
 

@@ -195,6 +195,8 @@ def test_x_forwarded_headers_are_set_and_client_values_ignored(
     assert seen.header("x-forwarded-proto") == "http"
     assert seen.header("x-forwarded-host") == f"127.0.0.1:{sidecar.config['server']['port']}"
     assert seen.header("forwarded") is None
+    assert seen.headers.count(("x-real-ip", "127.0.0.1")) == 1  # issue 24 row 7
+    assert "6.6.6.6" not in [v for _, v in seen.headers]
 
 
 def test_x_forwarded_headers_from_a_trusted_proxy_are_extended(
@@ -204,11 +206,14 @@ def test_x_forwarded_headers_from_a_trusted_proxy_are_extended(
         "X-Forwarded-For": "198.51.100.7, 10.0.0.2",
         "X-Forwarded-Proto": "https",
         "X-Forwarded-Host": "api.callcov.example",
+        "X-Real-IP": "6.6.6.6",
         **Api(tuned.url).bearer(user),
     }
     assert httpx.get(tuned.url + PATH, headers=headers).status_code == 200
     seen = recorder.received[-1]
     assert seen.header("x-forwarded-for") == "198.51.100.7, 10.0.0.2, 127.0.0.1"
+    # The client as the trusted proxy's hops name it: the right-most untrusted one.
+    assert [v for n, v in seen.headers if n.lower() == "x-real-ip"] == ["10.0.0.2"]
     assert seen.header("x-forwarded-proto") == "https"
     assert seen.header("x-forwarded-host") == "api.callcov.example"
 

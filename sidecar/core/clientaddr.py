@@ -30,10 +30,16 @@ class TrustedProxies:
         """The client's address: the peer's own, unless the peer is a trusted proxy."""
         if not self.is_trusted(peer):
             return peer
+        return self.behind(
+            peer, [value for name, value in headers if name.lower() == b"x-forwarded-for"]
+        )
+
+    def behind(self, peer: str | None, forwarded_for: Iterable[bytes]) -> str | None:
+        """The client behind the trusted proxy ``peer``, from the values of its
+        ``X-Forwarded-For`` headers in order."""
         hops: list[str] = []
-        for name, value in headers:
-            if name.lower() == b"x-forwarded-for":
-                hops += (hop.strip() for hop in value.decode("latin-1").split(","))
+        for value in forwarded_for:
+            hops += (hop.strip() for hop in value.decode("latin-1").split(","))
         for hop in reversed(hops):
             if hop and not self.is_trusted(hop):
                 return hop

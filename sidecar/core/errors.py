@@ -6,6 +6,8 @@
     ├── Forbidden               403  the key endpoints asked about through forward auth
     ├── AmbiguousPath           400  a path the upstream might read differently (paths.py)
     ├── MalformedRequest        400  a request the HTTP parser refused (httpserver.py)
+    ├── HostInvalid             400  no Host header (HTTP/1.1), or more than one
+    ├── UpgradeNotGet           400  a WebSocket upgrade with a method other than GET
     ├── KeyNotFound             404  unknown id, or another user's key
     ├── KeyConflict             409  the key's state forbids the action
     │   ├── KeyNotActive             revoked or expired
@@ -103,6 +105,21 @@ class AmbiguousPath(SidecarError):
 class MalformedRequest(SidecarError):
     status = 400
     detail = "Invalid HTTP request"
+
+
+class HostInvalid(SidecarError):
+    """As nginx: an HTTP/1.1 request must name its Host once; any request at most once."""
+
+    status = 400
+
+    def __init__(self, count: int) -> None:
+        super().__init__(count)
+        self.detail = "Missing Host header" if not count else "More than one Host header"
+
+
+class UpgradeNotGet(SidecarError):
+    status = 400
+    detail = "A WebSocket upgrade must use GET"
 
 
 class KeyNotFound(SidecarError):

@@ -18,8 +18,9 @@ HOP_BY_HOP = frozenset(
         b"transfer-encoding", b"upgrade", b"proxy-authorization", b"proxy-authenticate",
     }
 )  # fmt: skip
+# X-Real-IP too: upstreams (and nginx's realip module) take it as the client's address.
 _FORWARDED = frozenset(
-    {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded"}
+    {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded", b"x-real-ip"}
 )
 # Set by the sidecar only, so always stripped from what a client sends: the report-only
 # mark, and the signed identity assertion's default name (even with assertions off).
@@ -86,7 +87,8 @@ class HeaderRules:
         scheme: str,
         request_id: bytes,
     ) -> Headers:
-        """The headers to send upstream: end-to-end ones, then forwarding and request id.
+        """The headers to send upstream: end-to-end ones, then forwarding (X-Forwarded-*,
+        X-Real-IP) and request id.
 
         Identity headers are not added here; the caller appends them once known.
         """
@@ -111,9 +113,19 @@ class HeaderRules:
             if key in dropped or (key == b"authorization" and not keep_authorization):
                 continue
             out.append((name, value))
-        chain = [*prior_for, client.encode()] if client else prior_for
+        peer = client.encode() if client else None
+        chain = [*prior_for, peer] if peer else prior_for
         if chain:
             out.append((b"x-forwarded-for", b", ".join(chain)))
+        # The client as the sidecar itself resolves it (the failed-auth limit's address):
+        # the peer, or behind a trusted proxy the right-most untrusted hop, as nginx's
+        # realip module sets it with real_ip_recursive on. Never the client's own copy.
+        real_ip = peer
+        if trusted:
+            behind = self.proxies.behind(client, prior_for)
+            real_ip = behind.encode() if behind else None
+        if real_ip:
+            out.append((b"x-real-ip", real_ip))
         out.append((b"x-forwarded-proto", prior_proto or scheme.encode()))
         if prior_host or host:
             out.append((b"x-forwarded-host", prior_host or host))

@@ -15,6 +15,8 @@ What it changes, and why here (the ASGI app never sees an unfinished head):
   framed here and written together with that body: one write and one TCP segment
   instead of two, and one check of the head instead of uvicorn's per-header regular
   expressions (docs/design-notes.md, "Slots and the protocol's one write").
+- A request without a Host header (HTTP/1.1) or with more than one gets 400, as nginx
+  answers it: which host it is for would be ambiguous to the upstream.
 - ``head_hook`` (when set) is called with each request's scope as soon as its head is
   parsed, before the app task runs: the app starts work that waits on another server
   there (app.py: the rate-limit check), a loop iteration and the app's own set-up sooner.
@@ -38,7 +40,13 @@ from uvicorn.protocols.http.httptools_impl import (
 )
 
 from sidecar.config.model import RequestLimits
-from sidecar.core.errors import HeadersTooLarge, MalformedRequest, SidecarError, TargetTooLong
+from sidecar.core.errors import (
+    HeadersTooLarge,
+    HostInvalid,
+    MalformedRequest,
+    SidecarError,
+    TargetTooLong,
+)
 from sidecar.core.types import BODY_FOLLOWS, NO_BODY_STATUSES, TAKE_OVER
 
 log = logging.getLogger("sidecar")
@@ -66,6 +74,7 @@ class SidecarHttpProtocol(HttpToolsProtocol):
         self._head_seen = 0
         self._header_count = 0
         self._header_bytes = 0
+        self._hosts = 0
         self._refusal: SidecarError | None = None
         self._upgrade_bytes: bytearray | None = None
         self._on_shutdown: Callable[[], None] | None = None
@@ -95,7 +104,7 @@ class SidecarHttpProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._in_head = True
-        self._head_seen = self._header_count = self._header_bytes = 0
+        self._head_seen = self._header_count = self._header_bytes = self._hosts = 0
 
     def on_url(self, url: bytes) -> None:
         if len(self.url) + len(url) > self._target_limit:
@@ -118,12 +127,18 @@ class SidecarHttpProtocol(HttpToolsProtocol):
             raise self._refusal
         # uvicorn's on_header, inlined: this runs for every header of every request.
         name = name.lower()
-        if name == b"expect" and value.lower() == b"100-continue":
+        if name == b"host":
+            self._hosts += 1
+        elif name == b"expect" and value.lower() == b"100-continue":
             self.expect_100_continue = True
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        hosts = self._hosts
+        if hosts != 1 and (hosts or self.parser.get_http_version() != "1.0"):
+            self._refusal = HostInvalid(hosts)
+            raise self._refusal
         super().on_headers_complete()
         self.cycle.__class__ = _Cycle
         if self.parser.should_upgrade():

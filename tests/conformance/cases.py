@@ -467,6 +467,11 @@ CASES: list[Case] = [
         seen(1),
     ),
     case("obs-fold-request", get(b"X-Fold: a\r\n b\r\n"), r(OK), status(400), seen(0)),
+    # Host (issue 24): HTTP/1.1 needs exactly one; HTTP/1.0 may go without.
+    case("host-missing", b"GET {p} HTTP/1.1\r\n\r\n", r(OK), status(400), seen(0)),
+    case("host-duplicate", get(b"Host: u\r\n"), r(OK), status(400), seen(0)),
+    case("host-duplicate-http10", get(b"Host: u\r\n", version=b"1.0"), r(OK), status(400), seen(0)),
+    case("host-missing-http10", b"GET {p} HTTP/1.0\r\n\r\n", r(OK), status(200, b"ok"), seen(1)),
     case(
         "long-response-header",
         get(),
