@@ -101,6 +101,13 @@ def second(config_for: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     process.stop()
 
 
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisProcess]:
+    """A redis-server of the test's own, so INFO commandstats counts only this sidecar."""
+    with RedisProcess(tmp_path) as server:
+        yield server
+
+
 @pytest.fixture(scope="module")
 def quiet_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
     """A Redis only one module's sidecar uses, so its commands can be counted."""

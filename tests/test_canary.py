@@ -20,7 +20,7 @@ from sidecar.keys.store import KeyStore
 from tests.conftest import Api
 from tests.harness import HASH_SECRET, RedisProcess, SidecarProcess, remember_secret, wait_until
 from tests.test_cli import cli, ok
-from tests.test_failed_auth import metric
+from tests.test_failed_auth import limited_config, metric
 
 PATH = "/api/v1/analysis/"
 
@@ -162,3 +162,53 @@ def test_a_canary_is_a_live_key_that_never_expires(
     )
     assert result.returncode == 2
     assert "a --canary key is a live key that never expires" in result.stderr
+
+
+def test_under_the_failed_auth_limit_canary_and_revoked_keys_answer_as_unknown_keys(
+    own_redis: RedisProcess, upstream: Any, spawn: Any, user: str
+) -> None:
+    """Issue 24 row 6: a canary (or revoked) key this instance has cached must not answer
+    401 while an unknown key gets 429; over the limit every key but a working one gets
+    the same 429, and the canary is still reported."""
+    sidecar: SidecarProcess = spawn(limited_config(own_redis.url, upstream[1].url, requests=3))
+    api = Api(sidecar.url)
+    canary = create_canary(str(sidecar.config_path), user)
+    key = api.create_key(user)
+    known_unknown = keyformat.generate()
+
+    def get(value: str) -> httpx.Response:
+        return httpx.get(sidecar.url + PATH, headers={"X-API-Key": value})
+
+    assert get(key["api_key"]).status_code == 200
+    deleted = api.http.delete(f"/api/v1/api-keys/{key['id']}", headers=api.bearer(user))
+    assert deleted.status_code == 200
+    # Three failures, each leaving its key in a cache: the canary and the revoked key
+    # among the verified keys, the unknown one among the unknown.
+    assert [get(k).status_code for k in (canary["api_key"], key["api_key"], known_unknown)] == [
+        401
+    ] * 3
+    hits = canary_hits(sidecar)
+
+    answers = {
+        name: get(value)
+        for name, value in [
+            ("unknown", keyformat.generate()),
+            ("canary", canary["api_key"]),
+            ("revoked", key["api_key"]),
+            ("known unknown", known_unknown),
+        ]
+    }
+
+    def shape(response: httpx.Response) -> tuple[object, ...]:
+        drop = {"x-request-id", "date", "retry-after"}  # per request / per second
+        headers = sorted((k, v) for k, v in response.headers.items() if k not in drop)
+        return response.status_code, response.content, headers, "retry-after" in response.headers
+
+    assert {name: shape(r) for name, r in answers.items()} == {
+        name: shape(answers["unknown"]) for name in answers
+    }
+    assert answers["unknown"].status_code == 429
+    assert answers["unknown"].json() == {"detail": "Too many failed authentication attempts"}
+    assert canary_hits(sidecar) == hits + 1  # still counted...
+    wait_until(lambda: sidecar.logs().count("canary key used") == 2, timeout=5)  # ...and logged
+    api.http.close()

@@ -6,7 +6,11 @@ verified because Redis is down and the cache cannot vouch for it. With the
 failed-auth limit on, a fourth: TooManyFailedAuth, decided before the Redis lookup.
 
 A canary key verifies like any key and then fails as ``canary``: to its user exactly
-an unknown key's 401, after the same Redis lookup an unknown key costs.
+an unknown key's 401, after the same Redis lookup an unknown key costs. With the
+failed-auth limit on, every refusal passes the limit first, also one the key cache
+knows (unknown, canary, revoked, expired): over the limit they all get the same 429,
+whatever this instance happens to have cached (issue 24: a canary kept in the cache
+answered 401 where an unknown key got 429).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from sidecar.auth.failed_auth import FailedAuthLimiter
 from sidecar.auth.jwt_auth import JwtVerifier
 from sidecar.core.clientaddr import TrustedProxies
 from sidecar.core.domain import VerifiedKey
-from sidecar.core.errors import NotAuthenticated, StoreUnavailable
+from sidecar.core.errors import NotAuthenticated, StoreUnavailable, TooManyFailedAuth
 from sidecar.core.types import AuthMethod
 from sidecar.keys import format as keyformat
 from sidecar.keys.cache import KeyCache
@@ -113,6 +117,16 @@ class Authenticator:
             self._failed.failed(client.address())
             raise
 
+    async def reverify(self, credential: Credential) -> Identity:
+        """What ``credential`` is worth now, for a connection it opened earlier (an open
+        WebSocket): NotAuthenticated, or StoreUnavailable when Redis cannot say, and
+        never a stale cache entry (the caller bounds how long it waits for Redis). The
+        failed-auth limit is not involved: the client passed it when it connected, and
+        a failure here is no guess of the client's."""
+        if credential.kind == JWT:
+            return Identity(await self._jwt.user_id(credential.value), JWT)
+        return await self._api_key(credential.value, None, None, stale_ok=False)
+
     def vouched(self, credential: Credential) -> tuple[str, str] | None:
         """(user id, key hash) of an API key the cache vouches for, if it would be
         admitted now; else None. Counts and records nothing: ``authenticate`` decides."""
@@ -134,42 +148,63 @@ class Authenticator:
             raise NotAuthenticated("api_key_not_allowed")
         return await self._jwt.user_id(credential.value)
 
-    async def _api_key(self, value: str, client: _Client | None, key_hash: str | None) -> Identity:
+    async def _api_key(
+        self, value: str, client: _Client | None, key_hash: str | None, stale_ok: bool = True
+    ) -> Identity:
         if key_hash is None:
             key_hash = self._hasher.hash(value)
         # A cached hash is a key already parsed and verified: shape and checksum are
         # checked on a miss only (they cost more than the hash on the cached path).
         key = self._cache.fresh(key_hash)
+        cached = key is not None
         if key is None:
             parsed = keyformat.parse(value)
             if parsed is None:
                 raise NotAuthenticated("malformed")
             self.cache_misses += 1
-            key = await self._lookup(parsed, key_hash, client)
+            key = await self._lookup(parsed, key_hash, client, stale_ok)
         else:
             self.cache_hits += 1
         if key.canary:
             self.canary_hits += 1
-            raise NotAuthenticated("canary")
-        now = time.time()
-        if not key.usable_at(now):
-            raise NotAuthenticated("revoked" if not key.active else "expired")
-        self._usage.record(key.id, now)
-        return Identity(key.user_id, API_KEY, key.id, key.prefix, key.environment, key.expires_at)
+            reason = "canary"
+        else:
+            now = time.time()
+            if key.usable_at(now):
+                self._usage.record(key.id, now)
+                return Identity(
+                    key.user_id, API_KEY, key.id, key.prefix, key.environment, key.expires_at
+                )
+            reason = "revoked" if not key.active else "expired"
+        if cached and client is not None:  # a lookup passed the limit already
+            self._admit(client, reason)
+        raise NotAuthenticated(reason)
+
+    def _admit(self, client: _Client, instead_of: str | None = None) -> None:
+        """The failed-auth limit, before a lookup or a refusal the cache answers."""
+        assert self._failed is not None
+        try:
+            self._failed.admit(client.address())
+        except TooManyFailedAuth as exc:
+            exc.instead_of = instead_of
+            raise
 
     async def _lookup(
-        self, parsed: keyformat.ParsedKey, key_hash: str, client: _Client | None
+        self,
+        parsed: keyformat.ParsedKey,
+        key_hash: str,
+        client: _Client | None,
+        stale_ok: bool = True,
     ) -> VerifiedKey:
+        if client is not None:
+            self._admit(client)
         if self._cache.known_unknown(key_hash):
             raise NotAuthenticated("unknown")
-        if client is not None:
-            assert self._failed is not None
-            self._failed.admit(client.address())
         epoch = self._cache.epoch
         try:
             key = await self._store.verify(parsed, key_hash)
         except StoreUnavailable:
-            stale = self._cache.stale(key_hash)
+            stale = self._cache.stale(key_hash) if stale_ok else None
             if stale is not None:
                 return stale
             raise

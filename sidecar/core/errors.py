@@ -213,6 +213,9 @@ class TooManyFailedAuth(SidecarError):
     def __init__(self, retry_after: int) -> None:
         super().__init__(retry_after)
         self.retry_after = retry_after
+        # The NotAuthenticated reason this answer stands in for, when the key cache knew
+        # it ("canary": still reported to the operator); None: decided before any lookup.
+        self.instead_of: str | None = None
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         return [(b"retry-after", str(self.retry_after).encode())]

@@ -166,14 +166,16 @@ class Decider:
             if credential is not None and exc.reason in _WELL_FORMED_KEY_REJECTED:
                 record.key_prefix = key_prefix(credential.value)  # public; tells ops which key
                 if exc.reason == "canary":
-                    client = self._rules.proxies.client(record.client, incoming)
-                    _report_canary(record, client)
+                    _report_canary(record, self._rules.proxies.client(record.client, incoming))
             raise
         except StoreUnavailable:
             record.auth_outcome = "store_unavailable"
             raise
-        except TooManyFailedAuth:
+        except TooManyFailedAuth as exc:
             record.auth_outcome = "failed_auth_limited"
+            if credential is not None and exc.instead_of == "canary":  # answered as any key
+                record.key_prefix = key_prefix(credential.value)
+                _report_canary(record, self._rules.proxies.client(record.client, incoming))
             raise
         finally:
             record.auth_seconds = time.perf_counter() - started
