@@ -89,10 +89,12 @@ class Components:
         self.websockets = WebSockets(
             limit=config.server.max_websockets,
             hasher=hasher,
-            authenticate=self.authenticator.authenticate,
+            reverify=self.authenticator.reverify,
             jwt_leeway=config.auth.jwt.leeway_seconds,
+            stale_window=keys.stale_window_seconds,
         )
         self.cache.on_evict.append(self.websockets.evicted)
+        self.cache.on_desync.append(self.websockets.desynced)
         self.listener = RevocationListener(
             self.redis, self.cache, on_message=self.metrics.revocations.inc
         )

@@ -82,6 +82,9 @@ class KeyCache:
         # Told of every eviction (the key's hash; None: all of them), e.g. to close the
         # WebSockets a revoked key opened (websocket.py).
         self.on_evict: list[Callable[[str | None], None]] = []
+        # Told each time the revocation feed is found lost (again while it stays lost):
+        # no eviction would arrive meanwhile (websocket.py bounds open sockets then).
+        self.on_desync: list[Callable[[], None]] = []
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -171,6 +174,8 @@ class KeyCache:
         """The revocation feed is lost: stop trusting entries as fresh."""
         self.epoch += 1
         self.synced = False
+        for listener in self.on_desync:
+            listener()
 
     def resync(self) -> None:
         """The feed is back; messages may have been missed meanwhile, so start over."""

@@ -1,6 +1,15 @@
 """The request path for everything the sidecar does not own: the authorisation decision,
 the forwarding with its header rules, the upstream client and its connections, and the
-WebSocket relay.
+WebSocket relay (its sockets, each socket's byte relay, the frames it reads).
 """
 
-__all__ = ["connection", "decision", "gateway", "headers", "upstream", "websocket"]
+__all__ = [
+    "connection",
+    "decision",
+    "gateway",
+    "headers",
+    "upstream",
+    "websocket",
+    "websocket_frames",
+    "websocket_tunnel",
+]

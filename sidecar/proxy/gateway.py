@@ -17,6 +17,7 @@ from sidecar.core.errors import (
     NotAuthenticated,
     SidecarError,
     UnsupportedCoding,
+    UpgradeNotGet,
 )
 from sidecar.core.paths import upstream_path
 from sidecar.core.types import TAKE_OVER, Headers
@@ -103,26 +104,23 @@ class Gateway:
             record.route = "public"
         plan = request.plan(decision)
         response_headers: Headers = [(b"x-request-id", request_id), *decision.rate_headers]
-        extensions = scope.get("extensions")
-        if extensions and self._websockets is not None and wants_websocket(request.incoming):
-            take_over = extensions.get(TAKE_OVER)
-            if take_over is not None:
-                identity = decision.identity
-                record.status = await self._websockets.relay(
-                    upstream=plan.upstream,
-                    take_over=take_over,
-                    send=send,
-                    path=request.path,
-                    query=request.query,
-                    headers=plan.headers,
-                    response_headers=response_headers,
-                    identity=identity,
-                    credential=None
-                    if identity is None
-                    else credential_from(request.api_key, request.authorization),
-                )
-                record.responded = True
-                return
+        if request.websocket and self._websockets is not None:
+            identity = decision.identity
+            record.status = await self._websockets.relay(
+                upstream=plan.upstream,
+                take_over=scope["extensions"][TAKE_OVER],
+                send=send,
+                path=request.path,
+                query=request.query,
+                headers=plan.headers,
+                response_headers=response_headers,
+                identity=identity,
+                credential=None
+                if identity is None
+                else credential_from(request.api_key, request.authorization),
+            )
+            record.responded = True
+            return
         exchange = Exchange(response_headers)
         try:
             await plan.upstream.forward(
@@ -207,6 +205,7 @@ class _Forwarding:
         "query",
         "request_id",
         "scheme",
+        "websocket",
     )
 
     def __init__(self, gateway: Gateway, scope: Scope, normalised: str) -> None:
@@ -245,6 +244,15 @@ class _Forwarding:
         client = scope.get("client")
         self.client: str | None = client[0] if client else None
         self.early: Early | None = None  # set by ``start``
+        # A WebSocket handshake, which the connection is handed over for. Only GET (RFC
+        # 6455 §4.1): the method charged, signed into the assertion (``htm``) and sent
+        # upstream is then the one the client used. Refused before the decision.
+        extensions = scope.get("extensions")
+        self.websocket: bool = (
+            extensions is not None and TAKE_OVER in extensions and wants_websocket(incoming)
+        )
+        if self.websocket and self.method != "GET":
+            raise UpgradeNotGet()
 
     def prepare(self, identity: Identity) -> None:
         try:  # noqa: SIM105 (contextlib.suppress costs more, on the hot path)
