@@ -9,8 +9,8 @@ A canary key verifies like any key and then fails as ``canary``: to its user exa
 an unknown key's 401, after the same Redis lookup an unknown key costs. With the
 failed-auth limit on, every refusal passes the limit first, also one the key cache
 knows (unknown, canary, revoked, expired): over the limit they all get the same 429,
-whatever this instance happens to have cached (issue 24: a canary kept in the cache
-answered 401 where an unknown key got 429).
+whatever this instance happens to have cached, so a canary (cached as long as a working
+key) cannot be told from an unknown key (cached briefly) by the limit's answer.
 """
 
 from __future__ import annotations

@@ -12,8 +12,9 @@ secret scanning): the evicted key is verified again, once for all its sockets, a
 they are closed unless it still works (a rotated key in its grace period stays open
 until its new ``expires_at``). Any answer but a working key closes them. The
 re-verification does not go through the failed-auth limit: the client passed it when
-it connected (issue 24: all re-verifications shared one client's budget, and once it
-was spent no socket was ever checked again).
+it connected, and a revoked key's failure is not a guess of the client's (counted
+against one shared budget, throwaway keys revoked on purpose could spend it and keep
+every later re-verification from running).
 
 When Redis cannot say (it is unreachable, or the revocation feed is lost, so no
 eviction would arrive), a key's sockets stay open for at most the stale window
