@@ -58,6 +58,11 @@ class ServerConfig(_Section):
     limits: RequestLimits = RequestLimits()
     reject_ambiguous_paths: bool = True
     max_websockets: int = Field(1000, ge=0, le=1_000_000)
+    # Read timeouts on every listener, as nginx's client_header_timeout (the whole head),
+    # client_body_timeout (between two reads of a body) and keepalive_timeout.
+    client_header_timeout_seconds: PositiveSeconds = 60.0
+    client_body_timeout_seconds: PositiveSeconds = 60.0
+    keepalive_timeout_seconds: PositiveSeconds = 5.0
 
 
 class AdminConfig(_Section):

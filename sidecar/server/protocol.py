@@ -6,6 +6,8 @@ What it changes, and why here (the ASGI app never sees an unfinished head):
   total size or their number over the limit 431. Bytes of a head that never completes
   are counted as they come, so a flood of unfinished headers holds at most one budget
   per connection (uvicorn/httptools would buffer them without bound).
+- Read timeouts (``server.client_header_timeout_seconds``, ``..._body_...``,
+  ``server.keepalive_timeout_seconds``): read_timeouts.py, shared with the other listeners.
 - Request trailers never join the headers (uvicorn appends them to ``scope["headers"]``,
   where an ``X-API-Key`` trailer would authenticate).
 - Responses: a 204/304 carrying Content-Length is relayed without a body instead of
@@ -33,11 +35,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 import httptools
-from uvicorn.protocols.http.httptools_impl import (
-    STATUS_LINE,
-    HttpToolsProtocol,
-    RequestResponseCycle,
-)
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, RequestResponseCycle
 
 from sidecar.config.model import RequestLimits
 from sidecar.core.errors import (
@@ -48,6 +46,7 @@ from sidecar.core.errors import (
     TargetTooLong,
 )
 from sidecar.core.types import BODY_FOLLOWS, NO_BODY_STATUSES, TAKE_OVER
+from sidecar.server.read_timeouts import ReadTimeouts, TimedHttpProtocol
 
 log = logging.getLogger("sidecar")
 HeadHook = Callable[[dict[str, Any]], None]
@@ -55,7 +54,7 @@ HeadHook = Callable[[dict[str, Any]], None]
 _LINE_OVERHEAD = 4
 
 
-class SidecarHttpProtocol(HttpToolsProtocol):
+class SidecarHttpProtocol(TimedHttpProtocol):
     limits: ClassVar[RequestLimits] = RequestLimits()
     head_hook: ClassVar[HeadHook | None] = None
 
@@ -83,7 +82,7 @@ class SidecarHttpProtocol(HttpToolsProtocol):
         if self._upgrade_bytes is not None:  # the upgraded connection's first bytes
             self._upgrade_bytes += data
             return
-        self._unset_keepalive_if_required()
+        self._note_read()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -164,51 +163,9 @@ class SidecarHttpProtocol(HttpToolsProtocol):
         cycle.on_response = lambda: None
         early = bytes(self._upgrade_bytes or b"")
         self._upgrade_bytes = None
-        self._unset_keepalive_if_required()
+        self._stop_timing()
         self._on_shutdown = on_shutdown
         return self.transport, early, lambda: self.connections.discard(self)
-
-    # The keep-alive timeout, lazily. uvicorn arms a timer at every response and cancels
-    # it at the next request's first bytes: a timer set and cancelled per request. Here
-    # a request only marks the connection busy, and one timer per idle period checks
-    # how long the connection has been idle since its last response.
-    _idle_since: float | None = None  # None: a request is arriving or being answered
-
-    def _unset_keepalive_if_required(self) -> None:
-        self._idle_since = None
-
-    def on_response_complete(self) -> None:
-        """uvicorn's, with the keep-alive timer armed only when none is pending."""
-        self.server_state.total_requests += 1
-        if self.transport.is_closing():
-            return
-        self.flow.resume_reading()
-        if self.pipeline:
-            cycle, app = self.pipeline.pop()
-            self._start_asgi_task(cycle, app)
-            return
-        self._idle_since = self.loop.time()
-        if self.timeout_keep_alive_task is None:
-            self.timeout_keep_alive_task = self.loop.call_later(
-                self.timeout_keep_alive, self._keep_alive_expired
-            )
-
-    def _keep_alive_expired(self) -> None:
-        self.timeout_keep_alive_task = None
-        idle_since = self._idle_since
-        if idle_since is None:
-            return  # busy: the response that ends it arms the timer again
-        left = idle_since + self.timeout_keep_alive - self.loop.time()
-        if left > 0:
-            self.timeout_keep_alive_task = self.loop.call_later(left, self._keep_alive_expired)
-        else:
-            self.timeout_keep_alive_handler()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        super().connection_lost(exc)
-        if self.timeout_keep_alive_task is not None:
-            self.timeout_keep_alive_task.cancel()
-            self.timeout_keep_alive_task = None
 
     def shutdown(self) -> None:
         if self._on_shutdown is not None:
@@ -352,9 +309,11 @@ def _framed(message: Any) -> bool:
 
 
 def protocol_for(
-    limits: RequestLimits, on_head: HeadHook | None = None
+    limits: RequestLimits,
+    on_head: HeadHook | None = None,
+    timeouts: ReadTimeouts = ReadTimeouts(),  # noqa: B008 - an immutable tuple
 ) -> type[SidecarHttpProtocol]:
-    """The protocol class uvicorn instantiates per connection, with these limits and
-    this head hook."""
-    attributes = {"limits": limits, "head_hook": on_head}
+    """The protocol class uvicorn instantiates per connection, with these limits, this
+    head hook and these read timeouts."""
+    attributes = {"limits": limits, "head_hook": on_head, **timeouts.attributes()}
     return type("SidecarHttpProtocol", (SidecarHttpProtocol,), attributes)

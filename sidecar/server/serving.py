@@ -27,6 +27,7 @@ from sidecar.observability.logs import QUIET_UVICORN
 from sidecar.proxy.upstream import UpstreamClient
 from sidecar.redisconn.client import REDIS_ERRORS, Durability
 from sidecar.server.protocol import protocol_for
+from sidecar.server.read_timeouts import ReadTimeouts, timed_protocol_for
 
 log = logging.getLogger("sidecar")
 
@@ -128,11 +129,15 @@ def uvicorn_config(
 ) -> uvicorn.Config:
     """``public``: ``app`` is the Sidecar, served with the hardened protocol of
     httpserver.py (request limits, trailers, framing, the app's head hook); uvicorn's
-    WebSocket handling off, as websocket.py relays upgrades."""
+    WebSocket handling off, as websocket.py relays upgrades. Every listener has the
+    server's read timeouts (read_timeouts.py)."""
+    timeouts = ReadTimeouts.of(config.server)
     return uvicorn.Config(
         app,
         lifespan=lifespan,
-        http=protocol_for(config.server.limits, app.on_head) if public else "httptools",
+        http=protocol_for(config.server.limits, app.on_head, timeouts)
+        if public
+        else timed_protocol_for(timeouts),
         ws="none" if public else "auto",
         log_config=None,
         access_log=False,

@@ -1,0 +1,174 @@
+"""Read timeouts for every listener: uvicorn's httptools protocol, with a deadline on
+each wait for the client, as nginx has.
+
+- ``header_timeout`` (nginx's ``client_header_timeout``): a request head must be
+  complete within it, counted from the connection's accept (first request) or from the
+  head's first byte (later requests).
+- ``body_timeout`` (``client_body_timeout``): the longest wait between two reads of a
+  request body, not the time for the whole body: a slow upload that keeps sending
+  lives on, one that stalls is cut. While the server itself is not reading (flow
+  control paused by an app not consuming the body yet, or a ``100-continue`` not sent
+  yet) the client is not the one stalling, and the wait does not count.
+- ``keepalive_timeout``: the idle wait for the next request after a response.
+
+On expiry the connection is closed without a response, as nginx does (it logs 408
+and sends nothing); a body cut this way reaches the app as a disconnect. While the app
+is answering, nothing is timed here (the upstream's read timeout covers that).
+
+Cost per request: no timer. One timer per connection at a time checks the phase the
+connection is in when it fires and re-arms itself for what is left; a request only
+notes the time of its reads and which phase it is in (uvicorn arms and cancels a
+keep-alive timer per request).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from typing import Any, ClassVar, NamedTuple
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from sidecar.config.model import ServerConfig
+
+# What the connection waits for. _BUSY (falsy): nothing, the app is answering.
+_BUSY, _IDLE, _HEAD, _BODY = 0, 1, 2, 3
+
+
+class TimedHttpProtocol(HttpToolsProtocol):
+    header_timeout: ClassVar[float] = 60.0
+    body_timeout: ClassVar[float] = 60.0
+    keepalive_timeout: ClassVar[float | None] = None  # None: uvicorn's timeout_keep_alive
+
+    _phase = _HEAD
+    _since = 0.0  # _HEAD: when the head began; _IDLE: when the last response ended
+    _last_read = 0.0  # when bytes last came
+    _timer: asyncio.TimerHandle | None = None
+    _timer_at = math.inf
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.keepalive_timeout is not None:
+            self.timeout_keep_alive = self.keepalive_timeout  # type: ignore[assignment]
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._since = self._last_read = self.loop.time()
+        self._arm(self._since + self.header_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        self._note_read()
+        super().data_received(data)
+
+    def _note_read(self) -> None:
+        """At the start of every ``data_received``: the client is sending."""
+        if self._phase:
+            now = self._last_read = self.loop.time()
+            if self._phase == _IDLE:  # a new request's first bytes
+                self._phase = _HEAD
+                self._since = now
+                self._arm(now + self.header_timeout)
+
+    def on_headers_complete(self) -> None:
+        if self.parser.should_upgrade():
+            self._phase = _BUSY  # the connection is the upgrade's business from here
+        else:
+            self._phase = _BODY
+            self._arm(self._last_read + self.body_timeout)
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        phase = self._phase
+        if phase == _BODY:
+            self._phase = _BUSY
+        elif phase == _HEAD:  # answered early, and the rest of its body has now come
+            self._go_idle()
+        super().on_message_complete()
+
+    def _unset_keepalive_if_required(self) -> None:
+        pass  # uvicorn's keep-alive timer is never armed: _deadline_passed does its job
+
+    def on_response_complete(self) -> None:
+        """uvicorn's, with the keep-alive wait timed by the connection's one timer."""
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self.flow.resume_reading()
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+            return
+        self._go_idle()
+
+    def _go_idle(self) -> None:
+        self._phase = _IDLE
+        self._since = self.loop.time()
+        self._arm(self._since + self.timeout_keep_alive)
+
+    def _arm(self, deadline: float) -> None:
+        """Make sure the timer fires no later than ``deadline``."""
+        if deadline < self._timer_at:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = self.loop.call_at(deadline, self._deadline_passed)
+            self._timer_at = deadline
+
+    def _stop_timing(self) -> None:
+        self._phase = _BUSY
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+            self._timer_at = math.inf
+
+    def _deadline_passed(self) -> None:
+        self._timer = None
+        self._timer_at = math.inf
+        phase = self._phase
+        if not phase:
+            return  # the response that ends it arms the timer again
+        now = self.loop.time()
+        if phase == _BODY:
+            if self.flow.read_paused or (self.cycle and self.cycle.waiting_for_100_continue):
+                self._last_read = now  # the wait is the server's, not the client's
+            deadline = self._last_read + self.body_timeout
+        elif phase == _HEAD:
+            deadline = self._since + self.header_timeout
+        else:
+            deadline = self._since + self.timeout_keep_alive
+        if deadline > now:
+            self._arm(deadline)
+            return
+        self._phase = _BUSY
+        if not self.transport.is_closing():
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self._stop_timing()
+
+
+class ReadTimeouts(NamedTuple):
+    header: float = 60.0
+    body: float = 60.0
+    keepalive: float | None = None  # None: uvicorn's timeout_keep_alive
+
+    @classmethod
+    def of(cls, server: ServerConfig) -> ReadTimeouts:
+        return cls(
+            server.client_header_timeout_seconds,
+            server.client_body_timeout_seconds,
+            server.keepalive_timeout_seconds,
+        )
+
+    def attributes(self) -> dict[str, Any]:
+        """The protocol class attributes that set them."""
+        return {
+            "header_timeout": self.header,
+            "body_timeout": self.body,
+            "keepalive_timeout": self.keepalive,
+        }
+
+
+def timed_protocol_for(timeouts: ReadTimeouts) -> type[TimedHttpProtocol]:
+    """uvicorn's protocol with these read timeouts (the admin and decision listeners)."""
+    return type("TimedHttpProtocol", (TimedHttpProtocol,), timeouts.attributes())
