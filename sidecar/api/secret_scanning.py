@@ -12,10 +12,20 @@ The whole batch costs two pipelined round trips to Redis (look every token up, t
 revoke the active ones), not one per token, so 1,000 tokens are answered well within
 GitHub's 30 s. A replayed report finds the keys already revoked and changes nothing.
 No credential: the signature is the authentication, checked before the body is parsed.
+
+Until it is verified a report is anyone's, so it costs little: what cannot be valid is
+refused before its body is read (no identifier or signature header, a signature that
+is not base64 DER, an identifier we do not know, a declared length over
+``MAX_REPORT_BYTES``), and the connection is then closed rather than drained. At most
+``max_concurrent_reports`` bodies are read at once (per process; beyond that 503 with
+``Retry-After``, which GitHub retries), each within ``body_timeout_seconds`` (else
+408), and a body is counted as it arrives, so memory stays within about
+``max_concurrent_reports`` times ``MAX_REPORT_BYTES`` whatever is sent.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -31,7 +41,9 @@ from sidecar.core.errors import (
     MethodNotAllowed,
     PayloadTooLarge,
     ReportInvalid,
+    ReportsBusy,
     ReportSignatureInvalid,
+    ReportTooSlow,
 )
 from sidecar.core.timeutil import now_iso
 from sidecar.crypto import scanning_signatures as scanning_keys
@@ -41,6 +53,7 @@ from sidecar.keys.store import KeyStore, Revocation
 
 log = logging.getLogger("sidecar.secret_scanning")
 
+# A report of 1,000 tokens with 200-character URLs is about 0.3 MiB.
 MAX_REPORT_BYTES = 5 * 1024 * 1024
 TRUE_POSITIVE, FALSE_POSITIVE = "true_positive", "false_positive"
 _IDENTIFIER = b"github-public-key-identifier"
@@ -55,8 +68,13 @@ class SecretScanning:
         store: KeyStore,
         hasher: KeyHasher,
         on_revoked: Callable[[str], None],
+        max_concurrent: int = 4,
+        body_timeout: float = 10.0,
     ) -> None:
         self._keys = keys
+        self._max_reading = max_concurrent
+        self._reading = 0  # report bodies being read and verified now
+        self._body_timeout = body_timeout
         self._store = store
         self._hasher = hasher
         # This instance forgets a revoked key at once, not when its pub/sub message returns.
@@ -79,10 +97,31 @@ class SecretScanning:
                 signature = value.decode("latin-1")
             elif lowered == b"content-length" and value.isdigit():
                 declared = int(value)
+        if not identifier or not signature:
+            raise ReportSignatureInvalid(
+                "Missing Github-Public-Key-Identifier or Github-Public-Key-Signature",
+                body_unread=True,
+            )
         if declared is not None and declared > MAX_REPORT_BYTES:
-            raise PayloadTooLarge(MAX_REPORT_BYTES)
-        body = await _read_body(receive)
-        await self._verify(identifier, signature, body)
+            raise PayloadTooLarge(MAX_REPORT_BYTES, body_unread=True)
+        if scanning_keys.decoded_signature(signature) is None:
+            raise ReportSignatureInvalid("Invalid signature", body_unread=True)
+        key = await self._keys.key(identifier)
+        if key is None:
+            raise ReportSignatureInvalid("Unknown Github-Public-Key-Identifier", body_unread=True)
+        if self._reading >= self._max_reading:
+            raise ReportsBusy()
+        self._reading += 1
+        try:
+            try:
+                async with asyncio.timeout(self._body_timeout):
+                    body = await _read_body(receive)
+            except TimeoutError:
+                raise ReportTooSlow() from None
+            if not scanning_keys.signature_valid(key, signature, body):
+                raise ReportSignatureInvalid("Invalid signature")
+        finally:
+            self._reading -= 1
         reports = _parse(body)
         answer = await self._process(reports)
         payload = orjson.dumps(answer)
@@ -92,17 +131,6 @@ class SecretScanning:
         ]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
-
-    async def _verify(self, identifier: str | None, signature: str | None, body: bytes) -> None:
-        if not identifier or not signature:
-            raise ReportSignatureInvalid(
-                "Missing Github-Public-Key-Identifier or Github-Public-Key-Signature"
-            )
-        key = await self._keys.key(identifier)
-        if key is None:
-            raise ReportSignatureInvalid("Unknown Github-Public-Key-Identifier")
-        if not scanning_keys.signature_valid(key, signature, body):
-            raise ReportSignatureInvalid("Invalid signature")
 
     async def _process(self, reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
         candidates: dict[str, tuple[keyformat.ParsedKey, str, str | None]] = {}
@@ -154,24 +182,23 @@ def _text_or_none(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-async def _read_body(receive: Receive) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
+async def _read_body(receive: Receive) -> bytearray:
+    """The body, in one buffer grown as it arrives (no list of chunks joined into a
+    second copy)."""
+    body = bytearray()
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             raise ClientGone()
         chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > MAX_REPORT_BYTES:
-            raise PayloadTooLarge(MAX_REPORT_BYTES)
-        chunks.append(chunk)
+        if len(body) + len(chunk) > MAX_REPORT_BYTES:
+            raise PayloadTooLarge(MAX_REPORT_BYTES, body_unread=True)
+        body += chunk
         if not message.get("more_body", False):
-            break
-    return b"".join(chunks)
+            return body
 
 
-def _parse(body: bytes) -> list[dict[str, Any]]:
+def _parse(body: bytearray) -> list[dict[str, Any]]:
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:

@@ -152,6 +152,8 @@ class Components:
                 store=self.store,
                 hasher=hasher,
                 on_revoked=self.cache.evict,
+                max_concurrent=config.secret_scanning.max_concurrent_reports,
+                body_timeout=config.secret_scanning.body_timeout_seconds,
             )
             self._scanning_path = config.secret_scanning.path.rstrip("/").lower()
         self.console = console_page(config)

@@ -190,6 +190,10 @@ class SecretScanningConfig(_Section):
     path: str = Field("/api/v1/secret-scanning/", pattern=r"^/")
     public_keys_file: str | None = None
     public_keys_url: str | None = None
+    # Reports are unauthenticated until their whole body is read and verified: at most
+    # this many are read at once (per process), each within the timeout.
+    max_concurrent_reports: int = Field(4, ge=1, le=1000)
+    body_timeout_seconds: PositiveSeconds = 10.0
 
 
 class LoggingConfig(_Section):

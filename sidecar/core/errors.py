@@ -16,7 +16,8 @@
     ├── ReportSignatureInvalid  401  a secret-scanning report without a valid signature
     ├── ReportInvalid           422  a secret-scanning report that is not an array of tokens
     ├── RequestInvalid          422  FastAPI-shaped validation errors
-    ├── PayloadTooLarge         413  request body over server.max_body_bytes
+    ├── PayloadTooLarge         413  request body over server.max_body_bytes (or a report's bound)
+    ├── ReportTooSlow           408  a secret-scanning report body slower than its timeout
     ├── TargetTooLong           414  request-target over server.limits (httpserver.py)
     ├── HeadersTooLarge         431  request headers over server.limits (httpserver.py)
     ├── RateLimited             429  over the matching rate-limit rule
@@ -24,6 +25,7 @@
     ├── StoreUnavailable        503  Redis could not be reached (with Retry-After)
     ├── TooManyWebSockets       503  server.max_websockets open already (with Retry-After)
     ├── ScanningKeysUnavailable 503  the secret-scanning public keys URL cannot be read
+    ├── ReportsBusy             503  too many secret-scanning reports being read (with Retry-After)
     ├── UnsupportedCoding       501  a request Transfer-Encoding other than chunked
     ├── UpstreamUnavailable     502  upstream refused or unreachable
     └── UpstreamTimeout         504  upstream did not answer in time
@@ -45,6 +47,8 @@ import orjson
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 UNAUTHENTICATED_DETAIL = "Could not validate credentials"
+# On an answer sent before the request body was read: the rest is not worth draining.
+CLOSE = (b"connection", b"close")
 # Recorded (never sent) when the client went away before its response was complete, as nginx.
 CLIENT_CLOSED = 499
 
@@ -154,9 +158,13 @@ class MethodNotAllowed(SidecarError):
 class ReportSignatureInvalid(SidecarError):
     status = 401
 
-    def __init__(self, detail: str) -> None:
+    def __init__(self, detail: str, *, body_unread: bool = False) -> None:
         super().__init__(detail)
         self.detail = detail
+        self.body_unread = body_unread
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        return [CLOSE] if self.body_unread else []
 
 
 class ReportInvalid(SidecarError):
@@ -178,9 +186,21 @@ class RequestInvalid(SidecarError):
 class PayloadTooLarge(SidecarError):
     status = 413
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, *, body_unread: bool = False) -> None:
         super().__init__(limit)
         self.detail = f"Request body exceeds the maximum of {limit} bytes"
+        self.body_unread = body_unread
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        return [CLOSE] if self.body_unread else []
+
+
+class ReportTooSlow(SidecarError):
+    status = 408
+    detail = "The report body did not arrive in time"
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        return [CLOSE]
 
 
 class TargetTooLong(SidecarError):
@@ -240,6 +260,15 @@ class ScanningKeysUnavailable(SidecarError):
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         return [(b"retry-after", str(self.retry_after).encode())]
+
+
+class ReportsBusy(SidecarError):
+    status = 503
+    detail = "Too many secret-scanning reports being received, retry later"
+    retry_after = 5
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        return [(b"retry-after", str(self.retry_after).encode()), CLOSE]
 
 
 class TooManyWebSockets(SidecarError):

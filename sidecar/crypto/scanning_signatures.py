@@ -21,6 +21,7 @@ import orjson
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 PublicKeys = dict[str, ec.EllipticCurvePublicKey]
@@ -56,10 +57,23 @@ def parse(document: bytes) -> PublicKeys:
     return keys
 
 
-def signature_valid(key: ec.EllipticCurvePublicKey, signature_b64: str, body: bytes) -> bool:
+def decoded_signature(signature_b64: str) -> bytes | None:
+    """The DER signature a ``Github-Public-Key-Signature`` header carries, or None when
+    it cannot be one (not base64, not an ECDSA DER sequence): such a report is refused
+    before its body is read."""
     try:
         signature = base64.b64decode(signature_b64, validate=True)
+        decode_dss_signature(signature)
     except (binascii.Error, ValueError):
+        return None
+    return signature
+
+
+def signature_valid(
+    key: ec.EllipticCurvePublicKey, signature_b64: str, body: bytes | bytearray
+) -> bool:
+    signature = decoded_signature(signature_b64)
+    if signature is None:
         return False
     try:
         key.verify(signature, body, _SIGNATURE)
