@@ -160,6 +160,7 @@ def test_keys_create_list_revoke_reach_the_running_sidecar(
     key = remember_secret(created["api_key"])
     assert set(created) == {
         "id", "api_key", "key_prefix", "description", "created_at", "expires_at", "environment",
+        "scopes", "allowed_ips",
     }  # fmt: skip
     assert created["description"] == "ops"
     assert created["key_prefix"] == key[:14]

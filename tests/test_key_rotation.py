@@ -53,7 +53,7 @@ def test_rotation_answers_a_new_key_like_create_plus_rotated_from(api: Api, user
     new = rotated(api, user, old["id"])
     assert set(new) == {
         "id", "api_key", "key_prefix", "description", "created_at", "expires_at",
-        "environment", "rotated_from",
+        "environment", "rotated_from", "scopes", "allowed_ips",
     }  # fmt: skip
     assert new["id"] != old["id"] and new["api_key"] != old["api_key"]
     assert keyformat.parse(new["api_key"]) is not None

@@ -28,7 +28,9 @@ def test_create_returns_the_full_key_once_in_the_documented_shape(api: Api, user
     body = response.json()
     assert set(body) == {
         "id", "api_key", "key_prefix", "description", "created_at", "expires_at", "environment",
+        "scopes", "allowed_ips",
     }  # fmt: skip
+    assert body["scopes"] is None and body["allowed_ips"] is None
     uuid.UUID(body["id"])
     assert keyformat.parse(body["api_key"]) is not None
     assert body["key_prefix"] == body["api_key"][:14]
@@ -136,7 +138,9 @@ def test_list_shows_own_keys_newest_first_without_secrets(api: Api, user: str) -
     assert set(item) == {
         "id", "key_prefix", "description", "is_active", "last_used_at",
         "expires_at", "created_at", "updated_at", "environment", "rotated_to", "revoked_reason",
+        "scopes", "allowed_ips",
     }  # fmt: skip
+    assert item["scopes"] is None and item["allowed_ips"] is None
     assert item["is_active"] is True
     assert item["last_used_at"] is None
     assert item["expires_at"] is None

@@ -1,5 +1,5 @@
-"""``/api/v1/api-keys/``: create, list, expire, rotate keys and show their usage.
-JWT only (SPEC.md)."""
+"""``/api/v1/api-keys/``: create, list, update, expire, rotate keys and show their
+usage. JWT only (SPEC.md)."""
 
 from __future__ import annotations
 
@@ -23,8 +23,16 @@ from sidecar.core.domain import (
     usage_json,
 )
 from sidecar.core.errors import RequestInvalid
-from sidecar.keys.input import USAGE_DAYS, CreateKeyBody, Lifetime, RotateKeyBody, usage_window
-from sidecar.keys.store import KeyStore
+from sidecar.keys.input import (
+    UPDATE_NOTHING,
+    USAGE_DAYS,
+    CreateKeyBody,
+    Lifetime,
+    RotateKeyBody,
+    UpdateKeyBody,
+    usage_window,
+)
+from sidecar.keys.store import UNCHANGED, KeyStore
 
 PREFIX = KEYS_API_PATH
 _MAX_CREATE_BODY = 64 * 1024
@@ -57,17 +65,19 @@ class KeysApi:
         on_revoked: Callable[[str], None] = lambda key_hash: None,
         *,
         max_lifetime_days: int = 365,
+        scopes: frozenset[str] = frozenset(),
     ) -> None:
         self._auth = authenticator
         self._store = store
         self._max_lifetime_days = max_lifetime_days
+        self._scopes = scopes  # the configured scope names a key may be given
         # This instance forgets the key at once, not when its own pub/sub message returns.
         self._on_revoked = on_revoked
         routes = [
             Route(PREFIX, self._collection, methods=["GET", "POST"]),
             Route(PREFIX + "/", self._collection, methods=["GET", "POST"]),
-            Route(PREFIX + "/{api_key_id}", self._item, methods=["DELETE"]),
-            Route(PREFIX + "/{api_key_id}/", self._item, methods=["DELETE"]),
+            Route(PREFIX + "/{api_key_id}", self._item, methods=["DELETE", "PATCH"]),
+            Route(PREFIX + "/{api_key_id}/", self._item, methods=["DELETE", "PATCH"]),
             Route(PREFIX + "/{api_key_id}/rotate", self._rotate, methods=["POST"]),
             Route(PREFIX + "/{api_key_id}/rotate/", self._rotate, methods=["POST"]),
             Route(PREFIX + "/{api_key_id}/usage", self._usage, methods=["GET"]),
@@ -94,14 +104,16 @@ class KeysApi:
     async def _item(self, request: Request) -> Response:
         user_id = await self._user(request)
         key_id = _key_id(request)
+        if request.method == "PATCH":
+            return await self._update(request, user_id, key_id)
         self._on_revoked(await self._store.revoke(key_id, user_id))
         return json_response(200, expired_json())
 
     async def _create(self, request: Request, user_id: str) -> Response:
         payload = await _json_body(request)
-        lifetime = Lifetime(self._max_lifetime_days)
+        context = {"lifetime": Lifetime(self._max_lifetime_days), "scopes": self._scopes}
         try:
-            parsed = CreateKeyBody.model_validate(payload, context={"lifetime": lifetime})
+            parsed = CreateKeyBody.model_validate(payload, context=context)
         except ValidationError as exc:
             raise RequestInvalid(_errors(exc, "body")) from None
         created = await self._store.create(
@@ -109,8 +121,29 @@ class KeysApi:
             parsed.description,
             environment=parsed.environment,
             expires_at=parsed.expires_at,
+            scopes=None if parsed.scopes is None else tuple(parsed.scopes),
+            allowed_ips=None if parsed.allowed_ips is None else tuple(parsed.allowed_ips),
         )
         return json_response(201, created.as_json())
+
+    async def _update(self, request: Request, user_id: str, key_id: str) -> Response:
+        payload = await _json_body(request)
+        try:
+            parsed = UpdateKeyBody.model_validate(payload, context={"scopes": self._scopes})
+        except ValidationError as exc:
+            raise RequestInvalid(_errors(exc, "body")) from None
+        given = parsed.model_fields_set
+        if not given:
+            raise RequestInvalid([{**UPDATE_NOTHING, "input": payload}])
+        view, _, key_hash = await self._store.update(
+            key_id,
+            user_id,
+            description=parsed.description if "description" in given else UNCHANGED,
+            scopes=_tuple(parsed.scopes) if "scopes" in given else UNCHANGED,
+            allowed_ips=_tuple(parsed.allowed_ips) if "allowed_ips" in given else UNCHANGED,
+        )
+        self._on_revoked(key_hash)  # this instance looks the key up again at once
+        return json_response(200, view)
 
     async def _rotate(self, request: Request) -> Response:
         user_id = await self._user(request)
@@ -143,6 +176,10 @@ class KeysApi:
         return json_response(
             200, key_list_json(await self._store.list_keys(user_id, include_expired))
         )
+
+
+def _tuple(values: list[str] | None) -> tuple[str, ...] | None:
+    return None if values is None else tuple(values)
 
 
 def _key_id(request: Request) -> str:

@@ -19,6 +19,7 @@ from sidecar.auth.assertion import AssertionSigner
 from sidecar.auth.credentials import Authenticator
 from sidecar.auth.failed_auth import FailedAuthLimiter
 from sidecar.auth.jwt_auth import JwtVerifier
+from sidecar.auth.restrictions import Restrictions, Scopes
 from sidecar.config.model import Config
 from sidecar.core.errors import (
     StoreUnavailable,
@@ -105,11 +106,13 @@ class Components:
             if test_settings is None
             else UpstreamClient(test_settings, config.server.max_body_bytes)
         )
+        self.scopes = Scopes(config.auth.scopes)
         self.keys_api = KeysApi(
             self.authenticator,
             self.store,
             on_revoked=self.cache.evict,
             max_lifetime_days=keys.max_lifetime_days,
+            scopes=self.scopes.names,
         )
         self.limiter = limiter_for(
             config.rate_limits,
@@ -132,6 +135,7 @@ class Components:
                 if config.identity.assertion.enabled
                 else None
             ),
+            restrictions=Restrictions(self.scopes),
         )
         self.gateway = Gateway(
             decider=self.decider,

@@ -1,5 +1,5 @@
-"""Who is calling: API-key and JWT credentials, the failed-authentication limit, and the
-signed identity assertion the upstream can verify.
+"""Who is calling: API-key and JWT credentials, the failed-authentication limit, what a
+restricted key may do, and the signed identity assertion the upstream can verify.
 """
 
-__all__ = ["assertion", "credentials", "failed_auth", "jwt_auth"]
+__all__ = ["assertion", "credentials", "failed_auth", "jwt_auth", "restrictions"]

@@ -1,8 +1,9 @@
 """The signed identity assertion: a JWS the upstream can verify, bound to the route.
 
 Claims: ``iss``, ``aud``, ``sub`` (user id), ``iat``, ``exp``, ``auth_method``,
-``key_id`` and ``environment`` (API keys only), ``htm`` + ``htu`` (method and
-normalised path), so a captured assertion cannot be replayed against another route.
+``key_id`` and ``environment`` (API keys only), ``scope`` (scoped keys only), ``htm`` +
+``htu`` (method and normalised path), so a captured assertion cannot be replayed
+against another route.
 
 Signing costs tens of microseconds, about the price of a whole proxied request's
 Python work, so one signature is reused for the same identity, method and path for
@@ -51,7 +52,8 @@ class AssertionSigner:
         self._reuse = max(1, config.ttl_seconds // 6)
         self._cache: dict[tuple[Any, ...], tuple[int, bytes]] = {}
 
-    def sign(self, identity: Identity, method: str, path: str) -> bytes:
+    def sign(self, identity: Identity, method: str, path: str, scope: str | None = None) -> bytes:
+        """``scope``: a scoped key's scopes, space-separated (the claim ``scope``)."""
         now = int(time.time())
         cache_key = (identity, method, path)
         cached = self._cache.get(cache_key)
@@ -70,6 +72,8 @@ class AssertionSigner:
         if identity.key_id is not None:
             claims["key_id"] = identity.key_id
             claims["environment"] = identity.environment or "live"
+        if scope is not None:
+            claims["scope"] = scope
         token = jwt.encode(
             claims, self._key, algorithm=self._algorithm, headers={"kid": self.key_id}
         ).encode("ascii")

@@ -22,7 +22,7 @@ from typing import NamedTuple
 from sidecar.auth.failed_auth import FailedAuthLimiter
 from sidecar.auth.jwt_auth import JwtVerifier
 from sidecar.core.clientaddr import TrustedProxies
-from sidecar.core.domain import VerifiedKey
+from sidecar.core.domain import Network, VerifiedKey
 from sidecar.core.errors import NotAuthenticated, StoreUnavailable, TooManyFailedAuth
 from sidecar.core.types import AuthMethod
 from sidecar.keys import format as keyformat
@@ -42,6 +42,8 @@ class Identity(NamedTuple):
     key_prefix: str | None = None
     environment: str | None = None  # API keys: "live" or "test"
     expires_at: float | None = None  # API keys: epoch seconds the key stops working at
+    scopes: tuple[str, ...] | None = None  # API keys: None = unrestricted
+    networks: tuple[Network, ...] | None = None  # API keys: None = from any address
 
 
 class Credential(NamedTuple):
@@ -127,16 +129,16 @@ class Authenticator:
             return Identity(await self._jwt.user_id(credential.value), JWT)
         return await self._api_key(credential.value, None, None, stale_ok=False)
 
-    def vouched(self, credential: Credential) -> tuple[str, str] | None:
-        """(user id, key hash) of an API key the cache vouches for, if it would be
-        admitted now; else None. Counts and records nothing: ``authenticate`` decides."""
+    def vouched(self, credential: Credential) -> tuple[VerifiedKey, str] | None:
+        """(key, key hash) of an API key the cache vouches for, if it would be admitted
+        now; else None. Counts and records nothing: ``authenticate`` decides."""
         if credential.kind != API_KEY:
             return None
         key_hash = self._hasher.hash(credential.value)
         key = self._cache.fresh(key_hash)
         if key is None or key.canary or not key.usable_at(time.time()):
             return None
-        return key.user_id, key_hash
+        return key, key_hash
 
     def rate_limited(self, identity: Identity) -> None:
         """The request ``identity`` authenticated was refused with 429 (usage counts)."""
@@ -173,7 +175,14 @@ class Authenticator:
             if key.usable_at(now):
                 self._usage.record(key.id, now)
                 return Identity(
-                    key.user_id, API_KEY, key.id, key.prefix, key.environment, key.expires_at
+                    key.user_id,
+                    API_KEY,
+                    key.id,
+                    key.prefix,
+                    key.environment,
+                    key.expires_at,
+                    key.scopes,
+                    key.networks,
                 )
             reason = "revoked" if not key.active else "expired"
         if cached and client is not None:  # a lookup passed the limit already

@@ -1,21 +1,24 @@
 """Rules that span fields or need more than a type: JWT algorithms and their keys,
-URLs, listeners, path lists, secret scanning, the identity assertion and the API Keys
-page (console.py). Each returns ``path: rule`` problems; all of them are reported at
+URLs, listeners, path lists, scopes, secret scanning, the identity assertion and the
+API Keys page (console.py). Each returns ``path: rule`` problems; all of them are reported at
 once."""
 
 from __future__ import annotations
 
 import ipaddress
+import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from sidecar.config.console import console_problems
-from sidecar.config.model import ASYMMETRIC_ALGORITHMS, HMAC_ALGORITHMS
+from sidecar.config.model import ASYMMETRIC_ALGORITHMS, HMAC_ALGORITHMS, SCOPE_NAME
 from sidecar.core.domain import KEYS_API_PATH
 from sidecar.core.paths import matched_form, normalise
 from sidecar.crypto import scanning_signatures as scanning_keys
 from sidecar.crypto import signing_keys
+
+_SCOPE_NAME = re.compile(SCOPE_NAME)
 
 
 def get(data: Any, *keys: str) -> Any:
@@ -61,6 +64,7 @@ def cross_field_problems(data: dict[str, Any]) -> list[str]:
     problems.extend(_url_problems(data))
     problems.extend(_listener_problems(data))
     problems.extend(_path_list_problems(data))
+    problems.extend(_scope_problems(data))
     problems.extend(_assertion_problems(data))
     problems.extend(_secret_scanning_problems(data))
     problems.extend(console_problems(get(data, "console"), get(data, "auth", "public_paths")))
@@ -188,6 +192,30 @@ def _path_list_problems(data: dict[str, Any]) -> list[str]:
     for i, path in enumerate(get(data, "auth", "report_only_paths") or []):
         if not isinstance(path, str) or not path.startswith("/"):
             problems.append(f"auth.report_only_paths[{i}]: must be a path starting with /")
+    return problems
+
+
+def _scope_problems(data: dict[str, Any]) -> list[str]:
+    scopes = get(data, "auth", "scopes")
+    if not isinstance(scopes, dict):
+        return []  # absent, or not a mapping: pydantic says so
+    problems: list[str] = []
+    for name, rules in scopes.items():
+        where = f"auth.scopes.{name}"
+        if not isinstance(name, str) or not _SCOPE_NAME.fullmatch(name):
+            problems.append(f"{where}: a scope name must match {SCOPE_NAME}")
+        if isinstance(rules, list) and not rules:
+            problems.append(f"{where}: must list at least one rule")
+        for i, rule in enumerate(rules if isinstance(rules, list) else []):
+            if not isinstance(rule, dict):
+                continue
+            for part in ("methods", "paths"):
+                if rule.get(part) == []:
+                    problems.append(f"{where}[{i}].{part}: must list at least one")
+            paths = rule.get("paths")
+            for j, path in enumerate(paths if isinstance(paths, list) else []):
+                if isinstance(path, str) and path.startswith("/") and normalise(path) != path:
+                    problems.append(f"{where}[{i}].paths[{j}]: not a normalised path: {path}")
     return problems
 
 

@@ -125,6 +125,18 @@ class FailedAuthConfig(_Section):
     per_seconds: float = Field(60.0, gt=0, le=86400)
 
 
+# A scope's name (SPEC Part 3, "Scoped keys"): what keys carry and clients see.
+SCOPE_NAME = r"^[a-z][a-z0-9_.:-]{0,63}$"
+
+
+class ScopeRule(_Section):
+    """One rule of a scope: these methods on these prefixes of the normalised path."""
+
+    # Empty lists and unnormalised paths are reported by checks.py, in words.
+    methods: tuple[Annotated[str, Field(pattern=r"^[A-Z][A-Z0-9_-]*$")], ...]
+    paths: tuple[Annotated[str, Field(pattern=r"^/")], ...]
+
+
 class AuthConfig(_Section):
     jwt: JwtConfig = JwtConfig()
     api_keys: ApiKeysConfig
@@ -132,6 +144,7 @@ class AuthConfig(_Section):
     mode: Literal["enforce", "report"] = "enforce"
     report_only_paths: tuple[str, ...] = ()
     failed_auth: FailedAuthConfig = FailedAuthConfig()
+    scopes: dict[str, tuple[ScopeRule, ...]] = {}
 
 
 class IdentityHeaders(_Section):
@@ -139,6 +152,7 @@ class IdentityHeaders(_Section):
     auth_method: str = Field("X-CallCov-Auth-Method", pattern=r"^[A-Za-z0-9-]+$")
     key_id: str = Field("X-CallCov-Key-Id", pattern=r"^[A-Za-z0-9-]+$")
     environment: str = Field("X-CallCov-Key-Environment", pattern=r"^[A-Za-z0-9-]+$")
+    scopes: str = Field("X-CallCov-Key-Scopes", pattern=r"^[A-Za-z0-9-]+$")
 
 
 class AssertionConfig(_Section):

@@ -6,6 +6,7 @@ these instead of restating them.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -32,6 +33,38 @@ DEFAULT_USAGE_DAYS = 30
 # Revocation reasons recorded on the key (the first one stays).
 REVOKED = "revoked"
 LEAKED = "leaked"
+# Least privilege (SPEC Part 3): a key's allowed addresses, and where it is used from.
+MAX_ALLOWED_IPS = 100
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+_MAPPED_V4 = 96  # ::ffff:0:0/96 holds the IPv4-mapped addresses
+
+
+def network_of(text: str) -> Network:
+    """An allowed address or network as stored and compared: a CIDR with its host bits
+    cleared (an address is its /32 or /128); IPv4-mapped IPv6 as IPv4, as a client's
+    address is read. ValueError for anything else (a zone index ``%eth0`` included)."""
+    if "%" in text:
+        raise ValueError("a zone index is not allowed")
+    network = ipaddress.ip_network(text, strict=False)
+    if isinstance(network, ipaddress.IPv6Network) and network.prefixlen >= _MAPPED_V4:
+        mapped = network.network_address.ipv4_mapped
+        if mapped is not None:
+            return ipaddress.IPv4Network((mapped, network.prefixlen - _MAPPED_V4))
+    return network
+
+
+def address_of(text: str | None) -> Address | None:
+    """A client's address (an IPv4-mapped IPv6 one as IPv4); None when it is none."""
+    if text is None:
+        return None
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
 
 
 def key_prefix(value: str) -> str:
@@ -53,6 +86,8 @@ class VerifiedKey:
     expires_at: float | None  # epoch seconds
     canary: bool = False
     environment: str = LIVE
+    scopes: tuple[str, ...] | None = None  # None: unrestricted
+    networks: tuple[Network, ...] | None = None  # None: from any address
 
     def usable_at(self, now: float) -> bool:
         return self.active and (self.expires_at is None or now < self.expires_at)
@@ -67,6 +102,8 @@ class CreatedKey:
     created_at: str
     expires_at: str | None = None
     environment: str = LIVE
+    scopes: tuple[str, ...] | None = None
+    allowed_ips: tuple[str, ...] | None = None
 
     def __repr__(self) -> str:
         return f"CreatedKey(id={self.id!r}, key_prefix={self.key_prefix!r})"
@@ -81,6 +118,8 @@ class CreatedKey:
             "created_at": self.created_at,
             "expires_at": self.expires_at,
             "environment": self.environment,
+            "scopes": None if self.scopes is None else list(self.scopes),
+            "allowed_ips": None if self.allowed_ips is None else list(self.allowed_ips),
         }
 
 

@@ -4,6 +4,9 @@
     ├── NotAuthenticated        401  credentials missing, malformed, unknown, revoked, expired
     ├── KeyLimitReached         400  the user already has the maximum of active keys
     ├── Forbidden               403  the key endpoints asked about through forward auth
+    ├── KeyRestricted           403  a key outside what it may do (SPEC Part 3)
+    │   ├── AddressNotAllowed        used from an address outside its allowed_ips
+    │   └── ScopeNotGranted          none of its scopes allows this method and path
     ├── AmbiguousPath           400  a path the upstream might read differently (paths.py)
     ├── MalformedRequest        400  a request the HTTP parser refused (httpserver.py)
     ├── HostInvalid             400  no Host header (HTTP/1.1), or more than one
@@ -11,7 +14,8 @@
     ├── KeyNotFound             404  unknown id, or another user's key
     ├── KeyConflict             409  the key's state forbids the action
     │   ├── KeyNotActive             revoked or expired
-    │   └── KeyAlreadyRotated        rotated, still in its grace period
+    │   ├── KeyAlreadyRotated        rotated, still in its grace period
+    │   └── KeyChangedMeanwhile      changed by concurrent requests on every attempt
     ├── MethodNotAllowed        405  a method an endpoint of the sidecar's own does not serve
     ├── ReportSignatureInvalid  401  a secret-scanning report without a valid signature
     ├── ReportInvalid           422  a secret-scanning report that is not an array of tokens
@@ -49,6 +53,7 @@ EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 UNAUTHENTICATED_DETAIL = "Could not validate credentials"
 # On an answer sent before the request body was read: the rest is not worth draining.
 CLOSE = (b"connection", b"close")
+ACCEPTED_SCOPES = b"x-callcov-accepted-scopes"
 # Recorded (never sent) when the client went away before its response was complete, as nginx.
 CLIENT_CLOSED = 499
 
@@ -101,6 +106,27 @@ class Forbidden(SidecarError):
     detail = "The API-key endpoints are served by the sidecar itself, never through forward auth"
 
 
+class KeyRestricted(SidecarError):
+    status = 403
+
+
+class AddressNotAllowed(KeyRestricted):
+    detail = "API key is not allowed from this address"
+
+
+class ScopeNotGranted(KeyRestricted):
+    detail = "API key does not have the required scope"
+
+    def __init__(self, accepted: tuple[str, ...]) -> None:
+        super().__init__(accepted)
+        self.accepted = accepted  # the configured scopes that would allow it, sorted
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        if not self.accepted:
+            return []
+        return [(ACCEPTED_SCOPES, ",".join(self.accepted).encode())]
+
+
 class AmbiguousPath(SidecarError):
     status = 400
     detail = "Ambiguous request path"
@@ -141,6 +167,10 @@ class KeyNotActive(KeyConflict):
 
 class KeyAlreadyRotated(KeyConflict):
     detail = "API key has already been rotated"
+
+
+class KeyChangedMeanwhile(KeyConflict):
+    detail = "API key was changed by another request meanwhile; retry"
 
 
 class MethodNotAllowed(SidecarError):

@@ -16,16 +16,20 @@ from sidecar.keys.hashing import KeyHasher
 from sidecar.keys.schema import (
     NEVER,
     REVOCATION_CHANNEL,
+    UPDATE_READS,
     US,
     all_keys_key,
     canary_keys_key,
+    expected,
     grace_set_key,
     index_entry,
     legacy_active_set_key,
     limit_set_key,
+    list_field,
     micros,
     prefix_index_key,
     record_key,
+    scoped_keys_key,
 )
 
 Call = tuple[Sequence[str], Sequence[Any]]  # a script's KEYS and ARGV
@@ -47,6 +51,8 @@ class NewKey:
     description: str | None
     fields: list[str]
     entry: bytes
+    scopes: tuple[str, ...] | None = None
+    allowed_ips: tuple[str, ...] | None = None
 
     @property
     def created_score(self) -> int:
@@ -65,6 +71,8 @@ class NewKey:
             self.created_at,
             self.expires_at,
             self.environment,
+            self.scopes,
+            self.allowed_ips,
         )
 
 
@@ -77,9 +85,12 @@ def mint_key(
     expires_at: datetime | None,
     *,
     canary: bool = False,
+    scopes: tuple[str, ...] | None = None,
+    allowed_ips: tuple[str, ...] | None = None,
     **extra: str,
 ) -> NewKey:
-    """A new key's record fields and index entry, from its secret."""
+    """A new key's record fields and index entry, from its secret. ``scopes`` and
+    ``allowed_ips`` (normalised CIDRs): its restrictions, None for none."""
     prefix = key_prefix(api_key)
     key_hash = hasher.hash(api_key)
     key_id = str(uuid.uuid4())
@@ -106,7 +117,19 @@ def mint_key(
         fields["description"] = description
     if canary:
         fields["canary"] = "1"
-    entry = index_entry(key_id, user_id, active=True, expires_us=expires_us, canary=canary)
+    if scopes is not None:
+        fields["scopes"] = list_field(scopes)
+    if allowed_ips is not None:
+        fields["allowed_ips"] = list_field(allowed_ips)
+    entry = index_entry(
+        key_id,
+        user_id,
+        active=True,
+        expires_us=expires_us,
+        canary=canary,
+        scopes=scopes,
+        allowed_ips=allowed_ips,
+    )
     return NewKey(
         id=key_id,
         api_key=api_key,
@@ -120,6 +143,8 @@ def mint_key(
         description=description,
         fields=[item for pair in fields.items() for item in pair],
         entry=entry,
+        scopes=scopes,
+        allowed_ips=allowed_ips,
     )
 
 
@@ -161,6 +186,7 @@ def create_call(new: NewKey, user_id: str, max_active: int) -> Call:
         prefix_index_key(new.prefix),
         legacy_active_set_key(user_id),
         limit_set_key(user_id, LIVE),
+        scoped_keys_key(),
     ]
     args: list[str | int | bytes] = [
         max_active,
@@ -196,16 +222,26 @@ def rotate_call(
     old_hash: str,
     grace_seconds: int,
     old_end: tuple[int, str] | None,
+    copied: Sequence[str | None],
 ) -> Call:
     """ROTATE: the old key usable until the end of its grace (never past its own expiry,
-    ``old_end`` as µs and ISO), the new one written in the same step."""
+    ``old_end`` as µs and ISO), the new one written in the same step. ``copied``: the
+    old record's ROTATE_COPIES fields as read (the new key was minted with them; the
+    old key's entry keeps them)."""
     environment = new.environment
     now_us = micros(new.created)
     end_us = now_us + grace_seconds * US
     end_iso = to_iso(new.created + timedelta(seconds=grace_seconds))
     if old_end is not None and old_end[0] < end_us:
         end_us, end_iso = old_end
-    old_entry = index_entry(key_id, owner, active=True, expires_us=end_us)
+    old_entry = index_entry(
+        key_id,
+        owner,
+        active=True,
+        expires_us=end_us,
+        scopes=new.scopes,
+        allowed_ips=new.allowed_ips,
+    )
     keys = [
         record_key(key_id),
         limit_set_key(owner, environment),
@@ -215,6 +251,7 @@ def rotate_call(
         prefix_index_key(new.prefix),
         legacy_active_set_key(owner),
         grace_set_key(owner),
+        scoped_keys_key(),
     ]
     args: list[str | int | bytes] = [
         owner,
@@ -231,6 +268,35 @@ def rotate_call(
         new.hash,
         new.expiry_score,
         new.entry,
+        *(expected(value) for value in copied),
         *new.fields,
+    ]
+    return keys, args
+
+
+def update_call(
+    key_id: str,
+    owner: str,
+    prefix: str,
+    moment: datetime,
+    read: Mapping[str, str | None],
+    changed: Mapping[str, str | None],
+    entry: bytes,
+) -> Call:
+    """UPDATE: ``changed`` fields set (None: deleted) on a record that still holds the
+    UPDATE_READS values ``read``, and its index entry replaced by ``entry``."""
+    keys = [record_key(key_id), prefix_index_key(prefix), scoped_keys_key()]
+    setting = [(name, value) for name, value in changed.items() if value is not None]
+    deleting = [name for name, value in changed.items() if value is None]
+    args: list[str | int | bytes] = [
+        owner,
+        micros(moment),
+        to_iso(moment),
+        REVOCATION_CHANNEL,
+        entry,
+        *(expected(read.get(name)) for name in UPDATE_READS),
+        len(setting),
+        *(item for pair in setting for item in pair),
+        *deleting,
     ]
     return keys, args

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -20,11 +21,13 @@ from pydantic_core import PydanticCustomError
 
 from sidecar.core.domain import (
     DEFAULT_GRACE_SECONDS,
+    MAX_ALLOWED_IPS,
     MAX_DESCRIPTION,
     MAX_GRACE_SECONDS,
     MAX_USAGE_DAYS,
     MIN_EXPIRY_LEAD_SECONDS,
     Environment,
+    network_of,
 )
 from sidecar.core.timeutil import utc_day
 
@@ -60,13 +63,67 @@ class Lifetime:
         self.now = now or datetime.now(UTC)
 
 
+def _configured_scope(value: str, info: ValidationInfo) -> str:
+    """A scope name the config has (validation context ``scopes``: the names)."""
+    configured: frozenset[str] = (info.context or {}).get("scopes", frozenset())
+    if value not in configured:
+        if not configured:
+            raise PydanticCustomError("scope_unknown", "No scopes are configured")
+        raise PydanticCustomError(
+            "scope_unknown",
+            "Input should be a configured scope: {expected}",
+            {"expected": ", ".join(sorted(configured))},
+        )
+    return value
+
+
+def _no_duplicates(values: list[str] | None) -> tuple[str, ...] | None:
+    if values is None:
+        return None
+    if len(set(values)) != len(values):
+        raise PydanticCustomError("unique_items", "List should not hold the same scope twice")
+    return tuple(values)
+
+
+def _network(value: str) -> str:
+    try:
+        return str(network_of(value))
+    except ValueError:
+        raise PydanticCustomError(
+            "ip_network", "Input should be an IPv4 or IPv6 address or network in CIDR notation"
+        ) from None
+
+
+def _distinct(values: list[str] | None) -> tuple[str, ...] | None:
+    """Normalised addresses, each once, in the order given."""
+    return None if values is None else tuple(dict.fromkeys(values))
+
+
+# A key's scopes: 1 or more configured names, each once; None = unrestricted.
+Scopes = Annotated[
+    list[Annotated[str, AfterValidator(_configured_scope)]] | None,
+    Field(min_length=1),
+    AfterValidator(_no_duplicates),
+]
+# A key's allowed addresses: 1 to 100, normalised CIDRs; None = any address.
+AllowedIps = Annotated[
+    list[Annotated[str, AfterValidator(_network)]] | None,
+    Field(min_length=1, max_length=MAX_ALLOWED_IPS),
+    AfterValidator(_distinct),
+]
+Description = Annotated[str | None, Field(max_length=MAX_DESCRIPTION)]
+
+
 class CreateKeyBody(BaseModel):
-    """The create request. Validate with ``context={"lifetime": Lifetime(...)}``."""
+    """The create request. Validate with ``context={"lifetime": Lifetime(...),
+    "scopes": <the configured scope names>}``."""
 
     model_config = ConfigDict(extra="ignore")
-    description: str | None = Field(default=None, max_length=MAX_DESCRIPTION)
+    description: Description = None
     expires_at: Annotated[datetime | None, BeforeValidator(_iso_datetime)] = None
     environment: Environment = "live"
+    scopes: Scopes = None
+    allowed_ips: AllowedIps = None
 
     @field_validator("expires_at")
     @classmethod
@@ -80,6 +137,23 @@ class CreateKeyBody(BaseModel):
         if ahead > timedelta(days=lifetime.max_days):
             raise ValueError(f"must be at most {lifetime.max_days} days in the future")
         return value.astimezone(UTC)
+
+
+class UpdateKeyBody(BaseModel):
+    """A PATCH: any of these; a field absent stays as it is, null clears it. Validate
+    with ``context={"scopes": <the configured scope names>}``."""
+
+    model_config = ConfigDict(extra="ignore")
+    description: Description = None
+    scopes: Scopes = None
+    allowed_ips: AllowedIps = None
+
+
+UPDATE_NOTHING = {
+    "type": "missing",
+    "loc": ["body"],
+    "msg": "Body should hold at least one of description, scopes, allowed_ips",
+}
 
 
 class RotateKeyBody(BaseModel):

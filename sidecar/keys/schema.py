@@ -15,7 +15,9 @@ key                                               type    holds
                                                           last_used_at, expires_at (ISO) and
                                                           expires_us (epoch µs), rotated_from,
                                                           rotated_to, revoked_reason, revoked_at
-                                                          and any audit fields of the revocation
+                                                          and any audit fields of the revocation,
+                                                          scopes and allowed_ips (JSON lists;
+                                                          absent = null)
 ``callcov:{callcov-keys}:user:<uid>:active:<env>`` ZSET   the user's keys counting against the limit
                                                           of environment <env>, score = expiry in
                                                           epoch µs (``+inf``: none); ZCARD after
@@ -28,8 +30,12 @@ key                                               type    holds
 ``callcov:{callcov-keys}:user:<uid>:canary``      ZSET    the user's canary keys, score = created µs
 ``callcov:{callcov-keys}:prefix:<prefix>``        HASH    field = HMAC of the full key, value = JSON
                                                           {id, user_id, active, expires_at (epoch
-                                                          s), canary (only when true)}: what
+                                                          s), canary (only when true), scopes and
+                                                          allowed_ips (only when set)}: what
                                                           verification needs, in one HGET
+``callcov:{callcov-keys}:scoped``                 SET     ids of the keys created or updated with
+                                                          scopes (the check at start for scopes
+                                                          the config no longer has reads these)
 ``callcov:{callcov-keys}:usage:<id>:<date>``      HASH    requests, rate_limited on that UTC day;
                                                           expires after the longest usage window
 ``callcov:revocations`` (pub/sub channel)        —       the HMAC of each key whose verification
@@ -37,6 +43,8 @@ key                                               type    holds
 ===============================================  ======  ========================================
 
 A prefix maps to a hash of entries, so any number of keys may share a prefix.
+A key's restrictions live in its record and, copied, in its index entry: both are
+written by the same script, so verification learns them in the same one HGET.
 The full key is never stored, only its keyed hash. Records written before
 environments and expiry existed (no ``environment``, ``expires_us``) read as live
 keys that never expire.
@@ -52,6 +60,7 @@ timing can only depend on the HMAC, which nobody can steer without the hash secr
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -76,8 +85,9 @@ local function adopt_legacy(legacy, live)
   if #ids > 0 then redis.call('DEL', legacy) end
 end
 """
-# KEYS: limit set of the key's environment, all, record, prefix index, legacy set, live set.
-# ARGV: max, id, created µs, hash, now µs, expiry score, record fields..., index entry.
+# KEYS: limit set of the key's environment, all, record, prefix index, legacy set, live set,
+# scoped set. ARGV: max, id, created µs, hash, now µs, expiry score, record fields..., index
+# entry.
 CREATE = (
     ADOPT_LEGACY
     + """
@@ -88,6 +98,7 @@ redis.call('HSET', KEYS[3], unpack(ARGV, 7, #ARGV - 1))
 redis.call('ZADD', KEYS[1], ARGV[6], ARGV[2])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
 redis.call('HSET', KEYS[4], ARGV[4], ARGV[#ARGV])
+if redis.call('HEXISTS', KEYS[3], 'scopes') == 1 then redis.call('SADD', KEYS[7], ARGV[2]) end
 return 1
 """
 )
@@ -121,16 +132,33 @@ if rec[2] == '1' then
 end
 return 1
 """
+# Which values of a record a script expects (as the store read them before building
+# index entries from them): a field absent is '', present is '=' .. its value.
+EXPECTED = """
+local function unchanged(record, fields, first)
+  local found = redis.call('HMGET', record, unpack(fields))
+  for i, value in ipairs(found) do
+    if (value and ('=' .. value) or '') ~= ARGV[first + i - 1] then return false end
+  end
+  return true
+end
+"""
+# The fields copied from a key into the index entries and the new key by a rotation.
+ROTATE_COPIES = ("scopes", "allowed_ips")
 # KEYS: old record, limit set, all, new record, old prefix index, new prefix index,
-# legacy set, grace set. ARGV: owner, now µs, now ISO, old end µs, old end ISO, old index entry,
-# channel, old id, old hash, new id, created µs, new hash, new expiry score, new index
-# entry, new record fields... Returns 1, or 0 / -1 / -2: not found / not active /
-# already rotated (checked in that order: "not active" wins).
-ROTATE = """
+# legacy set, grace set, scoped set. ARGV: owner, now µs, now ISO, old end µs, old end ISO,
+# old index entry, channel, old id, old hash, new id, created µs, new hash, new expiry
+# score, new index entry, the ROTATE_COPIES expected (EXPECTED), new record fields...
+# Returns 1, or 0 / -1 / -2 / -3: not found / not active / already rotated (checked in
+# that order: "not active" wins) / restrictions changed since read (read them again).
+ROTATE = (
+    EXPECTED
+    + """
 local rec = redis.call('HMGET', KEYS[1], 'user_id', 'is_active', 'expires_us', 'rotated_to')
 if not rec[1] or rec[1] ~= ARGV[1] then return 0 end
 if rec[2] ~= '1' or (rec[3] and tonumber(rec[3]) <= tonumber(ARGV[2])) then return -1 end
 if rec[4] then return -2 end
+if not unchanged(KEYS[1], {'scopes', 'allowed_ips'}, 15) then return -3 end
 redis.call('HSET', KEYS[1], 'rotated_to', ARGV[10], 'updated_at', ARGV[3],
   'expires_us', ARGV[4], 'expires_at', ARGV[5])
 redis.call('HSET', KEYS[5], ARGV[9], ARGV[6])
@@ -140,12 +168,46 @@ redis.call('ZREMRANGEBYSCORE', KEYS[8], '-inf', ARGV[2])
 redis.call('ZADD', KEYS[8], ARGV[4], ARGV[8])
 redis.call('PUBLISH', ARGV[7], ARGV[9])
 redis.call('PUBLISH', ARGV[7] .. ':state', ARGV[9] .. ' ' .. ARGV[4])
-redis.call('HSET', KEYS[4], unpack(ARGV, 15))
+redis.call('HSET', KEYS[4], unpack(ARGV, 17))
 redis.call('ZADD', KEYS[2], ARGV[13], ARGV[10])
 redis.call('ZADD', KEYS[3], ARGV[11], ARGV[10])
 redis.call('HSET', KEYS[6], ARGV[12], ARGV[14])
+if redis.call('HEXISTS', KEYS[4], 'scopes') == 1 then redis.call('SADD', KEYS[9], ARGV[10]) end
 return 1
 """
+)
+# The fields a PATCH may change, as the store reads them first (UPDATE checks them).
+UPDATE_READS = ("description", "scopes", "allowed_ips", "expires_us", "canary")
+# KEYS: record, prefix index, scoped set. ARGV: owner, now µs, now ISO, channel, index
+# entry, the UPDATE_READS expected (EXPECTED), number of field pairs to set, pairs...,
+# fields to delete... Returns 1, or 0 / -1 / -3: not found / not active (revoked or
+# expired) / changed since read (read again). The index entry is replaced and its hash
+# published, so every instance drops its cached answer (and re-checks open WebSockets).
+UPDATE = (
+    EXPECTED
+    + """
+local rec = redis.call('HMGET', KEYS[1], 'user_id', 'is_active', 'expires_us', 'hash', 'id')
+if not rec[1] or rec[1] ~= ARGV[1] then return 0 end
+if rec[2] ~= '1' or (rec[3] and tonumber(rec[3]) <= tonumber(ARGV[2])) then return -1 end
+if not unchanged(KEYS[1], {'description', 'scopes', 'allowed_ips', 'expires_us', 'canary'}, 6)
+then return -3 end
+local pairs_at = 12
+local n = tonumber(ARGV[11])
+redis.call('HSET', KEYS[1], 'updated_at', ARGV[3])
+if n > 0 then redis.call('HSET', KEYS[1], unpack(ARGV, pairs_at, pairs_at + 2 * n - 1)) end
+if #ARGV >= pairs_at + 2 * n then
+  redis.call('HDEL', KEYS[1], unpack(ARGV, pairs_at + 2 * n))
+end
+if redis.call('HEXISTS', KEYS[1], 'scopes') == 1 then
+  redis.call('SADD', KEYS[3], rec[5])
+else
+  redis.call('SREM', KEYS[3], rec[5])
+end
+redis.call('HSET', KEYS[2], rec[4], ARGV[5])
+redis.call('PUBLISH', ARGV[4], rec[4])
+return 1
+"""
+)
 
 
 def record_key(key_id: str) -> str:
@@ -186,6 +248,10 @@ def micros(moment: datetime) -> int:
     return (moment - EPOCH) // timedelta(microseconds=1)  # exact, unlike timestamp()
 
 
+def scoped_keys_key() -> str:
+    return f"{NAMESPACE}:scoped"
+
+
 def index_entry(
     key_id: str,
     user_id: str,
@@ -193,6 +259,8 @@ def index_entry(
     active: bool,
     expires_us: int | None = None,
     canary: bool = False,
+    scopes: Sequence[str] | None = None,
+    allowed_ips: Sequence[str] | None = None,
 ) -> bytes:
     # Entries written by earlier versions also carry "hash", a copy of their field: ignored.
     entry: dict[str, Any] = {"id": key_id, "user_id": user_id, "active": active}
@@ -200,4 +268,18 @@ def index_entry(
         entry["expires_at"] = expires_us / US
     if canary:
         entry["canary"] = True
+    if scopes is not None:
+        entry["scopes"] = list(scopes)
+    if allowed_ips is not None:
+        entry["allowed_ips"] = list(allowed_ips)
     return orjson.dumps(entry)
+
+
+def list_field(values: Sequence[str]) -> str:
+    """A record's ``scopes`` or ``allowed_ips`` field: a JSON list."""
+    return orjson.dumps(list(values)).decode()
+
+
+def expected(value: str | None) -> str:
+    """A record field's value as a script's EXPECTED check takes it."""
+    return "" if value is None else "=" + value

@@ -22,9 +22,11 @@ from sidecar.core.domain import (
     CreatedKey,
     DailyUsage,
     VerifiedKey,
+    network_of,
 )
 from sidecar.core.errors import (
     KeyAlreadyRotated,
+    KeyChangedMeanwhile,
     KeyLimitReached,
     KeyNotActive,
     KeyNotFound,
@@ -32,25 +34,38 @@ from sidecar.core.errors import (
 )
 from sidecar.core.timeutil import parse_iso
 from sidecar.keys import format as keyformat
-from sidecar.keys.calls import Call, canary_call, create_call, mint_key, revoke_call, rotate_call
+from sidecar.keys.calls import (
+    Call,
+    canary_call,
+    create_call,
+    mint_key,
+    revoke_call,
+    rotate_call,
+    update_call,
+)
 from sidecar.keys.hashing import KeyHasher
 from sidecar.keys.schema import (
     CREATE,
     CREATE_CANARY,
     REVOKE,
     ROTATE,
+    ROTATE_COPIES,
+    UPDATE,
+    UPDATE_READS,
     USAGE_KEPT_DAYS,
     all_keys_key,
     canary_keys_key,
     grace_set_key,
+    index_entry,
     legacy_active_set_key,
     limit_set_key,
+    list_field,
     micros,
     prefix_index_key,
     record_key,
     usage_key,
 )
-from sidecar.keys.view import as_text, decode, public_view
+from sidecar.keys.view import as_text, decode, listed, public_view
 from sidecar.redisconn.client import (
     REDIS_ERRORS,
     UNREPLICATED,
@@ -64,6 +79,27 @@ log = logging.getLogger("sidecar.store")
 
 # A write that failed this way may still have been applied by the master it reached.
 _MAYBE_APPLIED = (NotReplicated, redis_errors.ConnectionError, redis_errors.TimeoutError)
+# Attempts of a write that found the fields it was built from changed meanwhile (a
+# concurrent PATCH or rotation of the same key); each conflict means another write won.
+_RACES = 5
+# What a PATCH may change; absent from a body = unchanged (``Unchanged``).
+EDITABLE = ("description", "scopes", "allowed_ips")
+
+
+class _Unchanged:
+    def __repr__(self) -> str:
+        return "UNCHANGED"
+
+
+UNCHANGED: Any = _Unchanged()
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """A field's value before and after an update (normalised, as the API shows them)."""
+
+    before: Any
+    after: Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +139,7 @@ class KeyStore:
         self._revoke = redis.register_script(REVOKE)
         self._create_canary = redis.register_script(CREATE_CANARY)
         self._rotate = redis.register_script(ROTATE)
+        self._update = redis.register_script(UPDATE)
         self.errors = 0  # Redis failures seen, for metrics
 
     async def _guarded(self, awaitable: Any) -> Any:
@@ -148,9 +185,20 @@ class KeyStore:
         *,
         environment: str = LIVE,
         expires_at: datetime | None = None,
+        scopes: tuple[str, ...] | None = None,
+        allowed_ips: tuple[str, ...] | None = None,
     ) -> CreatedKey:
+        """A new key; ``scopes`` (configured names) and ``allowed_ips`` (normalised
+        CIDRs) restrict it, None for none."""
         new = mint_key(
-            self._generate(environment), self._hasher, user_id, description, environment, expires_at
+            self._generate(environment),
+            self._hasher,
+            user_id,
+            description,
+            environment,
+            expires_at,
+            scopes=scopes,
+            allowed_ips=allowed_ips,
         )
         call = create_call(new, user_id, self.max_active_per_user)
         created = (await self._write(self._create, [call]))[0]
@@ -279,10 +327,20 @@ class KeyStore:
     async def rotate(
         self, key_id: str, user_id: str | None, grace_seconds: int
     ) -> tuple[CreatedKey, str]:
-        """Replace an active key by a new one with the same description, environment
-        and expiry; the old one keeps working for ``grace_seconds`` (never past its own
-        expiry). Returns the new key and the old key's hash (for local cache eviction).
-        ``user_id`` None = operator action (any owner)."""
+        """Replace an active key by a new one with the same description, environment,
+        expiry, scopes and allowed addresses; the old one keeps working (as restricted
+        as it was) for ``grace_seconds`` (never past its own expiry). Returns the new
+        key and the old key's hash (for local cache eviction). ``user_id`` None =
+        operator action (any owner)."""
+        for _ in range(_RACES):
+            outcome = await self._rotate_once(key_id, user_id, grace_seconds)
+            if outcome is not None:
+                return outcome
+        raise KeyChangedMeanwhile()
+
+    async def _rotate_once(
+        self, key_id: str, user_id: str | None, grace_seconds: int
+    ) -> tuple[CreatedKey, str] | None:
         (
             owner,
             prefix,
@@ -291,6 +349,7 @@ class KeyStore:
             description,
             old_expires,
             old_expires_at,
+            *copied,
         ) = await self._owned(
             key_id,
             user_id,
@@ -300,6 +359,7 @@ class KeyStore:
             "description",
             "expires_us",
             "expires_at",
+            *ROTATE_COPIES,
         )
         if owner is None or prefix is None or old_hash is None:
             raise KeyNotFound()
@@ -308,6 +368,7 @@ class KeyStore:
         if old_expires is not None and old_expires_at is not None:
             inherited = parse_iso(old_expires_at)
             old_end = (int(old_expires), old_expires_at)
+        scopes, allowed_ips = (_listed_field(value) for value in copied)
         new = mint_key(
             self._generate(environment),
             self._hasher,
@@ -315,9 +376,11 @@ class KeyStore:
             description,
             environment,
             inherited,
+            scopes=scopes,
+            allowed_ips=allowed_ips,
             rotated_from=key_id,
         )
-        call = rotate_call(new, key_id, owner, prefix, old_hash, grace_seconds, old_end)
+        call = rotate_call(new, key_id, owner, prefix, old_hash, grace_seconds, old_end, copied)
         outcome = (await self._write(self._rotate, [call]))[0]
         if outcome == 0:
             raise KeyNotFound()
@@ -325,7 +388,66 @@ class KeyStore:
             raise KeyNotActive()
         if outcome == -2:
             raise KeyAlreadyRotated()
+        if outcome == -3:
+            return None  # its restrictions changed since read: read them again
         return new.created_key(), old_hash
+
+    async def update(
+        self,
+        key_id: str,
+        user_id: str | None,
+        *,
+        description: str | None = UNCHANGED,
+        scopes: tuple[str, ...] | None = UNCHANGED,
+        allowed_ips: tuple[str, ...] | None = UNCHANGED,
+    ) -> tuple[dict[str, Any], dict[str, Change], str]:
+        """Change an active key's description, scopes or allowed addresses (None clears
+        one; UNCHANGED leaves it), in its record and its index entry at once, published
+        so every instance looks the key up again. Returns the key as listed, the
+        fields that changed (from/to, as the API shows them) and the key's hash (for
+        local cache eviction). KeyNotFound, or KeyNotActive for a revoked or expired
+        key. ``user_id`` None = operator action (any owner)."""
+        wanted = {"description": description, "scopes": scopes, "allowed_ips": allowed_ips}
+        for _ in range(_RACES):
+            owner, prefix, key_hash, *values = await self._owned(
+                key_id, user_id, "key_prefix", "hash", *UPDATE_READS
+            )
+            read = dict(zip(UPDATE_READS, values, strict=True))
+            if owner is None or prefix is None or key_hash is None or read["canary"]:
+                raise KeyNotFound()
+            changes: dict[str, Change] = {}
+            fields: dict[str, str | None] = {}
+            for name, value in wanted.items():
+                if value is UNCHANGED:
+                    continue
+                stored = None if value is None else _stored(value)
+                before = _shown(name, read[name])
+                if stored != read[name]:
+                    changes[name] = Change(before, _shown(name, stored))
+                fields[name] = stored
+            after = {**read, **fields}
+            expires_us = after["expires_us"]
+            entry = index_entry(
+                key_id,
+                owner,
+                active=True,
+                expires_us=None if expires_us is None else int(expires_us),
+                scopes=_listed_field(after["scopes"]),
+                allowed_ips=_listed_field(after["allowed_ips"]),
+            )
+            moment = datetime.now(UTC)
+            call = update_call(key_id, owner, prefix, moment, read, fields, entry)
+            outcome = (await self._write(self._update, [call]))[0]
+            if outcome == 0:
+                raise KeyNotFound()
+            if outcome == -1:
+                raise KeyNotActive()
+            if outcome == 1:
+                views = await self._views([key_id])
+                if not views:
+                    raise KeyNotFound()
+                return views[0], changes, key_hash
+        raise KeyChangedMeanwhile()
 
     async def verify(self, parsed: keyformat.ParsedKey, key_hash: str) -> VerifiedKey | None:
         """Look the key up by prefix; None when no key with this hash exists."""
@@ -351,6 +473,8 @@ class KeyStore:
         if raw is None:
             return None
         entry = orjson.loads(raw)
+        scopes = entry.get("scopes")
+        allowed = entry.get("allowed_ips")
         return VerifiedKey(
             id=entry["id"],
             user_id=entry["user_id"],
@@ -359,6 +483,8 @@ class KeyStore:
             expires_at=entry.get("expires_at"),
             environment=keyformat.environment_of(prefix),
             canary=bool(entry.get("canary", False)),
+            scopes=None if scopes is None else tuple(scopes),
+            networks=None if allowed is None else tuple(network_of(n) for n in allowed),
         )
 
     async def revoke_many(self, revocations: Sequence[Revocation]) -> None:
@@ -417,6 +543,22 @@ class KeyStore:
             for day, (requests, limited) in zip(days, replies[1:], strict=True)
         ]
         return prefix, daily
+
+
+def _stored(value: str | tuple[str, ...]) -> str:
+    """A field's value as its record holds it."""
+    return value if isinstance(value, str) else list_field(value)
+
+
+def _shown(name: str, stored: str | None) -> Any:
+    """A record field as the API shows it."""
+    if stored is None or name == "description":
+        return stored
+    return listed(stored)
+
+
+def _listed_field(stored: str | None) -> tuple[str, ...] | None:
+    return None if stored is None else tuple(listed(stored))
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
+
 from sidecar.core.domain import LIVE
 from sidecar.core.timeutil import parse_iso
 from sidecar.keys.schema import US
@@ -17,6 +19,12 @@ def as_text(value: bytes | str) -> str:
 
 def decode(record: Mapping[Any, Any]) -> dict[str, str]:
     return {as_text(k): as_text(v) for k, v in record.items()}
+
+
+def listed(stored: str) -> list[str]:
+    """A record's ``scopes`` or ``allowed_ips`` field (a JSON list) as a list."""
+    values: list[str] = orjson.loads(stored)
+    return values
 
 
 def public_view(record: dict[str, str], now: float) -> dict[str, Any]:
@@ -41,4 +49,10 @@ def public_view(record: dict[str, str], now: float) -> dict[str, Any]:
         "environment": record.get("environment", LIVE),
         "rotated_to": record.get("rotated_to"),
         "revoked_reason": record.get("revoked_reason"),
+        "scopes": _list_or_none(record.get("scopes")),
+        "allowed_ips": _list_or_none(record.get("allowed_ips")),
     }
+
+
+def _list_or_none(stored: str | None) -> list[str] | None:
+    return None if stored is None else listed(stored)

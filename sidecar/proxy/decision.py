@@ -1,9 +1,9 @@
-"""The one authorisation decision — public path, credential, authentication, rate
-limit, report-only mode — used by the proxy path (gateway.py), the forward-auth
-listener and the WebSocket handshake alike.
+"""The one authorisation decision — public path, credential, authentication, a
+restricted key's address and scopes, rate limit, report-only mode — used by the proxy
+path (gateway.py), the forward-auth listener and the WebSocket handshake alike.
 
 In enforce mode it raises the SidecarError the client gets; in report-only mode a
-401, 429 or 503 becomes a Decision with ``would_deny`` set and no identity.
+401, 403, 429 or 503 becomes a Decision with ``would_deny`` set and no identity.
 """
 
 from __future__ import annotations
@@ -15,8 +15,11 @@ from typing import NamedTuple
 
 from sidecar.auth.assertion import AssertionSigner
 from sidecar.auth.credentials import Authenticator, Credential, Identity, credential_from
-from sidecar.core.domain import LIVE, TEST, key_prefix
+from sidecar.auth.restrictions import Restrictions, Scopes
+from sidecar.core.domain import LIVE, TEST, VerifiedKey, key_prefix
 from sidecar.core.errors import (
+    AddressNotAllowed,
+    KeyRestricted,
     NotAuthenticated,
     RateLimited,
     SidecarError,
@@ -29,9 +32,10 @@ from sidecar.observability.record import RequestRecord
 from sidecar.proxy.headers import HeaderRules
 from sidecar.ratelimit.limiter import RateLimiter, Sent
 
-# The refusals report-only mode turns into "forwarded, marked": 401, 429, and 503 for a
-# key that cannot be verified. Anything else (413, 502...) is not an auth decision.
-REPORTABLE = frozenset({401, 429, 503})
+# The refusals report-only mode turns into "forwarded, marked": 401, 403 for a
+# restricted key, 429, and 503 for a key that cannot be verified. Anything else (413,
+# 502...) is not an auth decision.
+REPORTABLE = frozenset({401, 403, 429, 503})
 
 
 class Decision(NamedTuple):
@@ -66,6 +70,7 @@ class Decider:
         limiter: RateLimiter,
         report_only: PrefixMatcher | None = None,
         assertion: AssertionSigner | None = None,
+        restrictions: Restrictions | None = None,
     ) -> None:
         self._rules = rules
         self.public = public_paths
@@ -73,6 +78,7 @@ class Decider:
         self._limiter = limiter
         self._report_only = report_only
         self._assertion = assertion
+        self.restrictions = restrictions or Restrictions(Scopes({}))
 
     async def decide(
         self,
@@ -88,9 +94,10 @@ class Decider:
         early: Early | None = None,
     ) -> Decision:
         """Admit or refuse ``method normalised`` with this credential; charges the rate
-        limit. Raises NotAuthenticated, RateLimited, TooManyFailedAuth or StoreUnavailable
-        to refuse. ``headers`` (the request's) tell who the client is behind a trusted
-        proxy, for the failed-auth limit. ``meanwhile(identity)`` runs once the
+        limit. Raises NotAuthenticated, KeyRestricted, RateLimited, TooManyFailedAuth or
+        StoreUnavailable to refuse. ``headers`` (the request's) tell who the client is
+        behind a trusted proxy, for the failed-auth limit and a key's allowed addresses
+        (the peer is ``record.client``). ``meanwhile(identity)`` runs once the
         credential is verified, while Redis answers the rate-limit check (it must not
         raise). ``early``: what ``start`` learnt and sent, if it ran."""
         if early is None and self.public.matches(normalised):  # ``start`` checked it
@@ -102,6 +109,8 @@ class Decider:
             sent = early.sent if early is not None else None
             try:
                 identity = await self._authenticate(api_key, authorization, headers, record, early)
+                if identity.scopes is not None or identity.networks is not None:
+                    self._restrict(identity, method, normalised, record, headers)
             except BaseException:
                 if sent is not None:
                     sent.drop()
@@ -126,6 +135,53 @@ class Decider:
             return Decision(None, rate_headers, exc.status)
         return Decision(identity, rate_headers)
 
+    def _restrict(
+        self,
+        identity: Identity,
+        method: str,
+        normalised: str,
+        record: RequestRecord,
+        headers: Sequence[tuple[bytes, bytes]],
+    ) -> None:
+        """A restricted key's checks: its addresses, then its scopes (before the rate
+        limit, which a refusal does not charge)."""
+        try:
+            self.restrictions.check(
+                identity.scopes,
+                identity.networks,
+                method,
+                normalised,
+                lambda: self._rules.proxies.client(record.client, headers),
+            )
+        except KeyRestricted as exc:
+            address = isinstance(exc, AddressNotAllowed)
+            record.auth_outcome = "address_not_allowed" if address else "scope_not_granted"
+            raise
+
+    def permits(
+        self,
+        key: VerifiedKey,
+        method: str,
+        normalised: str,
+        peer: str | None,
+        headers: Sequence[tuple[bytes, bytes]],
+    ) -> bool:
+        """Whether ``decide`` would let this cached key through its restrictions (so
+        ``Gateway.start`` may charge its rate limit ahead)."""
+        if key.scopes is None and key.networks is None:
+            return True
+        try:
+            self.restrictions.check(
+                key.scopes,
+                key.networks,
+                method,
+                normalised,
+                lambda: self._rules.proxies.client(peer, headers),
+            )
+        except KeyRestricted:
+            return False
+        return True
+
     def identity_headers(self, identity: Identity, method: str, normalised: str) -> Headers:
         """The request headers that tell the upstream who is calling (and, signed, for
         which route)."""
@@ -134,11 +190,17 @@ class Decider:
             (rules.user_id, identity.user_id.encode()),
             (rules.auth_method, identity.method.encode()),
         ]
+        scope = None
         if identity.key_id is not None:
+            scopes = self.restrictions.header(identity.scopes)
             out.append((rules.key_id, identity.key_id.encode()))
             out.append((rules.environment, _ENVIRONMENT[identity.environment]))
+            out.append((rules.scopes, scopes))
+            if identity.scopes is not None:
+                scope = scopes.decode()
         if self._assertion is not None:
-            out.append((self._assertion.header, self._assertion.sign(identity, method, normalised)))
+            token = self._assertion.sign(identity, method, normalised, scope)
+            out.append((self._assertion.header, token))
         return out
 
     async def _authenticate(

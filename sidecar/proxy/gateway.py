@@ -73,7 +73,14 @@ class Gateway:
             return
         vouched = self._auth.vouched(credential)
         if vouched is not None:
-            user_id, key_hash = vouched
+            key, key_hash = vouched
+            if (key.scopes is not None or key.networks is not None) and not (
+                self._decider.permits(
+                    key, request.method, normalised, request.client, request.incoming
+                )
+            ):
+                return  # refused with 403 by ``handle``, and not charged
+            user_id = key.user_id
             sent = self._limiter.send(user_id, request.method, normalised)
             request.early = Early(credential, key_hash, sent)
 

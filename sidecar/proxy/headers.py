@@ -66,8 +66,10 @@ class HeaderRules:
         self.auth_method = names.auth_method.encode().lower()
         self.key_id = names.key_id.encode().lower()
         self.environment = names.environment.encode().lower()
+        self.scopes = names.scopes.encode().lower()
         identity = {
-            canonical(n) for n in (self.user_id, self.auth_method, self.key_id, self.environment)
+            canonical(n)
+            for n in (self.user_id, self.auth_method, self.key_id, self.environment, self.scopes)
         }
         identity |= {WOULD_DENY, ASSERTION, canonical(config.identity.assertion.header.encode())}
         # Expect: 100-continue is answered by our own server when the body is read (as
