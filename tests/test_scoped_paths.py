@@ -20,7 +20,7 @@ from tests.conftest import make_token
 from tests.harness import SidecarProcess, base_config, free_port, merge, remember_secret
 from tests.test_assertion import write_private
 from tests.test_scoped_keys import SCOPES, bearer, seen
-from tests.test_websocket import EchoUpstream
+from tests.test_websocket import EchoUpstream, closed_code
 from tests.upstream_app import RecordingUpstream
 
 TRUSTED = "127.0.0.2"
@@ -151,13 +151,23 @@ def echo() -> Iterator[EchoUpstream]:
 def ws_scoped(
     redis_server: Any, echo: EchoUpstream, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[SidecarProcess]:
-    config = merge(
-        base_config(redis_url=redis_server.url, upstream_url=echo.url),
-        {"auth": {"scopes": {"live:read": [{"methods": ["GET"], "paths": ["/ws/"]}], **SCOPES}}},
-    )
-    process = SidecarProcess(config, tmp_path_factory.mktemp("ws-scopes")).start()
+    process = SidecarProcess(ws_config(redis_server, echo), tmp_path_factory.mktemp("ws")).start()
     yield process
     process.stop()
+
+
+WS_SCOPES = {
+    "live:read": [{"methods": ["GET"], "paths": ["/ws/"]}],
+    "chat:read": [{"methods": ["GET"], "paths": ["/chat/"]}],
+    **SCOPES,
+}
+
+
+def ws_config(redis_server: Any, echo: EchoUpstream) -> dict[str, Any]:
+    return merge(
+        base_config(redis_url=redis_server.url, upstream_url=echo.url),
+        {"auth": {"scopes": WS_SCOPES}},
+    )
 
 
 def test_a_websocket_handshake_outside_the_key_scopes_gets_403(
@@ -176,6 +186,38 @@ def test_a_websocket_handshake_outside_the_key_scopes_gets_403(
     assert refused.value.response.status_code == 403
     assert refused.value.response.headers["x-callcov-accepted-scopes"] == "live:read"
     assert len(echo.handshakes) == before
+
+
+def test_a_patch_on_another_instance_closes_the_sockets_it_no_longer_allows(
+    ws_scoped: SidecarProcess, redis_server: Any, echo: EchoUpstream, spawn: Any, user: str
+) -> None:
+    elsewhere = spawn(ws_config(redis_server, echo))  # a second instance, same Redis
+    created = httpx.post(
+        elsewhere.url + "/api/v1/api-keys/",
+        json={"scopes": ["live:read", "chat:read"]},
+        headers=bearer(user),
+    ).json()
+    key = remember_secret(created["api_key"])
+    base = ws_scoped.url.replace("http://", "ws://")
+    headers = {"X-API-Key": key}
+    with (
+        connect(base + "/ws/echo", additional_headers=headers, open_timeout=10) as live,
+        connect(base + "/chat/echo", additional_headers=headers, open_timeout=10) as chat,
+    ):
+        for socket in (live, chat):
+            socket.send("ping")
+            assert socket.recv(timeout=10) == "ping"
+        url = f"{elsewhere.url}/api/v1/api-keys/{created['id']}"
+        narrowed = httpx.patch(url, json={"scopes": ["chat:read"]}, headers=bearer(user))
+        assert narrowed.status_code == 200
+        code, seconds = closed_code(live)
+        assert code == 1008
+        print(f"\nsocket closed {seconds * 1000:.0f} ms after the PATCH on the other instance")
+        chat.send("still allowed")
+        assert chat.recv(timeout=10) == "still allowed"
+        fenced = httpx.patch(url, json={"allowed_ips": ["203.0.113.0/24"]}, headers=bearer(user))
+        assert fenced.status_code == 200
+        assert closed_code(chat)[0] == 1008
 
 
 # --- the signed assertion -------------------------------------------------------------

@@ -16,7 +16,7 @@ from typing import NamedTuple
 from sidecar.auth.assertion import AssertionSigner
 from sidecar.auth.credentials import Authenticator, Credential, Identity, credential_from
 from sidecar.auth.restrictions import Restrictions, Scopes
-from sidecar.core.domain import LIVE, TEST, VerifiedKey, key_prefix
+from sidecar.core.domain import LIVE, TEST, Network, key_prefix
 from sidecar.core.errors import (
     AddressNotAllowed,
     KeyRestricted,
@@ -160,20 +160,22 @@ class Decider:
 
     def permits(
         self,
-        key: VerifiedKey,
+        scopes: tuple[str, ...] | None,
+        networks: tuple[Network, ...] | None,
         method: str,
         normalised: str,
         peer: str | None,
         headers: Sequence[tuple[bytes, bytes]],
     ) -> bool:
-        """Whether ``decide`` would let this cached key through its restrictions (so
-        ``Gateway.start`` may charge its rate limit ahead)."""
-        if key.scopes is None and key.networks is None:
+        """Whether a key with these restrictions passes them for this request (so
+        ``Gateway.start`` may charge its rate limit ahead; so an open WebSocket may stay
+        open once its key changed)."""
+        if scopes is None and networks is None:
             return True
         try:
             self.restrictions.check(
-                key.scopes,
-                key.networks,
+                scopes,
+                networks,
                 method,
                 normalised,
                 lambda: self._rules.proxies.client(peer, headers),

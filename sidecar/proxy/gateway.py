@@ -76,7 +76,12 @@ class Gateway:
             key, key_hash = vouched
             if (key.scopes is not None or key.networks is not None) and not (
                 self._decider.permits(
-                    key, request.method, normalised, request.client, request.incoming
+                    key.scopes,
+                    key.networks,
+                    request.method,
+                    normalised,
+                    request.client,
+                    request.incoming,
                 )
             ):
                 return  # refused with 403 by ``handle``, and not charged
@@ -125,6 +130,14 @@ class Gateway:
                 credential=None
                 if identity is None
                 else credential_from(request.api_key, request.authorization),
+                admits=lambda changed: self._decider.permits(
+                    changed.scopes,
+                    changed.networks,
+                    request.method,
+                    request.normalised,
+                    request.client,
+                    request.incoming,
+                ),
             )
             record.responded = True
             return

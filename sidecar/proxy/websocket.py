@@ -6,7 +6,8 @@ bytes are relayed both ways (websocket_tunnel.py). Open sockets are bounded by
 ``server.max_websockets`` (beyond: 503). A graceful shutdown closes them with 1001.
 
 A socket is closed with 1008 when the credential that opened it stops being valid: the
-key revoked or expired, the JWT's ``exp`` plus leeway passed. Revocations reach open
+key revoked or expired, or updated so that its scopes or allowed addresses no longer
+admit the socket's request; the JWT's ``exp`` plus leeway passed. Revocations reach open
 sockets through the key cache's eviction callbacks (the revocation feed, the keys API,
 secret scanning): the evicted key is verified again, once for all its sockets, and
 they are closed unless it still works (a rotated key in its grace period stays open
@@ -62,6 +63,7 @@ _UPGRADE = ((b"connection", b"Upgrade"), (b"upgrade", b"websocket"))
 
 TakeOver = Callable[[Callable[[], None]], tuple[asyncio.Transport, bytes, Callable[[], None]]]
 Reverify = Callable[[Credential], Awaitable[Identity]]
+Admits = Callable[[Identity], bool]
 
 
 def wants_websocket(headers: Headers) -> bool:
@@ -79,7 +81,9 @@ class _KeySockets:
     def __init__(self, credential: Credential, prefix: str | None) -> None:
         self.credential = credential
         self.prefix = prefix  # public: for logs
-        self.tunnels: set[Tunnel] = set()
+        # Each socket, and whether the key as verified again may keep it (its scopes and
+        # allowed addresses, which a PATCH can change, against the socket's request).
+        self.tunnels: dict[Tunnel, Admits] = {}
         self.checks = 0  # checks started; only the latest one's success counts
         self.bound: asyncio.TimerHandle | None = None  # the key must be verified by then
 
@@ -121,10 +125,12 @@ class WebSockets:
         response_headers: Headers,
         identity: Identity | None,
         credential: Credential | None,
+        admits: Admits = lambda identity: True,
     ) -> int:
         """Open the upstream socket and relay until either side closes. The status the
         client got (101, or the upstream's refusal). Raises a SidecarError (503 over
-        the limit, 502/504 upstream) only while nothing was sent."""
+        the limit, 502/504 upstream) only while nothing was sent. ``admits``: whether
+        the key, verified again later, may keep this socket open."""
         if len(self._open) + self._opening >= self._limit:
             raise TooManyWebSockets()
         self._opening += 1
@@ -155,7 +161,7 @@ class WebSockets:
         if early:
             side.write(early)
         client.resume_reading()
-        self._track(tunnel, identity, credential)
+        self._track(tunnel, identity, credential, admits)
         try:
             await tunnel.done
         finally:
@@ -165,7 +171,11 @@ class WebSockets:
         return 101
 
     def _track(
-        self, tunnel: Tunnel, identity: Identity | None, credential: Credential | None
+        self,
+        tunnel: Tunnel,
+        identity: Identity | None,
+        credential: Credential | None,
+        admits: Admits,
     ) -> None:
         self._open[tunnel] = None
         if identity is None or credential is None:
@@ -176,7 +186,7 @@ class WebSockets:
             group = self._by_key.get(key_hash)
             if group is None:
                 group = self._by_key[key_hash] = _KeySockets(credential, identity.key_prefix)
-            group.tunnels.add(tunnel)
+            group.tunnels[tunnel] = admits
             tunnel.expire_at(identity.expires_at)
         elif identity.method == JWT:
             tunnel.expire_at(self._jwt_deadline(credential.value))
@@ -186,7 +196,7 @@ class WebSockets:
         group = self._by_key.get(key_hash) if key_hash is not None else None
         if group is None:
             return
-        group.tunnels.discard(tunnel)
+        group.tunnels.pop(tunnel, None)
         if not group.tunnels:
             if group.bound is not None:
                 group.bound.cancel()
@@ -262,8 +272,11 @@ class WebSockets:
         if group.bound is not None:
             group.bound.cancel()
             group.bound = None
-        for tunnel in group.tunnels:
-            tunnel.expire_at(identity.expires_at)
+        for tunnel, admits in list(group.tunnels.items()):
+            if admits(identity):
+                tunnel.expire_at(identity.expires_at)
+            else:  # updated: no longer from this address, or for this path
+                tunnel.close_policy()
 
     @staticmethod
     def _close(group: _KeySockets) -> None:
