@@ -16,7 +16,9 @@ import pytest
 from sidecar.api.forward_auth import original_request
 from sidecar.config.loading import parse
 from sidecar.config.model import ConfigError
+from sidecar.core.errors import DecisionRequestInvalid
 from sidecar.keys import format as keyformat
+from sidecar.proxy.target import Target
 from tests.conftest import Api, make_token
 from tests.harness import SidecarProcess, free_port, remember_secret
 from tests.test_lifecycle import _serve_with_port_taken
@@ -78,17 +80,35 @@ DIALECTS = {
     "ingress-nginx": lambda path: (
         "GET", "/", {"X-Original-Method": "POST", "X-Original-URL": f"https://api.example{path}"},
     ),
-    "traefik/caddy": lambda path: (
+    "forwarded": lambda path: (
         "GET", "/", {"X-Forwarded-Method": "POST", "X-Forwarded-Uri": path},
     ),
     "envoy": lambda path: ("POST", "/authz" + path, {}),
 }  # fmt: skip
 
 
+@pytest.fixture(scope="module")
+def by_dialect(
+    config_for: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Decisions]]:
+    """A decision listener per ``forward_auth.dialect``."""
+    started: dict[str, Decisions] = {}
+    try:
+        for dialect in ("nginx", "forwarded", "envoy"):
+            config = decisions_config(config_for, forward_auth={"dialect": dialect})
+            process = SidecarProcess(config, tmp_path_factory.mktemp(dialect)).start()
+            started[dialect] = Decisions(process)
+        yield started
+    finally:
+        for decisions in started.values():
+            decisions.process.stop()
+
+
 @pytest.mark.parametrize("dialect", DIALECTS)
 def test_every_dialect_allows_with_identity_and_charges_the_original_route(
-    decisions: Decisions, user: str, dialect: str
+    by_dialect: dict[str, Decisions], user: str, dialect: str
 ) -> None:
+    decisions = by_dialect["nginx" if dialect == "ingress-nginx" else dialect]
     key = Api(decisions.process.url).create_key(user)
     method, path, dialect_headers = DIALECTS[dialect]("/api/v1/analysis/?x=1")
     allowed = httpx.request(
@@ -112,20 +132,174 @@ def test_every_dialect_allows_with_identity_and_charges_the_original_route(
     assert "x-callcov-user-id" not in refused.headers
 
 
-def test_dialect_order_and_paths() -> None:
-    both = {
-        b"x-original-method": b"PUT", b"x-original-uri": b"/a/%2E%2E/b?q=1",
-        b"x-forwarded-method": b"DELETE", b"x-forwarded-uri": b"/c",
-    }  # fmt: skip
-    assert original_request("GET", "/x", both, None) == ("PUT", "/a/../b")
-    assert original_request("GET", "/x", {b"x-original-url": b"http://h/u%20v?x"}, None) == (
-        "GET",
-        "/u v",
+# Every dialect's headers at once, each naming another request.
+EVERY_DIALECT = {
+    "X-Original-Method": "GET", "X-Original-URI": "/api/v1/auth/nginx",
+    "X-Forwarded-Method": "GET", "X-Forwarded-Uri": "/api/v1/auth/forwarded",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("dialect", "own", "decided"),
+    [
+        ("nginx", "/", "/api/v1/auth/nginx"),
+        ("forwarded", "/", "/api/v1/auth/forwarded"),
+        ("envoy", "/authz/api/v1/things", "/api/v1/things"),
+    ],
+)
+def test_only_the_configured_dialect_names_the_request(
+    by_dialect: dict[str, Decisions], dialect: str, own: str, decided: str
+) -> None:
+    decisions = by_dialect[dialect]
+    rid = uuid.uuid4().hex
+    answer = decisions.ask(own, "DELETE", **EVERY_DIALECT, X_Request_ID=rid)
+    # Another dialect's public path never decides: only the envoy request is protected.
+    assert answer.status_code == (401 if dialect == "envoy" else 200)
+    from tests.harness import wait_until
+    from tests.test_logs import access_lines
+
+    wait_until(lambda: access_lines(decisions.process, rid) != [], timeout=5)
+    [entry] = access_lines(decisions.process, rid)
+    assert (entry["method"], entry["path"]) == (
+        "DELETE" if dialect == "envoy" else "GET",
+        decided,
     )
-    assert original_request("GET", "/x", {b"x-forwarded-uri": b"/c"}, None) == ("GET", "/c")
-    assert original_request("PATCH", "/authz/p/q", {}, "/authz") == ("PATCH", "/p/q")
-    assert original_request("PATCH", "/authz", {}, "/authz") == ("PATCH", "/")
-    assert original_request("PATCH", "/authzx", {}, "/authz") == ("PATCH", "/authzx")
+
+
+@pytest.mark.parametrize(
+    ("dialect", "headers", "detail"),
+    [
+        ("nginx", {}, "X-Original-Method and X-Original-URI or X-Original-URL"),
+        ("nginx", {"X-Original-URI": "/x"}, "X-Original-Method and"),
+        ("nginx", {"X-Original-Method": "GET"}, "X-Original-URI or X-Original-URL"),
+        (
+            "nginx",
+            {"X-Forwarded-Method": "GET", "X-Forwarded-Uri": "/api/v1/auth/x"},
+            "(forward_auth.dialect: nginx)",
+        ),
+        ("forwarded", {}, "X-Forwarded-Method and X-Forwarded-Uri"),
+        (
+            "forwarded",
+            {"X-Original-Method": "GET", "X-Original-URI": "/api/v1/auth/x"},
+            "(forward_auth.dialect: forwarded)",
+        ),
+    ],
+)
+def test_a_decision_request_without_its_dialects_headers_is_refused(
+    by_dialect: dict[str, Decisions], dialect: str, headers: dict[str, str], detail: str
+) -> None:
+    refused = by_dialect[dialect].ask(**headers)
+    assert refused.status_code == 400
+    assert detail in refused.json()["detail"]
+    assert refused.headers["cache-control"] == "no-store"
+    assert "x-callcov-user-id" not in refused.headers
+
+
+def test_an_envoy_request_outside_the_path_prefix_is_refused(
+    by_dialect: dict[str, Decisions],
+) -> None:
+    for own in ("/", "/api/v1/auth/x", "/authzx/api/v1/auth/x"):
+        refused = by_dialect["envoy"].ask(own)
+        assert refused.status_code == 400
+        assert refused.json() == {
+            "detail": "The request-target is outside forward_auth.path_prefix"
+        }
+
+
+def found(**headers: str | list[str]) -> dict[bytes, list[bytes]]:
+    return {
+        name.replace("_", "-").lower().encode(): [
+            v.encode() for v in (value if isinstance(value, list) else [value])
+        ]
+        for name, value in headers.items()
+    }
+
+
+def test_original_request_by_dialect() -> None:
+    own = ("PATCH", b"/authz/p/q?z=1")
+    nginx_headers = found(X_Original_Method="put", X_Original_URI="/a/%2E%2E/b?q=1")
+    method, target = original_request("nginx", nginx_headers, own)
+    assert (method, target) == ("PUT", Target(b"/a/%2E%2E/b", "/a/../b", b"q=1"))
+    url = found(X_Original_Method="GET", X_Original_URL="http://h/u%20v?x#f")
+    assert original_request("nginx", url, own)[1] == Target(b"/u%20v", "/u v", b"x")
+    both = found(X_Original_Method="GET", X_Original_URI="/u?x", X_Original_URL="https://h/u?x")
+    assert original_request("nginx", both, own)[1].raw_path == b"/u"
+    # A path, never a host: urlsplit would have read "//evil" as one.
+    evil = found(X_Forwarded_Method="GET", X_Forwarded_Uri="//evil/api/v1/auth/x")
+    assert original_request("forwarded", evil, own) == (
+        "GET",
+        Target(b"//evil/api/v1/auth/x", "//evil/api/v1/auth/x", b""),
+    )
+    assert original_request("envoy", {}, own, b"/authz") == (
+        "PATCH",
+        Target(b"/p/q", "/p/q", b"z=1"),
+    )
+    assert original_request("envoy", {}, ("GET", b"/authz"), b"/authz")[1].path == "/"
+    assert original_request("envoy", {}, ("GET", b"/authz?q"), b"/authz")[1] == Target(
+        b"/", "/", b"q"
+    )
+    assert original_request("envoy", {}, ("GET", b"//x"), None)[1].raw_path == b"//x"
+
+
+@pytest.mark.parametrize(
+    ("dialect", "headers", "detail"),
+    [
+        (
+            "nginx",
+            found(X_Original_Method="GET", X_Original_URI=["/a", "/b"]),
+            "X-Original-URI sent more than once",
+        ),
+        (
+            "nginx",
+            found(X_Original_Method=["GET", "POST"], X_Original_URI="/a"),
+            "X-Original-Method sent more than once",
+        ),
+        (
+            "forwarded",
+            found(X_Forwarded_Method="GET", X_Forwarded_Uri=["/a", "/a"]),
+            "X-Forwarded-Uri sent more than once",
+        ),
+        (
+            "nginx",
+            found(
+                X_Original_Method="GET",
+                X_Original_URI="/api/v1/auth/x",
+                X_Original_URL="https://h/api/v1/things",
+            ),
+            "X-Original-URI and X-Original-URL name different targets",
+        ),
+        (
+            "nginx",
+            found(X_Original_Method="G T", X_Original_URI="/a"),
+            "X-Original-Method is not an HTTP method",
+        ),
+        (
+            "nginx",
+            found(X_Original_Method="GET", X_Original_URI="/a b"),
+            "X-Original-URI is not a valid request-target",
+        ),
+        (
+            "forwarded",
+            found(X_Forwarded_Method="GET", X_Forwarded_Uri="evil"),
+            "X-Forwarded-Uri is not a valid request-target",
+        ),
+        ("nginx", found(X_Original_Method="", X_Original_URI="/a"), "needs X-Original-Method"),
+    ],
+)
+def test_original_request_refusals(
+    dialect: str, headers: dict[bytes, list[bytes]], detail: str
+) -> None:
+    with pytest.raises(DecisionRequestInvalid) as refused:
+        original_request(dialect, headers, ("GET", b"/"))
+    assert detail in refused.value.detail
+
+
+def test_an_unknown_dialect_is_a_config_error_at_its_path(config_for: Any) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse(decisions_config(config_for, forward_auth={"dialect": "traefik"}), {})
+    [problem] = caught.value.problems
+    assert problem.startswith("forward_auth.dialect: ")
+    assert "nginx" in problem and "forwarded" in problem and "envoy" in problem
 
 
 def test_denials_have_the_proxy_paths_shape_and_are_never_cached(decisions: Decisions) -> None:

@@ -59,6 +59,7 @@ TRICKS = [
     "/api/v1/analysis/;/api/v1/auth/",
     "/api/v1/analysis/#/api/v1/auth/",
     "http://127.0.0.1/api/v1/auth/../analysis/",  # absolute form
+    "//evil/api/v1/auth/x",  # a path, never a host: urlsplit would read "/api/v1/auth/x"
 ]
 
 
@@ -73,17 +74,19 @@ def test_path_tricks_do_not_bypass_auth(
     assert recorder.received == [] and recorder.aborted == 0
 
 
-@pytest.mark.parametrize(
-    ("target", "upstream_path", "upstream_raw_path"),
-    [
-        ("/api/v1/auth/../analysis/x", "/api/v1/analysis/x", b"/api/v1/analysis/x"),
-        ("/api/v1/auth/%2e%2e/analysis/x", "/api/v1/analysis/x", b"/api/v1/analysis/x"),
-        ("//api/v1//analysis/x", "/api/v1/analysis/x", b"/api/v1/analysis/x"),
-        ("/api/v1/analysis/a%2Fb", "/api/v1/analysis/a/b", b"/api/v1/analysis/a/b"),
-        ("/api/v1/analysis/a%20b%3F", "/api/v1/analysis/a b?", b"/api/v1/analysis/a%20b%3F"),
-        ("/API/V1/Analysis/X", "/API/V1/Analysis/X", b"/API/V1/Analysis/X"),
-    ],
-)
+# target, the path the upstream gets (and a decision is made on), its raw form
+FORWARDED = [
+    ("/api/v1/auth/../analysis/x", "/api/v1/analysis/x", b"/api/v1/analysis/x"),
+    ("/api/v1/auth/%2e%2e/analysis/x", "/api/v1/analysis/x", b"/api/v1/analysis/x"),
+    ("//api/v1//analysis/x", "/api/v1/analysis/x", b"/api/v1/analysis/x"),
+    ("/api/v1/analysis/a%2Fb", "/api/v1/analysis/a/b", b"/api/v1/analysis/a/b"),
+    ("/api/v1/analysis/a%20b%3F", "/api/v1/analysis/a b?", b"/api/v1/analysis/a%20b%3F"),
+    ("/API/V1/Analysis/X", "/API/V1/Analysis/X", b"/API/V1/Analysis/X"),
+]
+FORWARDED_PATHS = [(target, path) for target, path, _ in FORWARDED]
+
+
+@pytest.mark.parametrize(("target", "upstream_path", "upstream_raw_path"), FORWARDED)
 def test_the_upstream_sees_the_path_auth_decided_on(
     api: Api,
     user: str,
@@ -104,18 +107,18 @@ def test_the_upstream_sees_the_path_auth_decided_on(
     )
 
 
-@pytest.mark.parametrize(
-    ("target", "upstream_path"),
-    [
-        ("/api/v1/auth/login", "/api/v1/auth/login"),
-        ("/api/v1/auth/", "/api/v1/auth/"),
-        ("/api/v1/auth", "/api/v1/auth"),
-        ("/api/v1/auth/./refresh", "/api/v1/auth/refresh"),
-        ("/api/v1//auth/x/../login", "/api/v1/auth/login"),
-        ("/api/v1/analysis/../auth/login", "/api/v1/auth/login"),
-        # "..;" and "%252e" are refused as ambiguous: see AMBIGUOUS below.
-    ],
-)
+PUBLIC = [
+    ("/api/v1/auth/login", "/api/v1/auth/login"),
+    ("/api/v1/auth/", "/api/v1/auth/"),
+    ("/api/v1/auth", "/api/v1/auth"),
+    ("/api/v1/auth/./refresh", "/api/v1/auth/refresh"),
+    ("/api/v1//auth/x/../login", "/api/v1/auth/login"),
+    ("/api/v1/analysis/../auth/login", "/api/v1/auth/login"),
+    # "..;" and "%252e" are refused as ambiguous: see AMBIGUOUS below.
+]
+
+
+@pytest.mark.parametrize(("target", "upstream_path"), PUBLIC)
 def test_public_paths_are_forwarded_without_credentials(
     sidecar: SidecarProcess, recorder: RecordingUpstream, target: str, upstream_path: str
 ) -> None:
@@ -143,16 +146,16 @@ def test_public_paths_pass_a_jwt_through_without_checking_it(
     assert seen.header("x-callcov-auth-method") is None
 
 
-@pytest.mark.parametrize(
-    "target",
-    [
-        "/api/v1/auth/../api-keys/",
-        "/api/v1/auth/%2e%2e/api-keys",
-        "//api/v1/api-keys/",
-        "/API/V1/API-KEYS/",
-        "/api/v1/api-keys/./",
-    ],
-)
+KEY_ENDPOINTS = [
+    "/api/v1/auth/../api-keys/",
+    "/api/v1/auth/%2e%2e/api-keys",
+    "//api/v1/api-keys/",
+    "/API/V1/API-KEYS/",
+    "/api/v1/api-keys/./",
+]
+
+
+@pytest.mark.parametrize("target", KEY_ENDPOINTS)
 def test_key_endpoints_are_never_proxied_however_spelled(
     sidecar: SidecarProcess, api: Api, user: str, recorder: RecordingUpstream, target: str
 ) -> None:
@@ -194,15 +197,15 @@ def test_ambiguous_paths_are_refused_before_any_matching(
     assert recorder.received == []
 
 
-@pytest.mark.parametrize(
-    "target",
-    [
-        "/api/v1/auth/login;v=1",
-        "/api/v1/auth/caf%C3%A9",
-        "/api/v1/auth/%E2%82%AC",
-        "/api/v1/auth/a%2520b",
-    ],
-)
+UNAMBIGUOUS = [
+    "/api/v1/auth/login;v=1",
+    "/api/v1/auth/caf%C3%A9",
+    "/api/v1/auth/%E2%82%AC",
+    "/api/v1/auth/a%2520b",
+]
+
+
+@pytest.mark.parametrize("target", UNAMBIGUOUS)
 def test_unambiguous_paths_with_escapes_and_parameters_still_pass(
     sidecar: SidecarProcess, recorder: RecordingUpstream, target: str
 ) -> None:

@@ -164,7 +164,11 @@ class Components:
         self.access_log = AccessLog() if config.logging.access_log else None
         # The decision listener's app; served by server.py/workers.py when enabled.
         self.forward_auth = ForwardAuth(
-            self.decider, config.forward_auth, owned=self._owned, done=self.finished
+            self.decider,
+            config.forward_auth,
+            owned=self._owned,
+            refuse_ambiguous=config.server.reject_ambiguous_paths,
+            done=self.finished,
         )
         self._tasks: list[asyncio.Task[None]] = []
         self._register_callback_metrics()

@@ -19,7 +19,7 @@ from sidecar.core.errors import (
     SidecarError,
     rendered,
 )
-from sidecar.core.paths import ambiguous, normalise
+from sidecar.core.paths import decided_path
 from sidecar.core.types import Route
 from sidecar.observability.record import RequestRecord
 from sidecar.proxy.headers import request_id
@@ -46,25 +46,28 @@ class Sidecar(Components):
         """The public server's head hook (httpserver.py): a request head was just
         parsed and this app is called for it next. A request for the gateway starts
         there and then (``Gateway.start``: its rate-limit check goes to Redis)."""
-        normalised = normalise(scope["path"])
-        route = self._route(scope, normalised)
+        normalised, route = self._route(scope)
         scope[_ROUTED] = (normalised, route)
         if route == _GATEWAY:
             self.gateway.start(scope, normalised)
 
-    def _route(self, scope: Scope, normalised: str) -> Route:
-        """Which part of the sidecar answers: the RequestRecord route it is logged as."""
-        if self._reject_ambiguous and ambiguous(scope["raw_path"] or b"", scope["path"]):
-            return "refused"
+    def _route(self, scope: Scope) -> tuple[str, Route]:
+        """The normalised path, and which part of the sidecar answers: the RequestRecord
+        route it is logged as."""
+        normalised, refused = decided_path(
+            scope["raw_path"] or b"", scope["path"], refuse_ambiguous=self._reject_ambiguous
+        )
+        if refused:
+            return normalised, "refused"
         if self._scanning_path is not None and (
             normalised.rstrip("/").lower() == self._scanning_path
         ):
-            return "secret_scanning"
+            return normalised, "secret_scanning"
         if self._owned.matches(normalised):
-            return "api_keys"
+            return normalised, "api_keys"
         if self.console is not None and self.console.matches(normalised):
-            return "console"
-        return _GATEWAY
+            return normalised, "console"
+        return normalised, _GATEWAY
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         incoming_id = None
@@ -75,8 +78,7 @@ class Sidecar(Components):
         rid = request_id(incoming_id)
         routed = scope.get(_ROUTED)
         if routed is None:
-            normalised = normalise(scope["path"])
-            route = self._route(scope, normalised)
+            normalised, route = self._route(scope)
         else:
             normalised, route = routed
         client = scope.get("client")

@@ -178,6 +178,8 @@ class ForwardAuthConfig(_Section):
     port: Port = 8081
     path_prefix: str | None = Field(None, pattern=r"^/")
     cache_seconds: int = Field(0, ge=0, le=86400)
+    # Where the original request is read: one dialect, never a fallback to another's headers.
+    dialect: Literal["nginx", "forwarded", "envoy"] = "nginx"
 
 
 class RateLimit(_Section):

@@ -11,6 +11,7 @@
     ├── MalformedRequest        400  a request the HTTP parser refused (httpserver.py)
     ├── HostInvalid             400  no Host header (HTTP/1.1), or more than one
     ├── UpgradeNotGet           400  a WebSocket upgrade with a method other than GET
+    ├── DecisionRequestInvalid  400  a forward-auth request without its dialect's original request
     ├── KeyNotFound             404  unknown id, or another user's key
     ├── KeyConflict             409  the key's state forbids the action
     │   ├── KeyNotActive             revoked or expired
@@ -150,6 +151,12 @@ class HostInvalid(SidecarError):
 class UpgradeNotGet(SidecarError):
     status = 400
     detail = "A WebSocket upgrade must use GET"
+class DecisionRequestInvalid(SidecarError):
+    status = 400
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
 
 
 class KeyNotFound(SidecarError):

@@ -49,6 +49,14 @@ def _changes_structure(decoded: str, folded: str) -> bool:
     )
 
 
+def decided_path(raw_path: bytes, path: str, *, refuse_ambiguous: bool) -> tuple[str, bool]:
+    """The normalised path every decision is made on, and whether the request is
+    refused as ambiguous (``server.reject_ambiguous_paths``). The one reading of a path
+    for the public listener and the forward-auth listener alike: ``raw_path`` and
+    ``path`` as ``parse_target`` (proxy/target.py) gives them."""
+    return normalise(path), refuse_ambiguous and ambiguous(raw_path, path)
+
+
 def normalise(path: str) -> str:
     """Resolve ``.``/``..``, collapse ``//``, turn ``\\`` into ``/``; keep a trailing slash.
 

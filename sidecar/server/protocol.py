@@ -22,6 +22,8 @@ What it changes, and why here (the ASGI app never sees an unfinished head):
 - ``head_hook`` (when set) is called with each request's scope as soon as its head is
   parsed, before the app task runs: the app starts work that waits on another server
   there (app.py: the rate-limit check), a loop iteration and the app's own set-up sooner.
+- The request-target is read by ``parse_target`` (proxy/target.py), the function the
+  forward-auth listener reads the target a front proxy names with.
 - ``Upgrade`` requests run the app as ordinary HTTP (uvicorn's own WebSocket handling
   is off); ``scope["extensions"]["sidecar.take_over"]`` hands the raw connection to the
   app (websocket.py relays its bytes).
@@ -46,6 +48,7 @@ from sidecar.core.errors import (
     TargetTooLong,
 )
 from sidecar.core.types import BODY_FOLLOWS, NO_BODY_STATUSES, TAKE_OVER
+from sidecar.proxy.target import parse_target
 from sidecar.server.read_timeouts import ReadTimeouts, TimedHttpProtocol
 
 log = logging.getLogger("sidecar")
@@ -139,6 +142,9 @@ class SidecarHttpProtocol(TimedHttpProtocol):
             self._refusal = HostInvalid(hosts)
             raise self._refusal
         super().on_headers_complete()
+        # uvicorn read the target the same way; this is the reading forward auth shares.
+        scope = self.scope
+        scope["raw_path"], scope["path"], scope["query_string"] = parse_target(self.url)
         self.cycle.__class__ = _Cycle
         if self.parser.should_upgrade():
             self.scope["extensions"] = {TAKE_OVER: self._take_over}  # type: ignore[dict-item]
