@@ -151,6 +151,8 @@ class HostInvalid(SidecarError):
 class UpgradeNotGet(SidecarError):
     status = 400
     detail = "A WebSocket upgrade must use GET"
+
+
 class DecisionRequestInvalid(SidecarError):
     status = 400
 
