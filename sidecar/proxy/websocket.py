@@ -193,14 +193,14 @@ class WebSockets:
 
     def _untrack(self, tunnel: Tunnel) -> None:
         key_hash = self._open.pop(tunnel, None)
-        group = self._by_key.get(key_hash) if key_hash is not None else None
-        if group is None:
+        group = None if key_hash is None else self._by_key.get(key_hash)
+        if key_hash is None or group is None:
             return
         group.tunnels.pop(tunnel, None)
         if not group.tunnels:
             if group.bound is not None:
                 group.bound.cancel()
-            del self._by_key[key_hash]  # type: ignore[arg-type]
+            del self._by_key[key_hash]
 
     def _jwt_deadline(self, token: str) -> float | None:
         claims: dict[str, Any] = jwt.decode(token, options={"verify_signature": False})
