@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from tests.conftest import make_token
-from tests.harness import SidecarProcess, remember_secret
+from tests.harness import SidecarProcess, remember_secret, wait_until
 from tests.lifecycle_helpers import call_counts, user_state
 from tests.upstream_app import RecordingUpstream
 
@@ -268,3 +268,32 @@ def test_over_ipv6_the_peer_address_is_checked_and_a_mapped_ipv4_peer_counts_as_
             refused, rid = call(client, "GET", "/a", key)
             assert refused.status_code == 403
             assert seen(recorder, rid) == []
+
+
+# --- a scope the config no longer has -------------------------------------------------
+
+
+def test_a_scope_removed_from_the_config_grants_nothing_and_is_warned_about_at_start(
+    config_for: Any, spawn: Any, user: str, recorder: RecordingUpstream
+) -> None:
+    legacy = {"legacy:all": [{"methods": ["GET", "POST"], "paths": ["/"]}]}
+    before = spawn(config_for(auth={"scopes": {**SCOPES, **legacy}}))
+    with httpx.Client(base_url=before.url, timeout=10) as client:
+        mixed = create(client, user, scopes=["legacy:all", "reports:read"])["api_key"]
+        only = create(client, user, scopes=["legacy:all"])["api_key"]
+        assert call(client, "POST", "/api/v1/analysis/", only)[0].status_code == 200
+    after = spawn(config_for(auth={"scopes": SCOPES}))
+    wait_until(lambda: "scope legacy:all" in after.logs())
+    [line] = [line for line in after.logs().splitlines() if "scope legacy:all" in line]
+    assert "WARNING" in line
+    assert "2 active key(s) have it" in line
+    with httpx.Client(base_url=after.url, timeout=10) as client:
+        refused, rid = call(client, "POST", "/api/v1/analysis/", mixed)
+        assert refused.status_code == 403
+        assert refused.headers["x-callcov-accepted-scopes"] == "analysis:submit,analysis:write"
+        assert seen(recorder, rid) == []
+        allowed, rid = call(client, "GET", "/api/v1/reports/1", mixed)
+        assert allowed.status_code == 200
+        assert seen(recorder, rid)[0].header("x-callcov-key-scopes") == "reports:read"
+        for path in ("/api/v1/reports/1", "/"):  # nothing left: refused everywhere
+            assert call(client, "GET", path, only)[0].status_code == 403

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 
 from redis.asyncio import Redis
 
@@ -28,7 +29,7 @@ from sidecar.core.paths import PrefixMatcher
 from sidecar.keys.cache import KeyCache
 from sidecar.keys.hashing import KeyHasher
 from sidecar.keys.revocations import RevocationListener
-from sidecar.keys.store import KeyStore
+from sidecar.keys.store import SCOPED_READ_LIMIT, KeyStore
 from sidecar.keys.usage import UsageTracker
 from sidecar.observability.accesslog import AccessLog
 from sidecar.observability.metrics import Metrics
@@ -43,6 +44,8 @@ from sidecar.redisconn.client import connect, durability
 from sidecar.redisconn.master_watch import MasterWatch
 
 _CONFIRM_EVERY = 1.0  # seconds between attempts to re-apply possibly lost revocations
+_SCOPE_CHECK_RETRY = 5.0  # seconds between attempts of the scope check at start
+log = logging.getLogger("sidecar")
 
 
 class Components:
@@ -228,6 +231,7 @@ class Components:
             asyncio.create_task(self.usage.run(), name="last-used"),
             asyncio.create_task(self.watch.run(), name="master-watch"),
             asyncio.create_task(self._confirm_revocations(), name="revocation-confirm"),
+            asyncio.create_task(self._check_scopes(), name="scope-check"),
         ]
         if self.access_log is not None:
             self._tasks.append(asyncio.create_task(self.access_log.run(), name="access-log"))
@@ -240,6 +244,25 @@ class Components:
             if self.store.unconfirmed:
                 with contextlib.suppress(StoreUnavailable):
                     await self.store.confirm_revocations()
+
+    async def _check_scopes(self) -> None:
+        """Once at start: a WARNING for each scope that keys have and the config no
+        longer names (it grants them nothing now). Retried while Redis is unreachable."""
+        while True:
+            try:
+                counts, read = await self.store.scope_references()
+                break
+            except StoreUnavailable:
+                await asyncio.sleep(_SCOPE_CHECK_RETRY)
+        for scope in sorted(set(counts) - self.scopes.names):
+            log.warning(
+                "scope %s is not in auth.scopes any more: %d active key(s) have it, and it "
+                "grants them nothing",
+                scope,
+                counts[scope],
+            )
+        if read >= SCOPED_READ_LIMIT:
+            log.warning("scope check: only the first %d scoped keys were read", read)
 
     async def shutdown(self) -> None:
         self.websockets.close_all()

@@ -63,6 +63,7 @@ from sidecar.keys.schema import (
     micros,
     prefix_index_key,
     record_key,
+    scoped_keys_key,
     usage_key,
 )
 from sidecar.keys.view import as_text, decode, listed, public_view
@@ -82,6 +83,8 @@ _MAYBE_APPLIED = (NotReplicated, redis_errors.ConnectionError, redis_errors.Time
 # Attempts of a write that found the fields it was built from changed meanwhile (a
 # concurrent PATCH or rotation of the same key); each conflict means another write won.
 _RACES = 5
+# Scoped keys read by the check at start for scopes the config no longer has.
+SCOPED_READ_LIMIT = 100_000
 # What a PATCH may change; absent from a body = unchanged (``Unchanged``).
 EDITABLE = ("description", "scopes", "allowed_ips")
 
@@ -506,6 +509,40 @@ class KeyStore:
             for r in revocations
         }
         await self._revocations(calls)
+
+    async def scope_references(self, limit: int = SCOPED_READ_LIMIT) -> tuple[dict[str, int], int]:
+        """How many usable keys have each scope (read from the scoped-key set, at most
+        ``limit`` keys), and how many keys were read. Keys no longer usable (revoked,
+        expired, gone) leave the set, so it holds about the usable scoped keys."""
+        name = scoped_keys_key()
+        counts: dict[str, int] = {}
+        seen: set[str] = set()  # SSCAN may return a member twice
+        cursor = 0
+        now_us = micros(datetime.now(UTC))
+        while len(seen) < limit:
+            next_cursor, ids = await self._guarded(self._redis.sscan(name, cursor, count=500))
+            cursor = int(next_cursor)
+            batch = [i for i in dict.fromkeys(as_text(i) for i in ids) if i not in seen]
+            batch = batch[: limit - len(seen)]
+            seen.update(batch)
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for key_id in batch:
+                    pipe.hmget(record_key(key_id), "scopes", "is_active", "expires_us")
+                found = await self._guarded(pipe.execute())
+            gone = []
+            for key_id, values in zip(batch, found, strict=True):
+                scopes, active, expires_us = (None if v is None else as_text(v) for v in values)
+                usable = active == "1" and (expires_us is None or int(expires_us) > now_us)
+                if scopes is None or not usable:
+                    gone.append(key_id)
+                    continue
+                for scope in listed(scopes):
+                    counts[scope] = counts.get(scope, 0) + 1
+            if gone:
+                await self._guarded(self._redis.srem(name, *gone))
+            if not cursor:
+                break
+        return counts, len(seen)
 
     async def touch(self, last_used: Mapping[str, str], counts: Sequence[UsageCounts] = ()) -> None:
         """Record last-use times (key id → ISO time) and add per-day use counts, all in
