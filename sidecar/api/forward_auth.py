@@ -40,6 +40,7 @@ from sidecar.core.errors import (
 from sidecar.core.paths import PrefixMatcher, decided_path, normalise
 from sidecar.core.types import Headers
 from sidecar.observability.record import RequestRecord
+from sidecar.observability.spans import Tracer
 from sidecar.proxy.decision import Decider
 from sidecar.proxy.headers import WOULD_DENY, request_id
 from sidecar.proxy.target import InvalidTarget, Target, parse_target
@@ -126,8 +127,10 @@ class ForwardAuth:
         owned: PrefixMatcher,
         refuse_ambiguous: bool,
         done: Callable[[RequestRecord], None],
+        tracer: Tracer | None = None,
     ) -> None:
         self._decider = decider
+        self._tracer = tracer
         self._owned = owned
         self._refuse_ambiguous = refuse_ambiguous
         self._done = done
@@ -162,6 +165,10 @@ class ForwardAuth:
             client=client[0] if client else None,
             started=time.perf_counter(),
         )
+        if self._tracer is not None:
+            record.trace = self._tracer.server(
+                scope["headers"], record, scope.get("server"), scope["http_version"]
+            )
         headers: Headers = [(b"x-request-id", rid), (b"content-length", b"0")]
         body = b""
         try:

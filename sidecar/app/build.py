@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 
 from redis.asyncio import Redis
 
@@ -34,6 +35,7 @@ from sidecar.keys.usage import UsageTracker
 from sidecar.observability.accesslog import AccessLog
 from sidecar.observability.metrics import Metrics
 from sidecar.observability.record import RequestRecord
+from sidecar.observability.spans import Tracer
 from sidecar.proxy.decision import Decider
 from sidecar.proxy.gateway import Gateway
 from sidecar.proxy.headers import HeaderRules
@@ -90,6 +92,11 @@ class Components:
             proxies=rules.proxies,
         )
         self.metrics = metrics or Metrics()
+        self.tracer = tracer_for(config)
+        # With tracing off, ``finished`` is the untraced function itself.
+        self.finished: Callable[[RequestRecord], None] = (
+            self._finished if self.tracer is None else self._finished_traced
+        )
         self.websockets = WebSockets(
             limit=config.server.max_websockets,
             hasher=hasher,
@@ -172,6 +179,7 @@ class Components:
             owned=self._owned,
             refuse_ambiguous=config.server.reject_ambiguous_paths,
             done=self.finished,
+            tracer=self.tracer,
         )
         self._tasks: list[asyncio.Task[None]] = []
         self._register_callback_metrics()
@@ -214,6 +222,13 @@ class Components:
             "sidecar_leaked_keys",
             "Keys revoked because secret scanning reported them leaked",
             lambda: self.scanning.leaked if self.scanning is not None else 0,
+        )
+        tracer = self.tracer
+        self.metrics.count_total(
+            "sidecar_trace_spans_dropped",
+            "Finished trace spans that never reached the collector (export failed, or the "
+            "queue was full)",
+            lambda: tracer.dropped() if tracer is not None else 0,
         )
         failed = self.failed_auth
         self.metrics.count_total(
@@ -278,12 +293,29 @@ class Components:
         if self.scanning is not None:
             await self.scanning.close()
         await self.redis.aclose()
+        if self.tracer is not None:
+            await asyncio.to_thread(self.tracer.shutdown)
 
-    def finished(self, record: RequestRecord) -> None:
+    def _finished(self, record: RequestRecord) -> None:
         """A request is done: count it and log it."""
         self.metrics.observe(record)
         if self.access_log is not None:
             self.access_log.write(record)
+
+    def _finished_traced(self, record: RequestRecord) -> None:
+        """A request is done: end its span, count it and log it."""
+        if record.trace is not None:
+            record.trace.end(record)
+        self._finished(record)
+
+
+def tracer_for(config: Config) -> Tracer | None:
+    """The process's tracer when ``tracing.enabled``; OpenTelemetry is imported only then."""
+    if not config.tracing.enabled:
+        return None
+    from sidecar.observability.tracing import OtelTracer
+
+    return OtelTracer(config.tracing)
 
 
 def console_page(config: Config) -> ConsolePage | None:

@@ -90,6 +90,10 @@ class Sidecar(Components):
             client=client[0] if client else None,
             started=time.perf_counter(),
         )
+        if self.tracer is not None:
+            record.trace = self.tracer.server(
+                scope["headers"], record, scope.get("server"), scope["http_version"]
+            )
         self.metrics.in_flight.inc()
         try:
             if route == "refused":

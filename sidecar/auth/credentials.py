@@ -30,6 +30,7 @@ from sidecar.keys.cache import KeyCache
 from sidecar.keys.hashing import KeyHasher
 from sidecar.keys.store import KeyStore
 from sidecar.keys.usage import UsageTracker
+from sidecar.observability.spans import KEY_LOOKUP, RequestTrace
 
 API_KEY: AuthMethod = "api_key"
 JWT: AuthMethod = "jwt"
@@ -104,17 +105,19 @@ class Authenticator:
         peer: str | None = None,
         headers: Iterable[tuple[bytes, bytes]] = (),
         key_hash: str | None = None,
+        trace: RequestTrace | None = None,
     ) -> Identity:
         """``peer`` and ``headers`` say who the client is, for the failed-auth limit;
         they are only looked at when that limit is on and the cache cannot answer.
-        ``key_hash``: the API key's hash, when ``vouched`` already computed it."""
+        ``key_hash``: the API key's hash, when ``vouched`` already computed it.
+        ``trace``: the request's, when tracing is on (a cache miss gets a span)."""
         if credential.kind == JWT:
             return Identity(await self._jwt.user_id(credential.value), JWT)
         if self._failed is None:
-            return await self._api_key(credential.value, None, key_hash)
+            return await self._api_key(credential.value, None, key_hash, trace=trace)
         client = _Client(self._proxies, peer, headers)
         try:
-            return await self._api_key(credential.value, client, key_hash)
+            return await self._api_key(credential.value, client, key_hash, trace=trace)
         except NotAuthenticated:
             self._failed.failed(client.address())
             raise
@@ -151,7 +154,12 @@ class Authenticator:
         return await self._jwt.user_id(credential.value)
 
     async def _api_key(
-        self, value: str, client: _Client | None, key_hash: str | None, stale_ok: bool = True
+        self,
+        value: str,
+        client: _Client | None,
+        key_hash: str | None,
+        stale_ok: bool = True,
+        trace: RequestTrace | None = None,
     ) -> Identity:
         if key_hash is None:
             key_hash = self._hasher.hash(value)
@@ -164,7 +172,7 @@ class Authenticator:
             if parsed is None:
                 raise NotAuthenticated("malformed")
             self.cache_misses += 1
-            key = await self._lookup(parsed, key_hash, client, stale_ok)
+            key = await self._lookup(parsed, key_hash, client, stale_ok, trace)
         else:
             self.cache_hits += 1
         if key.canary:
@@ -204,6 +212,7 @@ class Authenticator:
         key_hash: str,
         client: _Client | None,
         stale_ok: bool = True,
+        trace: RequestTrace | None = None,
     ) -> VerifiedKey:
         if client is not None:
             self._admit(client)
@@ -211,7 +220,8 @@ class Authenticator:
             raise NotAuthenticated("unknown")
         epoch = self._cache.epoch
         try:
-            key = await self._store.verify(parsed, key_hash)
+            verify = self._store.verify(parsed, key_hash)
+            key = await (verify if trace is None else trace.timed(KEY_LOOKUP, verify))
         except StoreUnavailable:
             stale = self._cache.stale(key_hash) if stale_ok else None
             if stale is not None:

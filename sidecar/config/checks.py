@@ -89,6 +89,13 @@ def _url_problems(data: dict[str, Any]) -> list[str]:
         problem = _redis_url_problem(redis_url)
         if problem is not None:
             problems.append(f"redis.url: {problem}")
+    otlp = get(data, "tracing", "otlp_endpoint")
+    if isinstance(otlp, str):
+        parts = urlsplit(otlp)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            problems.append("tracing.otlp_endpoint: must be an http:// or https:// URL with a host")
+        elif parts.query or parts.fragment:
+            problems.append("tracing.otlp_endpoint: must not carry a query or fragment")
     jwks = get(data, "auth", "jwt", "jwks_url")
     if isinstance(jwks, str) and jwks and urlsplit(jwks).scheme not in ("http", "https"):
         problems.append("auth.jwt.jwks_url: must be an http(s) URL")

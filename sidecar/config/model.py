@@ -226,6 +226,15 @@ class ConsoleConfig(_Section):
     refresh_url: str = Field("/api/v1/auth/refresh", pattern=r"^/")
 
 
+class TracingConfig(_Section):
+    """OpenTelemetry traces over OTLP/HTTP (observability/tracing.py), off by default."""
+
+    enabled: bool = False
+    otlp_endpoint: str = "http://127.0.0.1:4318/v1/traces"
+    service_name: str = Field("callcov-sidecar", min_length=1, max_length=256)
+    sample_ratio: float = Field(0.01, ge=0, le=1)
+
+
 class ExampleUpstreamConfig(_Section):
     """Read only by ``serve --example-upstream``: the demo user its login answers for."""
 
@@ -246,6 +255,7 @@ class Config(_Section):
     secret_scanning: SecretScanningConfig = SecretScanningConfig()
     logging: LoggingConfig = LoggingConfig()
     console: ConsoleConfig = ConsoleConfig()
+    tracing: TracingConfig = TracingConfig()
     example_upstream: ExampleUpstreamConfig = ExampleUpstreamConfig()
 
 

@@ -68,6 +68,10 @@ class AccessLog:
             "bytes_out": record.bytes_out,
             "pid": self._pid,
         }
+        trace = record.trace
+        if trace is not None and trace.trace_id is not None:  # a sampled request
+            fields["trace_id"] = trace.trace_id
+            fields["span_id"] = trace.span_id
         self._lines.append(orjson.dumps(fields, option=orjson.OPT_APPEND_NEWLINE))
         if len(self._lines) >= self.BATCH_LINES:
             self.flush()

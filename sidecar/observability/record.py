@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sidecar.core.types import AuthMethod, Route
+from sidecar.observability.spans import RequestTrace
 
 
 @dataclass(slots=True)
@@ -27,3 +28,4 @@ class RequestRecord:
     would_deny: int | None = None  # report-only mode: the status enforce mode would have sent
     bytes_in: int = 0
     bytes_out: int = 0
+    trace: RequestTrace | None = None  # tracing.enabled only (spans.py)

@@ -29,6 +29,7 @@ from sidecar.core.errors import (
 from sidecar.core.paths import PrefixMatcher
 from sidecar.core.types import Headers
 from sidecar.observability.record import RequestRecord
+from sidecar.observability.spans import RATE_LIMIT
 from sidecar.proxy.headers import HeaderRules
 from sidecar.ratelimit.limiter import RateLimiter, Sent
 
@@ -118,8 +119,9 @@ class Decider:
             check = self._limiter.check(identity.user_id, method, normalised, sent)
             if meanwhile is not None:
                 meanwhile(identity)  # docs/design-notes.md: the rate-limit round trip
+            trace = record.trace
             try:
-                rate_headers = await check
+                rate_headers = await (check if trace is None else trace.timed(RATE_LIMIT, check))
             except RateLimited:
                 self._auth.rate_limited(identity)
                 raise
@@ -223,7 +225,11 @@ class Decider:
                 credential, key_hash = early.credential, early.key_hash
             record.auth_method = credential.kind
             identity = await self._auth.authenticate(
-                credential, peer=record.client, headers=incoming, key_hash=key_hash
+                credential,
+                peer=record.client,
+                headers=incoming,
+                key_hash=key_hash,
+                trace=record.trace,
             )
         except NotAuthenticated as exc:
             record.auth_outcome = exc.reason

@@ -23,6 +23,7 @@ from sidecar.core.paths import upstream_path
 from sidecar.core.types import TAKE_OVER, Headers
 from sidecar.keys.format import looks_like_api_key
 from sidecar.observability.record import RequestRecord
+from sidecar.observability.spans import RequestTrace
 from sidecar.proxy.decision import Decider, Decision, Early
 from sidecar.proxy.headers import WOULD_DENY, HeaderRules
 from sidecar.proxy.upstream import Exchange, UpstreamClient
@@ -116,15 +117,21 @@ class Gateway:
             record.route = "public"
         plan = request.plan(decision)
         response_headers: Headers = [(b"x-request-id", request_id), *decision.rate_headers]
+        trace = record.trace
         if request.websocket and self._websockets is not None:
             identity = decision.identity
+            headers = plan.headers
+            if trace is not None:  # the handshake's span lasts as long as the socket
+                trace.allowed = True
+                hop = trace.upstream("GET", *plan.upstream.address)
+                headers = [*headers, *hop.headers()]
             record.status = await self._websockets.relay(
                 upstream=plan.upstream,
                 take_over=scope["extensions"][TAKE_OVER],
                 send=send,
                 path=request.path,
                 query=request.query,
-                headers=plan.headers,
+                headers=headers,
                 response_headers=response_headers,
                 identity=identity,
                 credential=None
@@ -140,8 +147,13 @@ class Gateway:
                 ),
             )
             record.responded = True
+            if trace is not None:
+                hop.end(record.status)
             return
         exchange = Exchange(response_headers)
+        if trace is not None:
+            await self._forward_traced(trace, request, plan, exchange, receive, send, record)
+            return
         try:
             await plan.upstream.forward(
                 method=request.method,
@@ -159,6 +171,35 @@ class Gateway:
             record.bytes_in = exchange.bytes_in
             record.bytes_out = exchange.bytes_out
             record.upstream_seconds = exchange.upstream_seconds
+
+    async def _forward_traced(
+        self,
+        trace: RequestTrace,
+        request: _Forwarding,
+        plan: _Plan,
+        exchange: Exchange,
+        receive: Receive,
+        send: Send,
+        record: RequestRecord,
+    ) -> None:
+        """``handle``'s forwarding inside a client span whose context the upstream gets
+        in ``traceparent`` (the client's own was left out of the planned headers)."""
+        trace.allowed = True
+        hop = trace.upstream(request.method, *plan.upstream.address)
+        try:
+            await plan.upstream.forward(
+                method=request.method,
+                head=with_headers(plan.head, hop.headers()),
+                headers=plan.headers,
+                content_length=request.content_length,
+                chunked=request.chunked,
+                receive=receive,
+                send=send,
+                exchange=exchange,
+            )
+        finally:
+            _recorded(record, exchange)
+            hop.end(exchange.status)
 
     def _plan_upstream(
         self, request: _Forwarding, identity: Identity | None, would_deny: int | None
@@ -285,6 +326,21 @@ class _Forwarding:
         if prepared is not None and prepared.identity is decision.identity:
             return prepared
         return self._gateway._plan_upstream(self, decision.identity, decision.would_deny)
+
+
+def _recorded(record: RequestRecord, exchange: Exchange) -> None:
+    record.status = exchange.status
+    record.responded = exchange.started
+    record.bytes_in = exchange.bytes_in
+    record.bytes_out = exchange.bytes_out
+    record.upstream_seconds = exchange.upstream_seconds
+
+
+def with_headers(head: bytes, extra: Headers) -> bytes:
+    """A request ``head`` with ``extra`` headers after its request line."""
+    line_end = head.index(b"\r\n") + 2
+    added = b"".join(name + b": " + value + b"\r\n" for name, value in extra)
+    return head[:line_end] + added + head[line_end:]
 
 
 def _may_forward(authorization: bytes | None) -> bool:

@@ -59,6 +59,9 @@ def request_id(incoming: bytes | None) -> bytes:
     return b"%032x" % _ids.getrandbits(128)
 
 
+_TRACE_CONTEXT = frozenset({b"traceparent", b"tracestate"})
+
+
 class HeaderRules:
     def __init__(self, config: Config) -> None:
         names = config.identity.headers
@@ -77,6 +80,8 @@ class HeaderRules:
         self._always_dropped = frozenset(
             HOP_BY_HOP | identity | _FORWARDED | {b"x-api-key", b"host", b"x-request-id", b"expect"}
         )
+        if config.tracing.enabled:  # the sidecar's own trace context replaces the client's
+            self._always_dropped |= _TRACE_CONTEXT
         self._forward_authorization = config.upstream.forward_authorization
         self.proxies = TrustedProxies(config.server.trusted_proxies)
 

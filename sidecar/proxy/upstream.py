@@ -178,6 +178,11 @@ class UpstreamClient:
         return request_head(method, target, self._host_header, headers, length, chunked)
 
     @property
+    def address(self) -> tuple[str, int]:
+        """The upstream's host and port (for a trace's client span)."""
+        return self._host, self._port
+
+    @property
     def read_timeout(self) -> float:
         return self._read_timeout
 

@@ -1,0 +1,105 @@
+"""What the request path sees of tracing: a per-request ``RequestTrace`` and the
+``Tracer`` that starts one, as protocols. tracing.py implements them with OpenTelemetry;
+this module imports nothing, so the request path can name the types while the
+OpenTelemetry packages stay unloaded unless ``tracing.enabled``.
+
+With tracing off there is no Tracer and a request's ``trace`` is None: each component
+checks that once and otherwise runs its untraced code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Sequence
+from typing import Protocol, TypeVar
+
+T = TypeVar("T")
+
+# Child span names (the server span is ``METHOD route``, the client span ``METHOD``).
+KEY_LOOKUP = "redis key lookup"
+RATE_LIMIT = "rate limit check"
+
+
+class Described(Protocol):
+    """What a span reads of a request's RequestRecord (record.py)."""
+
+    @property
+    def method(self) -> str: ...
+    @property
+    def path(self) -> str: ...  # normalised
+    @property
+    def route(self) -> str: ...
+    @property
+    def client(self) -> str | None: ...
+    @property
+    def status(self) -> int: ...
+    @property
+    def user_id(self) -> str | None: ...
+    @property
+    def auth_method(self) -> str | None: ...
+    @property
+    def key_prefix(self) -> str | None: ...
+    @property
+    def would_deny(self) -> int | None: ...
+
+
+class Upstream(Protocol):
+    """One upstream request as its client span sees it; ``end`` when it is over."""
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """``traceparent`` (and ``tracestate``) for the upstream, naming this hop."""
+        ...
+
+    def end(self, status: int) -> None: ...
+
+
+class RequestTrace(Protocol):
+    """The trace of one request: its server span, sampled or not."""
+
+    allowed: bool  # the decision admitted the request (``callcov.decision: allow``)
+
+    @property
+    def trace_id(self) -> str | None:
+        """Hex, when the request is sampled (for the access log)."""
+        ...
+
+    @property
+    def span_id(self) -> str | None: ...
+
+    def timed(self, name: str, work: Awaitable[T]) -> Awaitable[T]:
+        """``work``, awaited inside a child span ``name`` when sampled (else as it is)."""
+        ...
+
+    def upstream(self, method: str, address: str, port: int) -> Upstream:
+        """Start the client span of the upstream request."""
+        ...
+
+    def event(self, name: str, attributes: dict[str, str | int]) -> None:
+        """Add an event to the server span (when sampled)."""
+        ...
+
+    def end(self, record: Described) -> None:
+        """End the server span with what ``record`` says the request did."""
+        ...
+
+
+class Tracer(Protocol):
+    """Starts a request's trace; built once per process when tracing is enabled."""
+
+    def server(
+        self,
+        headers: Sequence[tuple[bytes, bytes]],
+        record: Described,
+        server: tuple[str, int] | None,
+        http_version: str,
+    ) -> RequestTrace:
+        """The trace of the request ``record`` describes (method and normalised path),
+        continuing the W3C ``traceparent`` among ``headers`` if there is a valid one."""
+        ...
+
+    def dropped(self) -> int:
+        """Finished spans that never reached the collector (queue full, export failed)."""
+        ...
+
+    def shutdown(self) -> None:
+        """Export what is queued (briefly) and stop."""
+        ...
