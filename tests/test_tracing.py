@@ -173,7 +173,12 @@ def test_refusals_carry_their_status_as_the_decision(
     assert limited.status_code == 429
     decisions = f"http://127.0.0.1:{traced.config['forward_auth']['port']}"
     forbidden = httpx.get(
-        decisions + "/authz/api/v1/api-keys/", headers={"X-API-Key": key["api_key"]}
+        decisions + "/authz",
+        headers={
+            "X-API-Key": key["api_key"],
+            "X-Original-Method": "GET",
+            "X-Original-URI": "/api/v1/api-keys/",
+        },
     )
     assert forbidden.status_code == 403
 

@@ -178,22 +178,16 @@ class OtelTracer:
             state = TraceState.from_header([tracestate.decode("latin-1")]) if tracestate else None
             remote = SpanContext(trace_id, parent_id, True, TraceFlags(1), state)
             context = set_span_in_context(NonRecordingSpan(remote))
-        route = _clean(record.path)
-        attributes: dict[str, str | int] = {
-            "http.request.method": record.method,
-            "url.path": route,
-            "http.route": route,
-            "network.protocol.version": http_version,
-        }
+        # Method and route are set again at the end: the forward-auth listener learns
+        # them (the original request's) after the span starts.
+        attributes: dict[str, str | int] = {"network.protocol.version": http_version}
         if server is not None:
             attributes["server.address"], attributes["server.port"] = server
         if record.client is not None:
             attributes["client.address"] = record.client
         if user_agent is not None:
             attributes["user_agent.original"] = _clean(user_agent.decode("latin-1"))
-        span = self.tracer.start_span(
-            f"{record.method} {route}", context, SpanKind.SERVER, attributes
-        )
+        span = self.tracer.start_span(record.method, context, SpanKind.SERVER, attributes)
         return _Sampled(self, span)
 
     def dropped(self) -> int:
@@ -287,6 +281,11 @@ class _Sampled:
 
     def end(self, record: Described) -> None:
         span = self._span
+        route = _clean(record.path)
+        span.update_name(f"{record.method} {route}")
+        span.set_attribute("http.request.method", record.method)
+        span.set_attribute("url.path", route)
+        span.set_attribute("http.route", route)
         status = record.status
         if status:
             span.set_attribute("http.response.status_code", status)
