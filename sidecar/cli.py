@@ -315,8 +315,8 @@ def _keys_usage(config: Config, args: argparse.Namespace) -> int:
         raise _Usage(f"--days: {exc.errors()[0]['msg']}") from None
 
     async def action(store: Any) -> Any:
-        prefix, daily = await store.usage(key_id, None, usage_window(days))
-        return usage_json(key_id, prefix, daily)
+        prefix, daily, networks = await store.usage(key_id, None, usage_window(days))
+        return usage_json(key_id, prefix, daily, networks)
 
     return _with_store(config, action)
 

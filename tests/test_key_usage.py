@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.conftest import Api
@@ -77,7 +78,7 @@ def test_requests_and_429s_are_counted_per_day_oldest_first_with_zeros(
     )
     wait_until(lambda: usage(api, user, key["id"]).json()["total_requests"] == 11, timeout=5)
     body = usage(api, user, key["id"]).json()
-    assert set(body) == {"id", "key_prefix", "days", "total_requests"}
+    assert set(body) == {"id", "key_prefix", "days", "total_requests", "networks"}
     assert body["id"] == key["id"] and body["key_prefix"] == key["key_prefix"]
     expected_dates = [(today() - timedelta(days=back)).isoformat() for back in range(29, -1, -1)]
     assert [d["date"] for d in body["days"]] == expected_dates
@@ -143,14 +144,58 @@ def test_a_proxied_request_costs_no_new_redis_command(
     for name, per_request in COMMANDS_PER_REQUEST.items():
         assert moved[name] == requests * per_request, name
     # The rest is background work: a flush pipeline (HSET last_used_at, HINCRBY,
-    # EXPIRE: 3 commands for one key) per interval, the revocation feed's PING each
-    # second, and this test's own INFO.
+    # EXPIRE; for the one network: ZINCRBY, ZADD, 2 ZREMRANGEBYRANK, 2 EXPIRE: 9
+    # commands for one key) per interval, the revocation feed's PING each second, and
+    # this test's own INFO.
     flushes = elapsed / FLUSH_EVERY + 2
     background = sum(
         calls for name, calls in moved.items() if name not in COMMANDS_PER_REQUEST
     ) - moved.get("info", 0)
-    assert background <= flushes * 3 + elapsed + 2
+    assert background <= flushes * 9 + elapsed + 2
     assert background < requests / 10  # nowhere near one per request
     wait_until(
         lambda: usage(api, user, key["id"]).json()["total_requests"] == requests + 1, timeout=5
     )
+
+
+def test_the_networks_a_key_is_used_from_ride_the_flush(
+    config_for: Any, spawn: Any, user: str
+) -> None:
+    """Clients behind a trusted proxy (this test connects from 127.0.0.2): each
+    request's X-Forwarded-For address counts under its /24 or /64, busiest first."""
+    config = config_for(
+        server={"trusted_proxies": ["127.0.0.2"]},
+        auth={"api_keys": {"last_used_flush_seconds": FLUSH_EVERY}},
+    )
+    process = spawn(config)
+    api = Api(process.url)
+    key = api.create_key(user)
+    sent = {
+        "203.0.113.5": 3,
+        "203.0.113.77": 2,
+        "::ffff:203.0.113.9": 1,  # IPv4-mapped: the same /24
+        "2001:db8::1": 2,
+        "2001:db8::ffff:1": 1,  # the same /64
+        **{f"198.51.{i}.1": 1 for i in range(25)},  # more networks than are shown
+    }
+    transport = httpx.HTTPTransport(local_address="127.0.0.2")
+    with httpx.Client(base_url=process.url, transport=transport, timeout=10) as proxy:
+        for address, count in sent.items():
+            for _ in range(count):
+                headers = {"X-API-Key": key["api_key"], "X-Forwarded-For": address}
+                assert proxy.get(PATH, headers=headers).status_code == 200
+    total = sum(sent.values())
+    wait_until(lambda: usage(api, user, key["id"]).json()["total_requests"] == total, timeout=5)
+    networks = usage(api, user, key["id"]).json()["networks"]
+    assert len(networks) == 20
+    assert [(n["network"], n["requests"]) for n in networks[:2]] == [
+        ("203.0.113.0/24", 6),
+        ("2001:db8::/64", 3),
+    ]
+    assert all(n["requests"] == 1 and n["network"].endswith(".0/24") for n in networks[2:])
+    for entry in networks:
+        assert set(entry) == {"network", "requests", "last_seen"}
+        seen = datetime.fromisoformat(entry["last_seen"].replace("Z", "+00:00"))
+        assert abs((datetime.now(UTC) - seen).total_seconds()) < 300
+    one_day = usage(api, user, key["id"], days=1).json()["networks"]
+    assert one_day[0] == networks[0]

@@ -164,8 +164,8 @@ class KeysApi:
             days = USAGE_DAYS.validate_python(request.query_params.get("days", DEFAULT_USAGE_DAYS))
         except ValidationError as exc:
             raise RequestInvalid(_errors(exc, "query", "days")) from None
-        prefix, daily = await self._store.usage(key_id, user_id, usage_window(days))
-        return json_response(200, usage_json(key_id, prefix, daily))
+        prefix, daily, networks = await self._store.usage(key_id, user_id, usage_window(days))
+        return json_response(200, usage_json(key_id, prefix, daily, networks))
 
     async def _list(self, request: Request, user_id: str) -> Response:
         raw = request.query_params.get("include_expired", "false")

@@ -143,6 +143,11 @@ class Authenticator:
             return None
         return key, key_hash
 
+    def used_from(self, identity: Identity, client: str | None) -> None:
+        """The request ``identity`` authenticated came from ``client`` (usage networks)."""
+        if identity.key_id is not None:
+            self._usage.used_from(identity.key_id, client, time.time())
+
     def rate_limited(self, identity: Identity) -> None:
         """The request ``identity`` authenticated was refused with 429 (usage counts)."""
         if identity.key_id is not None:

@@ -54,6 +54,19 @@ def network_of(text: str) -> Network:
     return network
 
 
+MAX_USAGE_NETWORKS = 20  # networks a key's usage shows, most requests first
+_USAGE_PREFIX = {4: 24, 6: 64}  # one customer's allocation: a /24 or a /64
+
+
+def usage_network(text: str | None) -> str | None:
+    """The network a client address counts under in a key's usage (IPv4 /24, IPv6 /64,
+    IPv4-mapped IPv6 as IPv4); None for no address."""
+    address = address_of(text)
+    if address is None:
+        return None
+    return str(ipaddress.ip_network((address, _USAGE_PREFIX[address.version]), strict=False))
+
+
 def address_of(text: str | None) -> Address | None:
     """A client's address (an IPv4-mapped IPv6 one as IPv4); None when it is none."""
     if text is None:
@@ -130,7 +143,16 @@ class DailyUsage:
     rate_limited: int
 
 
-def usage_json(key_id: str, prefix: str, days: list[DailyUsage]) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True)
+class NetworkUsage:
+    network: str  # CIDR: a /24 or a /64
+    requests: int
+    last_seen: str  # ISO 8601 UTC
+
+
+def usage_json(
+    key_id: str, prefix: str, days: list[DailyUsage], networks: list[NetworkUsage]
+) -> dict[str, Any]:
     return {
         "id": key_id,
         "key_prefix": prefix,
@@ -138,6 +160,10 @@ def usage_json(key_id: str, prefix: str, days: list[DailyUsage]) -> dict[str, An
             {"date": d.date, "requests": d.requests, "rate_limited": d.rate_limited} for d in days
         ],
         "total_requests": sum(d.requests for d in days),
+        "networks": [
+            {"network": n.network, "requests": n.requests, "last_seen": n.last_seen}
+            for n in networks
+        ],
     }
 
 

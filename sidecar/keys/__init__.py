@@ -13,5 +13,6 @@ __all__ = [
     "schema",
     "store",
     "usage",
+    "usage_calls",
     "view",
 ]

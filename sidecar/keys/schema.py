@@ -38,6 +38,11 @@ key                                               type    holds
                                                           the config no longer has reads these)
 ``callcov:{callcov-keys}:usage:<id>:<date>``      HASH    requests, rate_limited on that UTC day;
                                                           expires after the longest usage window
+``callcov:{callcov-keys}:usage:<id>:<date>:networks`` ZSET  the client networks (/24, /64) of that
+                                                          day, score = requests; ``...:seen``:
+                                                          score = last seen (epoch s); each kept
+                                                          to its top NETWORKS_KEPT, expiring
+                                                          with the day's counts
 ``callcov:revocations`` (pub/sub channel)        —       the HMAC of each key whose verification
                                                           answer changed, for cache eviction
 ===============================================  ======  ========================================
@@ -74,6 +79,7 @@ REVOCATION_CHANNEL = "callcov:revocations"
 STATE_CHANNEL = REVOCATION_CHANNEL + ":state"
 NEVER = "+inf"  # the score of a key without expiry
 USAGE_KEPT_DAYS = 91  # the longest usage window (90 days) and the day in progress
+NETWORKS_KEPT = 200  # networks kept per key and day: a bound, far above the 20 shown
 US = 1_000_000
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -242,6 +248,16 @@ def prefix_index_key(prefix: str) -> str:
 
 def usage_key(key_id: str, day: str) -> str:
     return f"{NAMESPACE}:usage:{key_id}:{day}"
+
+
+def usage_networks_key(key_id: str, day: str) -> str:
+    """The networks the key was used from that day: member = network, score = requests."""
+    return f"{NAMESPACE}:usage:{key_id}:{day}:networks"
+
+
+def usage_seen_key(key_id: str, day: str) -> str:
+    """The same networks, score = when last seen (epoch seconds)."""
+    return f"{NAMESPACE}:usage:{key_id}:{day}:seen"
 
 
 def micros(moment: datetime) -> int:

@@ -21,6 +21,7 @@ from sidecar.core.domain import (
     REVOKED,
     CreatedKey,
     DailyUsage,
+    NetworkUsage,
     VerifiedKey,
     network_of,
 )
@@ -52,7 +53,6 @@ from sidecar.keys.schema import (
     ROTATE_COPIES,
     UPDATE,
     UPDATE_READS,
-    USAGE_KEPT_DAYS,
     all_keys_key,
     canary_keys_key,
     grace_set_key,
@@ -64,7 +64,13 @@ from sidecar.keys.schema import (
     prefix_index_key,
     record_key,
     scoped_keys_key,
-    usage_key,
+)
+from sidecar.keys.usage_calls import (
+    NetworkCounts,
+    UsageCounts,
+    parse_usage,
+    queue_touch,
+    queue_usage,
 )
 from sidecar.keys.view import as_text, decode, listed, public_view
 from sidecar.redisconn.client import (
@@ -103,16 +109,6 @@ class Change:
 
     before: Any
     after: Any
-
-
-@dataclass(frozen=True, slots=True)
-class UsageCounts:
-    """Uses of one key on one UTC day, waiting to be added to Redis."""
-
-    key_id: str
-    day: str
-    requests: int
-    rate_limited: int
 
 
 class KeyStore:
@@ -544,42 +540,33 @@ class KeyStore:
                 break
         return counts, len(seen)
 
-    async def touch(self, last_used: Mapping[str, str], counts: Sequence[UsageCounts] = ()) -> None:
-        """Record last-use times (key id → ISO time) and add per-day use counts, all in
-        one pipelined round trip."""
-        if not last_used and not counts:
+    async def touch(
+        self,
+        last_used: Mapping[str, str],
+        counts: Sequence[UsageCounts] = (),
+        networks: Sequence[NetworkCounts] = (),
+    ) -> None:
+        """Record last-use times (key id → ISO time) and add per-day use counts and
+        the networks keys were used from, all in one pipelined round trip."""
+        if not last_used and not counts and not networks:
             return
         async with self._redis.pipeline(transaction=False) as pipe:
-            for key_id, moment in last_used.items():
-                pipe.hset(record_key(key_id), "last_used_at", moment)
-            for used in counts:
-                name = usage_key(used.key_id, used.day)
-                if used.requests:
-                    pipe.hincrby(name, "requests", used.requests)
-                if used.rate_limited:
-                    pipe.hincrby(name, "rate_limited", used.rate_limited)
-                pipe.expire(name, USAGE_KEPT_DAYS * 86400)
+            queue_touch(pipe, last_used, counts, networks)
             await self._guarded(pipe.execute())
 
     async def usage(
         self, key_id: str, user_id: str | None, days: Sequence[str]
-    ) -> tuple[str, list[DailyUsage]]:
-        """The key's prefix and its counts on ``days`` (YYYY-MM-DD, UTC), in one round
-        trip; KeyNotFound for an unknown or another user's key (``user_id`` None: any
-        owner's)."""
+    ) -> tuple[str, list[DailyUsage], list[NetworkUsage]]:
+        """The key's prefix, its counts on ``days`` (YYYY-MM-DD, UTC) and the networks
+        it was used from then, in one round trip; KeyNotFound for an unknown or another
+        user's key (``user_id`` None: any owner's)."""
         async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.hmget(record_key(key_id), "user_id", "key_prefix")
-            for day in days:
-                pipe.hmget(usage_key(key_id, day), "requests", "rate_limited")
+            queue_usage(pipe, key_id, days)
             replies = await self._guarded(pipe.execute())
-        owner, prefix = (None if v is None else as_text(v) for v in replies[0])
+        owner, prefix, daily, networks = parse_usage(replies, days)
         if owner is None or prefix is None or (user_id is not None and owner != user_id):
             raise KeyNotFound()
-        daily = [
-            DailyUsage(day, int(requests or 0), int(limited or 0))
-            for day, (requests, limited) in zip(days, replies[1:], strict=True)
-        ]
-        return prefix, daily
+        return prefix, daily, networks
 
 
 def _stored(value: str | tuple[str, ...]) -> str:

@@ -110,6 +110,9 @@ class Decider:
             sent = early.sent if early is not None else None
             try:
                 identity = await self._authenticate(api_key, authorization, headers, record, early)
+                if identity.key_id is not None:
+                    client = self._rules.proxies.client(record.client, headers)
+                    self._auth.used_from(identity, client)
                 if identity.scopes is not None or identity.networks is not None:
                     self._restrict(identity, method, normalised, record, headers)
             except BaseException:
