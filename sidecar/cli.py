@@ -1,4 +1,4 @@
-"""``callcov-sidecar``: serve, check-config, keys (operator actions), token.
+"""``callcov-sidecar``: serve, check-config, keys (operator actions), audit, token.
 
 Exit codes: 0 success; 1 runtime failure (a port in use, Redis unreachable for an
 operator command, an unknown key id, the key limit reached, ...); 2 usage error or
@@ -167,6 +167,22 @@ def _parser() -> argparse.ArgumentParser:
         default=str(DEFAULT_USAGE_DAYS),
         help=f"days up to today, 1 to {MAX_USAGE_DAYS} (default {DEFAULT_USAGE_DAYS})",
     )
+    audit = commands.add_parser(
+        "audit",
+        help="the audit trail of key changes",
+        description="The audit trail of key changes (docs/audit.md).",
+        epilog=EXIT_CODES,
+    )
+    audit_actions = audit.add_subparsers(metavar="ACTION", required=True)
+    command(
+        audit_actions, "verify", "check every event's hash and link (exit 1 names the first bad "
+        "event)", _audit_verify,
+    )  # fmt: skip
+    export = command(
+        audit_actions, "export", "print events as JSON lines, oldest first", _audit_export
+    )
+    export.add_argument("--since", metavar="WHEN", help="ISO 8601 date-time with a time zone")
+    export.add_argument("--user", help="only the events of this user's keys")
     return parser
 
 
@@ -331,11 +347,63 @@ def _keys_revoke(config: Config, args: argparse.Namespace) -> int:
     return _with_store(config, action)
 
 
+def _audit_verify(config: Config, args: argparse.Namespace) -> int:
+    from sidecar import cli_audit
+
+    return _with_redis(config, lambda redis, url: cli_audit.verify(redis, config))
+
+
+def _audit_export(config: Config, args: argparse.Namespace) -> int:
+    from sidecar import cli_audit
+    from sidecar.core.timeutil import parse_iso
+
+    since = None
+    if args.since is not None:
+        try:
+            since = parse_iso(args.since)
+        except ValueError:
+            raise _Usage(f"--since: not an ISO 8601 date-time: {args.since!r}") from None
+        if since.tzinfo is None:
+            raise _Usage("--since: give a time zone, e.g. 2027-01-31T00:00:00Z")
+    user = None if args.user is None else _user(args.user)
+    return _with_redis(config, lambda redis, url: cli_audit.export(redis, since, user))
+
+
 def _with_store(config: Config, action: Callable[[Any], Awaitable[Any]]) -> int:
-    from sidecar.core.errors import SidecarError, StoreUnavailable
+    """Run ``action`` on a KeyStore; print its result as JSON. Changes are audited as
+    the operator's, and their events logged as JSON lines on stderr."""
+    from sidecar.keys.audit_events import configured_key
+    from sidecar.keys.audit_trail import AuditTrail
     from sidecar.keys.hashing import KeyHasher
     from sidecar.keys.store import KeyStore
-    from sidecar.redisconn.client import connect, durability
+    from sidecar.observability.logs import audit_lines_to_stderr
+    from sidecar.redisconn.client import durability
+
+    audit_lines_to_stderr()
+    retry_after = config.redis.retry_after_seconds
+
+    async def use(redis: Any, url: str) -> int:
+        secret = config.auth.api_keys.hash_secret.get_secret_value().encode()
+        store = KeyStore(
+            redis,
+            KeyHasher(secret),
+            config.auth.api_keys.max_active_per_user,
+            retry_after=retry_after,
+            durability=durability(url, config.redis),
+            audit=AuditTrail(configured_key(config), config.audit.retention_days, retry_after),
+        )
+        result = await action(store)
+        print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
+        return EXIT_OK
+
+    return _with_redis(config, use)
+
+
+def _with_redis(config: Config, use: Callable[[Any, str], Awaitable[int]]) -> int:
+    """Connect to the configured Redis (or start the embedded one), run ``use`` on it;
+    its exit code, or 1 with the reason when Redis or the action fails."""
+    from sidecar.core.errors import SidecarError, StoreUnavailable
+    from sidecar.redisconn.client import REDIS_ERRORS, connect
     from sidecar.redisconn.embedded import EmbeddedRedisError
     from sidecar.server.run import resolve_redis_url
 
@@ -345,23 +413,17 @@ def _with_store(config: Config, action: Callable[[Any], Awaitable[Any]]) -> int:
         print(f"error: cannot start the embedded Redis: {exc}", file=sys.stderr)
         return EXIT_FAILURE
 
-    async def run() -> Any:
+    async def run() -> int:
         redis = connect(url, config.redis)
-        secret = config.auth.api_keys.hash_secret.get_secret_value().encode()
-        store = KeyStore(
-            redis,
-            KeyHasher(secret),
-            config.auth.api_keys.max_active_per_user,
-            retry_after=config.redis.retry_after_seconds,
-            durability=durability(url, config.redis),
-        )
         try:
-            return await action(store)
+            return await use(redis, url)
+        except REDIS_ERRORS as exc:
+            raise StoreUnavailable(config.redis.retry_after_seconds) from exc
         finally:
             await redis.aclose()
 
     try:
-        result = asyncio.run(run())
+        return asyncio.run(run())
     except StoreUnavailable as exc:
         cause = type(exc.__cause__).__name__ if exc.__cause__ else "no answer"
         where = mask_url(url)
@@ -373,5 +435,3 @@ def _with_store(config: Config, action: Callable[[Any], Awaitable[Any]]) -> int:
     finally:
         if embedded is not None:
             embedded.stop()
-    print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
-    return EXIT_OK

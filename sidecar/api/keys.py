@@ -1,28 +1,35 @@
 """``/api/v1/api-keys/``: create, list, update, expire, rotate keys and show their
-usage. JWT only (SPEC.md)."""
+usage and audit events. JWT only (SPEC.md). Each change carries who made it and from
+where (an AuditContext) to the store, which records it with the change."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 from uuid import UUID
 
 import orjson
-from pydantic import TypeAdapter, ValidationError
+from pydantic import AfterValidator, Field, TypeAdapter, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route, Router
 
 from sidecar.auth.credentials import Authenticator, credential_from
 from sidecar.core.bodies import read_body
+from sidecar.core.clientaddr import TrustedProxies
 from sidecar.core.domain import (
     DEFAULT_USAGE_DAYS,
     KEYS_API_PATH,
+    USER,
+    AuditContext,
     expired_json,
     key_list_json,
     usage_json,
 )
 from sidecar.core.errors import RequestInvalid
+from sidecar.core.types import REQUEST_ID
+from sidecar.keys.audit_events import valid_event_id
+from sidecar.keys.audit_reader import AuditReader
 from sidecar.keys.input import (
     UPDATE_NOTHING,
     USAGE_DAYS,
@@ -38,6 +45,17 @@ PREFIX = KEYS_API_PATH
 _MAX_CREATE_BODY = 64 * 1024
 _BOOL = TypeAdapter(bool)
 _UUID = TypeAdapter(UUID)
+_EVENTS_LIMIT = TypeAdapter(Annotated[int, Field(ge=1, le=200)])
+DEFAULT_EVENTS_LIMIT = 50
+
+
+def _event_id(value: str) -> str:
+    if not valid_event_id(value):
+        raise ValueError("must be an event id (<milliseconds>-<sequence>)")
+    return value
+
+
+EVENT_ID = TypeAdapter(Annotated[str, AfterValidator(_event_id)])
 
 
 def json_response(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
@@ -66,9 +84,13 @@ class KeysApi:
         *,
         max_lifetime_days: int = 365,
         scopes: frozenset[str] = frozenset(),
+        proxies: TrustedProxies | None = None,
+        events: AuditReader | None = None,
     ) -> None:
         self._auth = authenticator
         self._store = store
+        self._proxies = proxies or TrustedProxies(())
+        self._events = events
         self._max_lifetime_days = max_lifetime_days
         self._scopes = scopes  # the configured scope names a key may be given
         # This instance forgets the key at once, not when its own pub/sub message returns.
@@ -82,6 +104,8 @@ class KeysApi:
             Route(PREFIX + "/{api_key_id}/rotate/", self._rotate, methods=["POST"]),
             Route(PREFIX + "/{api_key_id}/usage", self._usage, methods=["GET"]),
             Route(PREFIX + "/{api_key_id}/usage/", self._usage, methods=["GET"]),
+            Route(PREFIX + "/{api_key_id}/events", self._key_events, methods=["GET"]),
+            Route(PREFIX + "/{api_key_id}/events/", self._key_events, methods=["GET"]),
         ]
         self.app = Router(routes, redirect_slashes=False)
 
@@ -95,6 +119,19 @@ class KeysApi:
         return await self._auth.jwt_only(credential)
 
     # A SidecarError raised here propagates to app.py, which renders every error.
+    def _context(self, request: Request, user_id: str) -> AuditContext:
+        """Who is changing a key, from where: the client address as the failed-auth
+        limit sees it (``server.trusted_proxies`` honoured)."""
+        client = request.scope.get("client")
+        peer = client[0] if client else None
+        return AuditContext(
+            USER,
+            user_id,
+            self._proxies.client(peer, request.scope["headers"]),
+            request.headers.get("user-agent"),
+            request.scope.get(REQUEST_ID),
+        )
+
     async def _collection(self, request: Request) -> Response:
         user_id = await self._user(request)
         if request.method == "POST":
@@ -106,7 +143,8 @@ class KeysApi:
         key_id = _key_id(request)
         if request.method == "PATCH":
             return await self._update(request, user_id, key_id)
-        self._on_revoked(await self._store.revoke(key_id, user_id))
+        context = self._context(request, user_id)
+        self._on_revoked(await self._store.revoke(key_id, user_id, context=context))
         return json_response(200, expired_json())
 
     async def _create(self, request: Request, user_id: str) -> Response:
@@ -123,6 +161,7 @@ class KeysApi:
             expires_at=parsed.expires_at,
             scopes=None if parsed.scopes is None else tuple(parsed.scopes),
             allowed_ips=None if parsed.allowed_ips is None else tuple(parsed.allowed_ips),
+            context=self._context(request, user_id),
         )
         return json_response(201, created.as_json())
 
@@ -141,6 +180,7 @@ class KeysApi:
             description=parsed.description if "description" in given else UNCHANGED,
             scopes=_tuple(parsed.scopes) if "scopes" in given else UNCHANGED,
             allowed_ips=_tuple(parsed.allowed_ips) if "allowed_ips" in given else UNCHANGED,
+            context=self._context(request, user_id),
         )
         self._on_revoked(key_hash)  # this instance looks the key up again at once
         return json_response(200, view)
@@ -153,7 +193,9 @@ class KeysApi:
             parsed = RotateKeyBody.model_validate(payload)
         except ValidationError as exc:
             raise RequestInvalid(_errors(exc, "body")) from None
-        created, old_hash = await self._store.rotate(key_id, user_id, parsed.grace_period_seconds)
+        created, old_hash = await self._store.rotate(
+            key_id, user_id, parsed.grace_period_seconds, self._context(request, user_id)
+        )
         self._on_revoked(old_hash)  # its answer changed: look it up again
         return json_response(201, {**created.as_json(), "rotated_from": key_id})
 
@@ -166,6 +208,30 @@ class KeysApi:
             raise RequestInvalid(_errors(exc, "query", "days")) from None
         prefix, daily, networks = await self._store.usage(key_id, user_id, usage_window(days))
         return json_response(200, usage_json(key_id, prefix, daily, networks))
+
+    async def _key_events(self, request: Request) -> Response:
+        """The key's audit events, newest first; ``before`` pages to older ones."""
+        user_id = await self._user(request)
+        key_id = _key_id(request)
+        query = request.query_params
+        errors: list[dict[str, Any]] = []
+        limit = DEFAULT_EVENTS_LIMIT
+        before = None
+        try:
+            limit = _EVENTS_LIMIT.validate_python(query.get("limit", DEFAULT_EVENTS_LIMIT))
+        except ValidationError as exc:
+            errors += _errors(exc, "query", "limit")
+        try:
+            if "before" in query:
+                before = EVENT_ID.validate_python(query["before"])
+        except ValidationError as exc:
+            errors += _errors(exc, "query", "before")
+        if errors:
+            raise RequestInvalid(errors)
+        await self._store.check_owner(key_id, user_id)
+        assert self._events is not None
+        events = await self._events.key_events(key_id, limit, before)
+        return json_response(200, {"events": events})
 
     async def _list(self, request: Request, user_id: str) -> Response:
         raw = request.query_params.get("include_expired", "false")

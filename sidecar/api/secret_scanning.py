@@ -35,7 +35,8 @@ import orjson
 from starlette.types import Receive, Scope, Send
 
 from sidecar.api.scanning_source import ScanningKeySource
-from sidecar.core.domain import LEAKED, VerifiedKey
+from sidecar.core.clientaddr import TrustedProxies
+from sidecar.core.domain import LEAKED, SECRET_SCANNING, AuditContext, VerifiedKey
 from sidecar.core.errors import (
     ClientGone,
     MethodNotAllowed,
@@ -46,10 +47,12 @@ from sidecar.core.errors import (
     ReportTooSlow,
 )
 from sidecar.core.timeutil import now_iso
+from sidecar.core.types import REQUEST_ID
 from sidecar.crypto import scanning_signatures as scanning_keys
 from sidecar.keys import format as keyformat
+from sidecar.keys.calls import Revocation
 from sidecar.keys.hashing import KeyHasher
-from sidecar.keys.store import KeyStore, Revocation
+from sidecar.keys.store import KeyStore
 
 log = logging.getLogger("sidecar.secret_scanning")
 
@@ -70,8 +73,10 @@ class SecretScanning:
         on_revoked: Callable[[str], None],
         max_concurrent: int = 4,
         body_timeout: float = 10.0,
+        proxies: TrustedProxies | None = None,
     ) -> None:
         self._keys = keys
+        self._proxies = proxies or TrustedProxies(())
         self._max_reading = max_concurrent
         self._reading = 0  # report bodies being read and verified now
         self._body_timeout = body_timeout
@@ -87,11 +92,13 @@ class SecretScanning:
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["method"] != "POST":
             raise MethodNotAllowed("POST")
-        identifier = signature = None
+        identifier = signature = agent = None
         declared = None
         for name, value in scope["headers"]:
             lowered = name.lower()
-            if lowered == _IDENTIFIER:
+            if lowered == b"user-agent":
+                agent = value.decode("latin-1")
+            elif lowered == _IDENTIFIER:
                 identifier = value.decode("latin-1")
             elif lowered == _SIGNATURE:
                 signature = value.decode("latin-1")
@@ -123,7 +130,15 @@ class SecretScanning:
         finally:
             self._reading -= 1
         reports = _parse(body)
-        answer = await self._process(reports)
+        client = scope.get("client")
+        context = AuditContext(
+            SECRET_SCANNING,
+            None,
+            self._proxies.client(client[0] if client else None, scope["headers"]),
+            agent,
+            scope.get(REQUEST_ID),
+        )
+        answer = await self._process(reports, context)
         payload = orjson.dumps(answer)
         headers = [
             (b"content-type", b"application/json"),
@@ -132,7 +147,9 @@ class SecretScanning:
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
 
-    async def _process(self, reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    async def _process(
+        self, reports: list[dict[str, Any]], context: AuditContext
+    ) -> list[dict[str, Any]]:
         candidates: dict[str, tuple[keyformat.ParsedKey, str, str | None]] = {}
         for report in reports:
             token: str = report["token"]
@@ -158,12 +175,12 @@ class SecretScanning:
                 audit = {"revoked_url": url} if url else {}
                 to_revoke.append((key, Revocation(key, key_hash, LEAKED, audit)))
         if to_revoke:
-            await self._store.revoke_many([revocation for _, revocation in to_revoke])
+            await self._store.revoke_many([r for _, r in to_revoke], context)
             for key, revocation in to_revoke:
                 self._on_revoked(revocation.key_hash)
                 self.leaked += 1
-                context = _context(key, revocation.audit.get("revoked_url"))
-                log.warning("leaked key revoked", extra={"context": {**context, "at": now}})
+                found_at = _context(key, revocation.audit.get("revoked_url"))
+                log.warning("leaked key revoked", extra={"context": {**found_at, "at": now}})
         return [
             {
                 "token_raw": report["token"],

@@ -27,7 +27,11 @@ from sidecar.core.errors import (
     StoreUnavailable,
 )
 from sidecar.core.paths import PrefixMatcher
+from sidecar.keys.audit_events import configured_key
+from sidecar.keys.audit_reader import AuditReader
+from sidecar.keys.audit_trail import AuditTrail
 from sidecar.keys.cache import KeyCache
+from sidecar.keys.canary_events import CanaryEvents
 from sidecar.keys.hashing import KeyHasher
 from sidecar.keys.revocations import RevocationListener
 from sidecar.keys.store import SCOPED_READ_LIMIT, KeyStore
@@ -60,13 +64,15 @@ class Components:
         self.durability = durability(redis_url, config.redis)
         self.watch = MasterWatch(self.redis)
         hasher = KeyHasher(keys.hash_secret.get_secret_value().encode())
+        retry_after = config.redis.retry_after_seconds
         self.store = KeyStore(
             self.redis,
             hasher,
             keys.max_active_per_user,
-            retry_after=config.redis.retry_after_seconds,
+            retry_after=retry_after,
             durability=self.durability,
             on_readonly=self.watch.demoted,
+            audit=AuditTrail(configured_key(config), config.audit.retention_days, retry_after),
         )
         self.cache = KeyCache(
             ttl=keys.cache_ttl_seconds,
@@ -123,6 +129,8 @@ class Components:
             on_revoked=self.cache.evict,
             max_lifetime_days=keys.max_lifetime_days,
             scopes=self.scopes.names,
+            proxies=rules.proxies,
+            events=AuditReader(self.redis, retry_after=retry_after),
         )
         self.limiter = limiter_for(
             config.rate_limits,
@@ -134,6 +142,7 @@ class Components:
         )
         self.watch.on_switch(self.limiter.reconnect)
         self.watch.on_switch(self.listener.reconnect)
+        self.canaries = CanaryEvents(self.store)
         self.decider = Decider(
             rules=rules,
             public_paths=PrefixMatcher(config.auth.public_paths),
@@ -146,6 +155,7 @@ class Components:
                 else None
             ),
             restrictions=Restrictions(self.scopes),
+            canaries=self.canaries,
         )
         self.gateway = Gateway(
             decider=self.decider,
@@ -168,6 +178,7 @@ class Components:
                 on_revoked=self.cache.evict,
                 max_concurrent=config.secret_scanning.max_concurrent_reports,
                 body_timeout=config.secret_scanning.body_timeout_seconds,
+                proxies=rules.proxies,
             )
             self._scanning_path = config.secret_scanning.path.rstrip("/").lower()
         self.console = console_page(config)
@@ -244,6 +255,7 @@ class Components:
         self._tasks = [
             asyncio.create_task(self.listener.run(), name="revocations"),
             asyncio.create_task(self.usage.run(), name="last-used"),
+            asyncio.create_task(self.canaries.run(), name="canary-events"),
             asyncio.create_task(self.watch.run(), name="master-watch"),
             asyncio.create_task(self._confirm_revocations(), name="revocation-confirm"),
             asyncio.create_task(self._check_scopes(), name="scope-check"),

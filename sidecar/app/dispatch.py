@@ -20,7 +20,7 @@ from sidecar.core.errors import (
     rendered,
 )
 from sidecar.core.paths import decided_path
-from sidecar.core.types import Route
+from sidecar.core.types import REQUEST_ID, Route
 from sidecar.observability.record import RequestRecord
 from sidecar.proxy.headers import request_id
 
@@ -98,6 +98,8 @@ class Sidecar(Components):
         try:
             if route == "refused":
                 raise AmbiguousPath()
+            if route != _GATEWAY:
+                scope[REQUEST_ID] = record.request_id  # for the audit events it causes
             if route == "secret_scanning":
                 assert self.scanning is not None
                 await self.scanning.handle(scope, receive, _Started(send, rid, record))

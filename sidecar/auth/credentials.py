@@ -47,6 +47,15 @@ class Identity(NamedTuple):
     networks: tuple[Network, ...] | None = None  # API keys: None = from any address
 
 
+class CanaryUsed(NotAuthenticated):
+    """A canary key was used: rendered exactly as any 401; the key it carries is for
+    the sidecar's own record of the hit (a ``canary.used`` audit event)."""
+
+    def __init__(self, key: VerifiedKey) -> None:
+        super().__init__("canary")
+        self.key = key
+
+
 class Credential(NamedTuple):
     kind: AuthMethod
     value: str
@@ -200,7 +209,7 @@ class Authenticator:
             reason = "revoked" if not key.active else "expired"
         if cached and client is not None:  # a lookup passed the limit already
             self._admit(client, reason)
-        raise NotAuthenticated(reason)
+        raise CanaryUsed(key) if key.canary else NotAuthenticated(reason)
 
     def _admit(self, client: _Client, instead_of: str | None = None) -> None:
         """The failed-auth limit, before a lookup or a refusal the cache answers."""

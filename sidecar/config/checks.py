@@ -61,6 +61,9 @@ def cross_field_problems(data: dict[str, Any]) -> list[str]:
     hash_secret = get(data, "auth", "api_keys", "hash_secret")
     if isinstance(hash_secret, str) and len(hash_secret.encode()) < 32:
         problems.append("auth.api_keys.hash_secret: must be at least 32 bytes")
+    audit_secret = get(data, "audit", "hmac_secret")
+    if isinstance(audit_secret, str) and len(audit_secret.encode()) < 32:
+        problems.append("audit.hmac_secret: must be at least 32 bytes")
     problems.extend(_url_problems(data))
     problems.extend(_listener_problems(data))
     problems.extend(_path_list_problems(data))

@@ -212,6 +212,12 @@ class SecretScanningConfig(_Section):
     body_timeout_seconds: PositiveSeconds = 10.0
 
 
+class AuditConfig(_Section):
+    retention_days: int = Field(400, ge=1, le=36500)
+    # None: derived from auth.api_keys.hash_secret (keys/audit_events.py).
+    hmac_secret: SecretStr | None = None
+
+
 class LoggingConfig(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     access_log: bool = True
@@ -256,6 +262,7 @@ class Config(_Section):
     logging: LoggingConfig = LoggingConfig()
     console: ConsoleConfig = ConsoleConfig()
     tracing: TracingConfig = TracingConfig()
+    audit: AuditConfig = AuditConfig()
     example_upstream: ExampleUpstreamConfig = ExampleUpstreamConfig()
 
 

@@ -173,3 +173,29 @@ def expired_json() -> dict[str, Any]:
 
 def key_list_json(keys: list[dict[str, Any]]) -> dict[str, Any]:
     return {"api_keys": keys, "total": len(keys)}
+
+
+# Audit trail (SPEC Part 3): who acts, and the actions recorded.
+ActorType = Literal["user", "operator", "secret_scanning", "client"]
+USER: ActorType = "user"
+OPERATOR: ActorType = "operator"  # the CLI
+SECRET_SCANNING: ActorType = "secret_scanning"
+CLIENT: ActorType = "client"  # whoever used a canary
+KEY_CREATED, KEY_UPDATED, KEY_ROTATED = "key.created", "key.updated", "key.rotated"
+KEY_REVOKED, KEY_LEAKED = "key.revoked", "key.leaked"
+CANARY_CREATED, CANARY_USED = "canary.created", "canary.used"
+
+
+@dataclass(frozen=True, slots=True)
+class AuditContext:
+    """Who made a change and from where, carried from the request (or the CLI) to the
+    store, which writes it into the change's event. Holds no credential."""
+
+    actor_type: ActorType
+    actor_id: str | None = None
+    client_ip: str | None = None
+    user_agent: str | None = None
+    request_id: str | None = None
+
+
+OPERATOR_CONTEXT = AuditContext(OPERATOR)  # the CLI: no address, no request

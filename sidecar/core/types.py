@@ -20,12 +20,17 @@ Route = Literal[
     "proxy", "public", "api_keys", "secret_scanning", "console", "refused", "forward_auth"
 ]
 
+# In the scope of a request the sidecar answers itself: its X-Request-ID (text), for
+# the audit events of the changes it makes.
+REQUEST_ID = "sidecar.request_id"
+
 # Statuses whose responses never carry a body, whatever their headers say (RFC 9110 §6.4.1).
 NO_BODY_STATUSES = frozenset({204, 304})
 
 __all__ = [
     "BODY_FOLLOWS",
     "NO_BODY_STATUSES",
+    "REQUEST_ID",
     "TAKE_OVER",
     "AuthMethod",
     "Headers",

@@ -1,17 +1,32 @@
 """What the write scripts (schema.py) are called with: a new key minted into its record
-fields and index entry, and the KEYS and ARGV of each script, built from plain values so
-the store only runs them."""
+fields and index entry, and the KEYS and ARGV of each script with the audit events it
+records (audit_events.py), built from plain values so the store only runs them."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sidecar.core.domain import LIVE, CreatedKey, key_prefix
+from sidecar.core.domain import (
+    CANARY_CREATED,
+    KEY_CREATED,
+    KEY_LEAKED,
+    KEY_REVOKED,
+    KEY_ROTATED,
+    KEY_UPDATED,
+    LEAKED,
+    LIVE,
+    AuditContext,
+    CreatedKey,
+    VerifiedKey,
+    key_prefix,
+)
 from sidecar.core.timeutil import to_iso
+from sidecar.keys.audit_events import new_event
+from sidecar.keys.audit_trail import Audited
 from sidecar.keys.hashing import KeyHasher
 from sidecar.keys.schema import (
     NEVER,
@@ -40,6 +55,7 @@ class NewKey:
     """A key about to be written: its record fields and index entry."""
 
     id: str
+    user_id: str
     api_key: str
     prefix: str
     hash: str
@@ -61,6 +77,18 @@ class NewKey:
     @property
     def expiry_score(self) -> str | int:
         return NEVER if self.expires_us is None else self.expires_us
+
+    def event(self, action: str, context: AuditContext, **extra: Any) -> dict[str, Any]:
+        """The audit event of this key's creation (or of ``action`` at that moment)."""
+        return new_event(
+            action,
+            context,
+            time=self.created_at,
+            user_id=self.user_id,
+            key_id=self.id,
+            key_prefix=self.prefix,
+            **extra,
+        )
 
     def created_key(self) -> CreatedKey:
         return CreatedKey(
@@ -132,6 +160,7 @@ def mint_key(
     )
     return NewKey(
         id=key_id,
+        user_id=user_id,
         api_key=api_key,
         prefix=prefix,
         hash=key_hash,
@@ -156,7 +185,8 @@ def revoke_call(
     moment: datetime,
     reason: str,
     audit: Mapping[str, str] | None,
-) -> tuple[list[str], list[str | int | bytes]]:
+    context: AuditContext,
+) -> Audited:
     """KEYS and ARGV of the revocation script, for one key."""
     keys = [
         record_key(key_id),
@@ -174,10 +204,20 @@ def revoke_call(
         reason,
         *flat_audit,
     ]
-    return keys, args
+    extra = {"url": (audit or {}).get("revoked_url")} if reason == LEAKED else {}
+    event = new_event(
+        KEY_LEAKED if reason == LEAKED else KEY_REVOKED,
+        context,
+        time=to_iso(moment),
+        user_id=owner,
+        key_id=key_id,
+        key_prefix=prefix,
+        **extra,
+    )
+    return Audited(keys, args, [event])
 
 
-def create_call(new: NewKey, user_id: str, max_active: int) -> Call:
+def create_call(new: NewKey, user_id: str, max_active: int, context: AuditContext) -> Audited:
     """CREATE: the record, the limit set of its environment and the indexes."""
     keys = [
         limit_set_key(user_id, new.environment),
@@ -198,10 +238,10 @@ def create_call(new: NewKey, user_id: str, max_active: int) -> Call:
         *new.fields,
         new.entry,
     ]
-    return keys, args
+    return Audited(keys, args, [new.event(KEY_CREATED, context)])
 
 
-def canary_call(new: NewKey, user_id: str) -> Call:
+def canary_call(new: NewKey, user_id: str, context: AuditContext) -> Audited:
     """CREATE_CANARY: the record, the user's canary set and the prefix index."""
     keys = [record_key(new.id), canary_keys_key(user_id), prefix_index_key(new.prefix)]
     args: list[str | int | bytes] = [
@@ -211,7 +251,7 @@ def canary_call(new: NewKey, user_id: str) -> Call:
         *new.fields,
         new.entry,
     ]
-    return keys, args
+    return Audited(keys, args, [new.event(CANARY_CREATED, context)])
 
 
 def rotate_call(
@@ -223,7 +263,8 @@ def rotate_call(
     grace_seconds: int,
     old_end: tuple[int, str] | None,
     copied: Sequence[str | None],
-) -> Call:
+    context: AuditContext,
+) -> Audited:
     """ROTATE: the old key usable until the end of its grace (never past its own expiry,
     ``old_end`` as µs and ISO), the new one written in the same step. ``copied``: the
     old record's ROTATE_COPIES fields as read (the new key was minted with them; the
@@ -271,7 +312,17 @@ def rotate_call(
         *(expected(value) for value in copied),
         *new.fields,
     ]
-    return keys, args
+    rotated = new_event(
+        KEY_ROTATED,
+        context,
+        time=new.created_at,
+        user_id=owner,
+        key_id=key_id,
+        key_prefix=prefix,
+        rotated_to=new.id,
+    )
+    created = new.event(KEY_CREATED, context, rotated_from=key_id)
+    return Audited(keys, args, [rotated, created])
 
 
 def update_call(
@@ -282,7 +333,9 @@ def update_call(
     read: Mapping[str, str | None],
     changed: Mapping[str, str | None],
     entry: bytes,
-) -> Call:
+    changes: Mapping[str, Mapping[str, Any]],
+    context: AuditContext,
+) -> Audited:
     """UPDATE: ``changed`` fields set (None: deleted) on a record that still holds the
     UPDATE_READS values ``read``, and its index entry replaced by ``entry``."""
     keys = [record_key(key_id), prefix_index_key(prefix), scoped_keys_key()]
@@ -299,4 +352,26 @@ def update_call(
         *(item for pair in setting for item in pair),
         *deleting,
     ]
-    return keys, args
+    event = new_event(
+        KEY_UPDATED,
+        context,
+        time=to_iso(moment),
+        user_id=owner,
+        key_id=key_id,
+        key_prefix=prefix,
+        changes=changes,
+    )
+    return Audited(keys, args, [event] if changes else [])
+
+
+@dataclass(frozen=True, slots=True)
+class Revocation:
+    """A verified key to revoke, why, and audit fields for its record."""
+
+    key: VerifiedKey
+    key_hash: str
+    reason: str
+    audit: Mapping[str, str] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        return f"Revocation(key_id={self.key.id!r}, reason={self.reason!r})"

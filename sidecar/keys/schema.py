@@ -71,6 +71,8 @@ from typing import Any
 
 import orjson
 
+from sidecar.keys.audit_schema import PRELUDE
+
 NAMESPACE = "callcov:{callcov-keys}"
 REVOCATION_CHANNEL = "callcov:revocations"
 # What a revocation or rotation left the key as, published right after the hash on
@@ -91,53 +93,72 @@ local function adopt_legacy(legacy, live)
   if #ids > 0 then redis.call('DEL', legacy) end
 end
 """
+# Each write script starts with the audit prelude (audit_schema.py): the audit tail of
+# KEYS and ARGV follows the script's own (NARGV is the script's last ARGV), and it replies
+# {result, head, event id...}, or {"conflict", head} having changed nothing. The events
+# are written after the checks and before the change.
 # KEYS: limit set of the key's environment, all, record, prefix index, legacy set, live set,
 # scoped set. ARGV: max, id, created µs, hash, now µs, expiry score, record fields..., index
 # entry.
 CREATE = (
-    ADOPT_LEGACY
+    PRELUDE
+    + ADOPT_LEGACY
     + """
+local blocked = audit_blocked()
+if blocked then return blocked end
 adopt_legacy(KEYS[5], KEYS[6])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[5])
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
-redis.call('HSET', KEYS[3], unpack(ARGV, 7, #ARGV - 1))
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return {0, AUDIT.prev} end
+local written = audit_write()
+redis.call('HSET', KEYS[3], unpack(ARGV, 7, NARGV - 1))
 redis.call('ZADD', KEYS[1], ARGV[6], ARGV[2])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
-redis.call('HSET', KEYS[4], ARGV[4], ARGV[#ARGV])
+redis.call('HSET', KEYS[4], ARGV[4], ARGV[NARGV])
 if redis.call('HEXISTS', KEYS[3], 'scopes') == 1 then redis.call('SADD', KEYS[7], ARGV[2]) end
-return 1
+return audit_done(1, written)
 """
 )
 # KEYS: record, the user's canary set, prefix index. ARGV: id, created µs, hash, record
 # fields..., index entry. No limit, no listing: a canary is only a trap (auth/credentials.py).
-CREATE_CANARY = """
-redis.call('HSET', KEYS[1], unpack(ARGV, 4, #ARGV - 1))
+CREATE_CANARY = (
+    PRELUDE
+    + """
+local blocked = audit_blocked()
+if blocked then return blocked end
+local written = audit_write()
+redis.call('HSET', KEYS[1], unpack(ARGV, 4, NARGV - 1))
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
-redis.call('HSET', KEYS[3], ARGV[3], ARGV[#ARGV])
-return 1
+redis.call('HSET', KEYS[3], ARGV[3], ARGV[NARGV])
+return audit_done(1, written)
 """
+)
 # KEYS: record, limit set, prefix index, legacy set.
 # ARGV: owner ('' = any), now ISO, now µs, channel, revoked index entry, reason,
 # audit field pairs... Only a key still usable is recorded as revoked (with the reason
 # and audit fields); an expired one is just marked inactive, its reason left null.
-REVOKE = """
+REVOKE = (
+    PRELUDE
+    + """
 local rec = redis.call('HMGET', KEYS[1], 'user_id', 'is_active', 'hash', 'id', 'expires_us')
-if not rec[1] then return 0 end
-if ARGV[1] ~= '' and rec[1] ~= ARGV[1] then return 0 end
-if rec[2] == '1' then
-  redis.call('HSET', KEYS[1], 'is_active', '0', 'updated_at', ARGV[2])
-  if not rec[5] or tonumber(rec[5]) > tonumber(ARGV[3]) then
-    redis.call('HSET', KEYS[1], 'expires_at', ARGV[2], 'expires_us', ARGV[3],
-      'revoked_reason', ARGV[6], 'revoked_at', ARGV[2], unpack(ARGV, 7))
-  end
-  redis.call('ZREM', KEYS[2], rec[4])
-  redis.call('SREM', KEYS[4], rec[4])
-  redis.call('HSET', KEYS[3], rec[3], ARGV[5])
-  redis.call('PUBLISH', ARGV[4], rec[3])
-  redis.call('PUBLISH', ARGV[4] .. ':state', rec[3] .. ' 0')
+if not rec[1] then return {0, audit_head()} end
+if ARGV[1] ~= '' and rec[1] ~= ARGV[1] then return {0, audit_head()} end
+if rec[2] ~= '1' then return {1, audit_head()} end
+local blocked = audit_blocked()
+if blocked then return blocked end
+local written = audit_write()
+redis.call('HSET', KEYS[1], 'is_active', '0', 'updated_at', ARGV[2])
+if not rec[5] or tonumber(rec[5]) > tonumber(ARGV[3]) then
+  redis.call('HSET', KEYS[1], 'expires_at', ARGV[2], 'expires_us', ARGV[3],
+    'revoked_reason', ARGV[6], 'revoked_at', ARGV[2], unpack(ARGV, 7, NARGV))
 end
-return 1
+redis.call('ZREM', KEYS[2], rec[4])
+redis.call('SREM', KEYS[4], rec[4])
+redis.call('HSET', KEYS[3], rec[3], ARGV[5])
+redis.call('PUBLISH', ARGV[4], rec[3])
+redis.call('PUBLISH', ARGV[4] .. ':state', rec[3] .. ' 0')
+return audit_done(1, written)
 """
+)
 # Which values of a record a script expects (as the store read them before building
 # index entries from them): a field absent is '', present is '=' .. its value.
 EXPECTED = """
@@ -158,13 +179,19 @@ ROTATE_COPIES = ("scopes", "allowed_ips")
 # Returns 1, or 0 / -1 / -2 / -3: not found / not active / already rotated (checked in
 # that order: "not active" wins) / restrictions changed since read (read them again).
 ROTATE = (
-    EXPECTED
+    PRELUDE
+    + EXPECTED
     + """
 local rec = redis.call('HMGET', KEYS[1], 'user_id', 'is_active', 'expires_us', 'rotated_to')
-if not rec[1] or rec[1] ~= ARGV[1] then return 0 end
-if rec[2] ~= '1' or (rec[3] and tonumber(rec[3]) <= tonumber(ARGV[2])) then return -1 end
-if rec[4] then return -2 end
-if not unchanged(KEYS[1], {'scopes', 'allowed_ips'}, 15) then return -3 end
+if not rec[1] or rec[1] ~= ARGV[1] then return {0, audit_head()} end
+if rec[2] ~= '1' or (rec[3] and tonumber(rec[3]) <= tonumber(ARGV[2])) then
+  return {-1, audit_head()}
+end
+if rec[4] then return {-2, audit_head()} end
+if not unchanged(KEYS[1], {'scopes', 'allowed_ips'}, 15) then return {-3, audit_head()} end
+local blocked = audit_blocked()
+if blocked then return blocked end
+local written = audit_write()
 redis.call('HSET', KEYS[1], 'rotated_to', ARGV[10], 'updated_at', ARGV[3],
   'expires_us', ARGV[4], 'expires_at', ARGV[5])
 redis.call('HSET', KEYS[5], ARGV[9], ARGV[6])
@@ -174,12 +201,12 @@ redis.call('ZREMRANGEBYSCORE', KEYS[8], '-inf', ARGV[2])
 redis.call('ZADD', KEYS[8], ARGV[4], ARGV[8])
 redis.call('PUBLISH', ARGV[7], ARGV[9])
 redis.call('PUBLISH', ARGV[7] .. ':state', ARGV[9] .. ' ' .. ARGV[4])
-redis.call('HSET', KEYS[4], unpack(ARGV, 17))
+redis.call('HSET', KEYS[4], unpack(ARGV, 17, NARGV))
 redis.call('ZADD', KEYS[2], ARGV[13], ARGV[10])
 redis.call('ZADD', KEYS[3], ARGV[11], ARGV[10])
 redis.call('HSET', KEYS[6], ARGV[12], ARGV[14])
 if redis.call('HEXISTS', KEYS[4], 'scopes') == 1 then redis.call('SADD', KEYS[9], ARGV[10]) end
-return 1
+return audit_done(1, written)
 """
 )
 # The fields a PATCH may change, as the store reads them first (UPDATE checks them).
@@ -190,19 +217,25 @@ UPDATE_READS = ("description", "scopes", "allowed_ips", "expires_us", "canary")
 # expired) / changed since read (read again). The index entry is replaced and its hash
 # published, so every instance drops its cached answer (and re-checks open WebSockets).
 UPDATE = (
-    EXPECTED
+    PRELUDE
+    + EXPECTED
     + """
 local rec = redis.call('HMGET', KEYS[1], 'user_id', 'is_active', 'expires_us', 'hash', 'id')
-if not rec[1] or rec[1] ~= ARGV[1] then return 0 end
-if rec[2] ~= '1' or (rec[3] and tonumber(rec[3]) <= tonumber(ARGV[2])) then return -1 end
+if not rec[1] or rec[1] ~= ARGV[1] then return {0, audit_head()} end
+if rec[2] ~= '1' or (rec[3] and tonumber(rec[3]) <= tonumber(ARGV[2])) then
+  return {-1, audit_head()}
+end
 if not unchanged(KEYS[1], {'description', 'scopes', 'allowed_ips', 'expires_us', 'canary'}, 6)
-then return -3 end
+then return {-3, audit_head()} end
+local blocked = audit_blocked()
+if blocked then return blocked end
+local written = audit_write()
 local pairs_at = 12
 local n = tonumber(ARGV[11])
 redis.call('HSET', KEYS[1], 'updated_at', ARGV[3])
 if n > 0 then redis.call('HSET', KEYS[1], unpack(ARGV, pairs_at, pairs_at + 2 * n - 1)) end
-if #ARGV >= pairs_at + 2 * n then
-  redis.call('HDEL', KEYS[1], unpack(ARGV, pairs_at + 2 * n))
+if NARGV >= pairs_at + 2 * n then
+  redis.call('HDEL', KEYS[1], unpack(ARGV, pairs_at + 2 * n, NARGV))
 end
 if redis.call('HEXISTS', KEYS[1], 'scopes') == 1 then
   redis.call('SADD', KEYS[3], rec[5])
@@ -211,7 +244,7 @@ else
 end
 redis.call('HSET', KEYS[2], rec[4], ARGV[5])
 redis.call('PUBLISH', ARGV[4], rec[4])
-return 1
+return audit_done(1, written)
 """
 )
 

@@ -4,9 +4,10 @@ and its Lua scripts are in schema.py, the JSON view in view.py)."""
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,7 +19,9 @@ from redis.commands.core import AsyncScript
 from sidecar.core.domain import (
     ENVIRONMENTS,
     LIVE,
+    OPERATOR_CONTEXT,
     REVOKED,
+    AuditContext,
     CreatedKey,
     DailyUsage,
     NetworkUsage,
@@ -35,8 +38,10 @@ from sidecar.core.errors import (
 )
 from sidecar.core.timeutil import parse_iso
 from sidecar.keys import format as keyformat
+from sidecar.keys.audit_schema import EVENT_ONLY
+from sidecar.keys.audit_trail import Audited, AuditTrail, Call
 from sidecar.keys.calls import (
-    Call,
+    Revocation,
     canary_call,
     create_call,
     mint_key,
@@ -124,6 +129,7 @@ class KeyStore:
         generate: Callable[[str], str] = lambda environment: keyformat.generate(
             environment=environment
         ),
+        audit: AuditTrail | None = None,
     ) -> None:
         self._redis = redis
         self._generate = generate
@@ -132,13 +138,17 @@ class KeyStore:
         self._retry_after = retry_after
         self._durability = durability
         self._on_readonly = on_readonly  # the server we write to was demoted
-        self.unconfirmed: dict[str, Call] = {}  # revocations a failover may have lost
+        # The app and the CLI pass the configured trail; a random key seals only a
+        # trail no one will verify (tests that build a store of their own).
+        self.audit = audit or AuditTrail(secrets.token_bytes(32), 400, retry_after)
+        self.unconfirmed: dict[str, Audited] = {}  # revocations a failover may have lost
         self.republished = 0
         self._create = redis.register_script(CREATE)
         self._revoke = redis.register_script(REVOKE)
         self._create_canary = redis.register_script(CREATE_CANARY)
         self._rotate = redis.register_script(ROTATE)
         self._update = redis.register_script(UPDATE)
+        self._event_only = redis.register_script(EVENT_ONLY)
         self.errors = 0  # Redis failures seen, for metrics
 
     async def _guarded(self, awaitable: Any) -> Any:
@@ -153,12 +163,14 @@ class KeyStore:
                 log.error("unexpected Redis error reply %s: %s", code, exc)
             raise StoreUnavailable(self._retry_after) from exc
 
-    async def _write(
-        self, script: AsyncScript, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]
-    ) -> list[Any]:
+    async def _write(self, script: AsyncScript, calls: Sequence[Audited]) -> list[Any]:
+        """Run a write script once per call with the events it records (audit_trail.py);
+        the scripts' results. Every write of key data goes through here."""
+        return await self.audit.run(lambda sealed: self._execute(script, sealed), calls)
+
+    async def _execute(self, script: AsyncScript, calls: Sequence[Call]) -> list[Any]:
         """Run a write script once per (keys, args), in one round trip; done only once
-        replicated as configured, else StoreUnavailable (the client must retry). Every
-        write of key data goes through here."""
+        replicated as configured, else StoreUnavailable (the client must retry)."""
 
         async def queue(pipe: Any) -> None:
             for keys, args in calls:
@@ -186,6 +198,7 @@ class KeyStore:
         expires_at: datetime | None = None,
         scopes: tuple[str, ...] | None = None,
         allowed_ips: tuple[str, ...] | None = None,
+        context: AuditContext = OPERATOR_CONTEXT,
     ) -> CreatedKey:
         """A new key; ``scopes`` (configured names) and ``allowed_ips`` (normalised
         CIDRs) restrict it, None for none."""
@@ -199,21 +212,28 @@ class KeyStore:
             scopes=scopes,
             allowed_ips=allowed_ips,
         )
-        call = create_call(new, user_id, self.max_active_per_user)
+        call = create_call(new, user_id, self.max_active_per_user, context)
         created = (await self._write(self._create, [call]))[0]
         if not created:
             raise KeyLimitReached(self.max_active_per_user)
         return new.created_key()
 
-    async def create_canary(self, user_id: str, description: str | None) -> CreatedKey:
+    async def create_canary(
+        self, user_id: str, description: str | None, context: AuditContext = OPERATOR_CONTEXT
+    ) -> CreatedKey:
         """A canary key: verifies like any key but never authenticates
         (auth/credentials.py); outside the user's limit and listings, except
         ``list_canaries``."""
         new = mint_key(
             self._generate(LIVE), self._hasher, user_id, description, LIVE, None, canary=True
         )
-        await self._write(self._create_canary, [canary_call(new, user_id)])
+        await self._write(self._create_canary, [canary_call(new, user_id, context)])
         return new.created_key()
+
+    async def record_events(self, events: Sequence[dict[str, Any]]) -> None:
+        """Audit events that go with no change of key data (``canary.used``)."""
+        if events:
+            await self._write(self._event_only, [Audited((), (), [e]) for e in events])
 
     async def list_keys(self, user_id: str, include_expired: bool) -> list[dict[str, Any]]:
         if include_expired:
@@ -276,6 +296,10 @@ class KeyStore:
             raise KeyNotFound()
         return values
 
+    async def check_owner(self, key_id: str, user_id: str | None) -> None:
+        """KeyNotFound unless the key exists and is ``user_id``'s (None: anyone's)."""
+        await self._owned(key_id, user_id)
+
     async def revoke(
         self,
         key_id: str,
@@ -283,6 +307,7 @@ class KeyStore:
         *,
         reason: str = REVOKED,
         audit: Mapping[str, str] | None = None,
+        context: AuditContext = OPERATOR_CONTEXT,
     ) -> str:
         """Expire a key for good; return its hash (for local cache eviction).
         ``user_id`` None = operator action (any owner). The first revocation's
@@ -293,14 +318,14 @@ class KeyStore:
         )
         if owner is None or prefix is None or key_hash is None:
             raise KeyNotFound()
-        keys, args = revoke_call(
-            key_id, owner, prefix, environment or LIVE, datetime.now(UTC), reason, audit
+        call = revoke_call(
+            key_id, owner, prefix, environment or LIVE, datetime.now(UTC), reason, audit, context
         )
-        if not (await self._revocations({key_id: (keys, args)}))[0]:
+        if not (await self._revocations({key_id: call}))[0]:
             raise KeyNotFound()
         return key_hash
 
-    async def _revocations(self, calls: Mapping[str, Call]) -> list[Any]:
+    async def _revocations(self, calls: Mapping[str, Audited]) -> list[Any]:
         """Run revocation scripts (key id → call). One that may have reached a master
         and not its replicas (a failover could undo it) is kept, and run again by
         ``confirm_revocations`` until a master acknowledges it replicated."""
@@ -324,7 +349,11 @@ class KeyStore:
         log.warning("%d revocation(s) a failover may have lost: applied again", len(pending))
 
     async def rotate(
-        self, key_id: str, user_id: str | None, grace_seconds: int
+        self,
+        key_id: str,
+        user_id: str | None,
+        grace_seconds: int,
+        context: AuditContext = OPERATOR_CONTEXT,
     ) -> tuple[CreatedKey, str]:
         """Replace an active key by a new one with the same description, environment,
         expiry, scopes and allowed addresses; the old one keeps working (as restricted
@@ -332,13 +361,13 @@ class KeyStore:
         key and the old key's hash (for local cache eviction). ``user_id`` None =
         operator action (any owner)."""
         for _ in range(_RACES):
-            outcome = await self._rotate_once(key_id, user_id, grace_seconds)
+            outcome = await self._rotate_once(key_id, user_id, grace_seconds, context)
             if outcome is not None:
                 return outcome
         raise KeyChangedMeanwhile()
 
     async def _rotate_once(
-        self, key_id: str, user_id: str | None, grace_seconds: int
+        self, key_id: str, user_id: str | None, grace_seconds: int, context: AuditContext
     ) -> tuple[CreatedKey, str] | None:
         (
             owner,
@@ -379,7 +408,9 @@ class KeyStore:
             allowed_ips=allowed_ips,
             rotated_from=key_id,
         )
-        call = rotate_call(new, key_id, owner, prefix, old_hash, grace_seconds, old_end, copied)
+        call = rotate_call(
+            new, key_id, owner, prefix, old_hash, grace_seconds, old_end, copied, context
+        )
         outcome = (await self._write(self._rotate, [call]))[0]
         if outcome == 0:
             raise KeyNotFound()
@@ -399,6 +430,7 @@ class KeyStore:
         description: str | None = UNCHANGED,
         scopes: tuple[str, ...] | None = UNCHANGED,
         allowed_ips: tuple[str, ...] | None = UNCHANGED,
+        context: AuditContext = OPERATOR_CONTEXT,
     ) -> tuple[dict[str, Any], dict[str, Change], str]:
         """Change an active key's description, scopes or allowed addresses (None clears
         one; UNCHANGED leaves it), in its record and its index entry at once, published
@@ -435,7 +467,8 @@ class KeyStore:
                 allowed_ips=_listed_field(after["allowed_ips"]),
             )
             moment = datetime.now(UTC)
-            call = update_call(key_id, owner, prefix, moment, read, fields, entry)
+            shown = {n: {"from": c.before, "to": c.after} for n, c in changes.items()}
+            call = update_call(key_id, owner, prefix, moment, read, fields, entry, shown, context)
             outcome = (await self._write(self._update, [call]))[0]
             if outcome == 0:
                 raise KeyNotFound()
@@ -486,7 +519,9 @@ class KeyStore:
             networks=None if allowed is None else tuple(network_of(n) for n in allowed),
         )
 
-    async def revoke_many(self, revocations: Sequence[Revocation]) -> None:
+    async def revoke_many(
+        self, revocations: Sequence[Revocation], context: AuditContext = OPERATOR_CONTEXT
+    ) -> None:
         """Revoke many verified keys with the revocation script DELETE uses (each is
         atomic and published to every instance), all in one pipelined round trip."""
         if not revocations:
@@ -501,6 +536,7 @@ class KeyStore:
                 moment,
                 r.reason,
                 r.audit,
+                context,
             )
             for r in revocations
         }
@@ -583,16 +619,3 @@ def _shown(name: str, stored: str | None) -> Any:
 
 def _listed_field(stored: str | None) -> tuple[str, ...] | None:
     return None if stored is None else tuple(listed(stored))
-
-
-@dataclass(frozen=True, slots=True)
-class Revocation:
-    """A verified key to revoke, why, and audit fields for its record."""
-
-    key: VerifiedKey
-    key_hash: str
-    reason: str
-    audit: Mapping[str, str] = field(default_factory=dict)
-
-    def __repr__(self) -> str:
-        return f"Revocation(key_id={self.key.id!r}, reason={self.reason!r})"

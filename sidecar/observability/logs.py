@@ -119,3 +119,15 @@ def configure(level: str) -> None:
     logging.getLogger("uvicorn.error").filters[:] = [_QuietHelpers()]
     logging.getLogger("uvicorn.access").disabled = True
     logging.captureWarnings(True)
+
+
+def audit_lines_to_stderr() -> None:
+    """For the CLI, which configures no logging: the audit events of the changes it
+    makes still go out as redacted JSON lines (``"log": "audit"``) on stderr."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter())
+    handler.addFilter(RedactingFilter())
+    audit = logging.getLogger("sidecar.audit")
+    audit.handlers[:] = [handler]
+    audit.setLevel(logging.INFO)
+    audit.propagate = False

@@ -14,7 +14,13 @@ from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 from sidecar.auth.assertion import AssertionSigner
-from sidecar.auth.credentials import Authenticator, Credential, Identity, credential_from
+from sidecar.auth.credentials import (
+    Authenticator,
+    CanaryUsed,
+    Credential,
+    Identity,
+    credential_from,
+)
 from sidecar.auth.restrictions import Restrictions, Scopes
 from sidecar.core.domain import LIVE, TEST, Network, key_prefix
 from sidecar.core.errors import (
@@ -28,6 +34,7 @@ from sidecar.core.errors import (
 )
 from sidecar.core.paths import PrefixMatcher
 from sidecar.core.types import Headers
+from sidecar.keys.canary_events import CanaryEvents
 from sidecar.observability.record import RequestRecord
 from sidecar.observability.spans import RATE_LIMIT
 from sidecar.proxy.headers import HeaderRules
@@ -72,8 +79,10 @@ class Decider:
         report_only: PrefixMatcher | None = None,
         assertion: AssertionSigner | None = None,
         restrictions: Restrictions | None = None,
+        canaries: CanaryEvents | None = None,
     ) -> None:
         self._rules = rules
+        self._canaries = canaries
         self.public = public_paths
         self._auth = authenticator
         self._limiter = limiter
@@ -239,7 +248,16 @@ class Decider:
             if credential is not None and exc.reason in _WELL_FORMED_KEY_REJECTED:
                 record.key_prefix = key_prefix(credential.value)  # public; tells ops which key
                 if exc.reason == "canary":
-                    _report_canary(record, self._rules.proxies.client(record.client, incoming))
+                    client = self._rules.proxies.client(record.client, incoming)
+                    _report_canary(record, client)
+                    if self._canaries is not None and isinstance(exc, CanaryUsed):
+                        agent = next((v for n, v in incoming if n == b"user-agent"), None)
+                        self._canaries.used(
+                            exc.key,
+                            client,
+                            None if agent is None else agent.decode("latin-1"),
+                            record.request_id,
+                        )
             raise
         except StoreUnavailable:
             record.auth_outcome = "store_unavailable"

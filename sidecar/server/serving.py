@@ -23,6 +23,7 @@ from redis.asyncio import Redis
 from sidecar.api.admin import build_admin_app
 from sidecar.auth.assertion import public_jwks
 from sidecar.config.model import Config
+from sidecar.keys.audit_reader import AuditReader
 from sidecar.observability.logs import QUIET_UVICORN
 from sidecar.proxy.upstream import UpstreamClient
 from sidecar.redisconn.client import REDIS_ERRORS, Durability
@@ -185,6 +186,7 @@ async def admin_listener(
         test_upstream=None
         if test_settings is None
         else UpstreamClient(test_settings, config.server.max_body_bytes),
+        audit=AuditReader(redis, retry_after=config.redis.retry_after_seconds),
     )
     admin = Server(uvicorn_config(app, config), handle_signals=False)
     helpers = [admin]

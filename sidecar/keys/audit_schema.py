@@ -1,0 +1,110 @@
+"""The audit trail's Redis layout and the Lua every audited write script starts with
+(SPEC Part 3; the design is in docs/audit.md).
+
+===================================================  ======  ===================================
+key                                                   type    holds
+===================================================  ======  ===================================
+``callcov:{callcov-keys}:audit``                      STREAM  the chain: every event, oldest
+                                                              first (entry field ``event``)
+``callcov:{callcov-keys}:audit:head``                 STRING  the ``hash`` of the chain's newest
+                                                              event
+``callcov:{callcov-keys}:audit:anchor``               STRING  the newest event retention trimmed
+                                                              (its JSON): where the chain starts
+``callcov:{callcov-keys}:audit:key:<id>``             STREAM  copies of the events of one key,
+                                                              under the same entry ids; expires
+                                                              ``audit.retention_days`` after its
+                                                              last event
+===================================================  ======  ===================================
+
+Every key carries the key data's hash tag, so on a Cluster an event and the change it
+records are written by one script on one shard: atomically. One chain for the whole
+store: its stream ids are the global order the admin feed pages through.
+
+Redis' Lua cannot compute an HMAC, so events are sealed by the caller: the script gets
+the head it expects (``prev``) and the sealed events, and writes them only if the head
+is still that one, else it changes nothing and answers ``{"conflict", head}``; the
+caller seals again on the head it was given (optimistic concurrency, audit_trail.py).
+"""
+
+from __future__ import annotations
+
+NAMESPACE = "callcov:{callcov-keys}"  # schema.NAMESPACE: the key data's one slot
+AUDIT_STREAM = f"{NAMESPACE}:audit"
+AUDIT_HEAD = f"{NAMESPACE}:audit:head"
+AUDIT_ANCHOR = f"{NAMESPACE}:audit:anchor"
+KEY_EVENTS_PREFIX = f"{NAMESPACE}:audit:key:"
+TRIM_BATCH = 100  # events retention removes per write at most: a write stays O(1)
+CONFLICT = b"conflict"
+
+
+def key_events_key(key_id: str) -> str:
+    return KEY_EVENTS_PREFIX + key_id
+
+
+# The audit tail of KEYS and ARGV (audit_trail.py): the last ARGV is a JSON object
+# {prev, trim_end, minid, ttl_ms, events: [{json, hash}]}; the last 3 + #events KEYS are
+# the head, the chain's stream, the anchor and, per event, its key's stream. The script
+# itself reads ARGV[1..NARGV] and KEYS[1..AK].
+PRELUDE = """
+local AUDIT = cjson.decode(ARGV[#ARGV])
+local NARGV = #ARGV - 1
+local AK = #KEYS - 3 - #AUDIT.events
+local function audit_head()
+  return redis.call('GET', KEYS[AK + 1]) or ''
+end
+-- nil when the events can be written; else the reply: the head moved (another writer
+-- sealed first), or a stream key holds something else (checked before any write, so
+-- such a failure leaves neither the change nor an event).
+local function audit_blocked()
+  local head = audit_head()
+  if head ~= AUDIT.prev then return {'conflict', head} end
+  for i = AK + 2, #KEYS do
+    if i ~= AK + 3 then
+      local kind = redis.call('TYPE', KEYS[i])['ok']
+      if kind ~= 'none' and kind ~= 'stream' then
+        return redis.error_reply('WRONGTYPE audit stream ' .. KEYS[i] .. ' is a ' .. kind)
+      end
+    end
+  end
+  return nil
+end
+-- Retention first (oldest first, a bounded batch; the newest trimmed event becomes the
+-- anchor), then the events; returns {head, id...} for the script's reply.
+local function audit_write()
+  local stream = KEYS[AK + 2]
+  local old = redis.call('XRANGE', stream, '-', AUDIT.trim_end, 'COUNT', TRIM_BATCH)
+  if #old > 0 then
+    local last = old[#old]
+    local ms, seq = string.match(last[1], '(%d+)-(%d+)')
+    redis.call('XTRIM', stream, 'MINID', ms .. '-' .. (tonumber(seq) + 1))
+    redis.call('SET', KEYS[AK + 3], last[2][2])
+  end
+  local out = {AUDIT.prev}
+  for i, event in ipairs(AUDIT.events) do
+    local id = redis.call('XADD', stream, '*', 'event', event.json)
+    local copies = KEYS[AK + 3 + i]
+    redis.call('XADD', copies, id, 'event', event.json)
+    redis.call('XTRIM', copies, 'MINID', AUDIT.minid)
+    redis.call('PEXPIRE', copies, AUDIT.ttl_ms)
+    out[1] = event.hash
+    out[#out + 1] = id
+  end
+  redis.call('SET', KEYS[AK + 1], out[1])
+  return out
+end
+-- The reply of a script that recorded its change: {result, head, id...}.
+local function audit_done(result, written)
+  table.insert(written, 1, result)
+  return written
+end
+""".replace("TRIM_BATCH", str(TRIM_BATCH))
+
+# An event with no change of key data to go with it (canary.used).
+EVENT_ONLY = (
+    PRELUDE
+    + """
+local blocked = audit_blocked()
+if blocked then return blocked end
+return audit_done(1, audit_write())
+"""
+)
