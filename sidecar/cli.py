@@ -170,7 +170,7 @@ def _parser() -> argparse.ArgumentParser:
     audit = commands.add_parser(
         "audit",
         help="the audit trail of key changes",
-        description="The audit trail of key changes (docs/audit.md).",
+        description="The audit trail of key changes (docs/security/audit.md).",
         epilog=EXIT_CODES,
     )
     audit_actions = audit.add_subparsers(metavar="ACTION", required=True)

@@ -1,5 +1,5 @@
 """``callcov-sidecar audit verify`` and ``audit export``: the audit trail for operators
-(SPEC Part 3; docs/audit.md)."""
+(SPEC Part 3; docs/security/audit.md)."""
 
 from __future__ import annotations
 

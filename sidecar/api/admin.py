@@ -8,7 +8,7 @@
 - ``/metrics``: Prometheus text format.
 - ``/.well-known/jwks.json``: the identity assertion's public keys (when assertions are on).
 - ``/audit/events?after=<id>&limit=<n>``: the audit trail for a SIEM that polls,
-  ``{"events": [...], "next": <id or null>}``, oldest first (docs/audit.md).
+  ``{"events": [...], "next": <id or null>}``, oldest first (docs/security/audit.md).
 """
 
 from __future__ import annotations

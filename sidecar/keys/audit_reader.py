@@ -20,6 +20,8 @@ from sidecar.keys.audit_schema import (
     AUDIT_STREAM,
     KEY_EVENTS_PREFIX,
     key_events_key,
+    padded,
+    unpadded,
 )
 from sidecar.redisconn.client import REDIS_ERRORS
 
@@ -47,21 +49,33 @@ class AuditReader:
     """Every read answers StoreUnavailable when Redis does not."""
 
     def __init__(
-        self, redis: Redis, key: bytes = b"", retention_days: int = 400, retry_after: int = 5
+        self,
+        redis: Redis,
+        key: bytes = b"",
+        retention_days: float = 400,
+        retry_after: int = 5,
     ) -> None:
         self._redis = redis
         self._retry_after = retry_after
         self._key = key  # only ``verify`` needs it
-        self._retention_ms = retention_days * 86_400_000
+        self._retention_ms = int(retention_days * 86_400_000)
 
     def __repr__(self) -> str:
         return "AuditReader(key=***)"
 
     async def key_events(self, key_id: str, limit: int, before: str | None) -> list[dict[str, Any]]:
         """The key's events, newest first, older than the event ``before``."""
-        end = "+" if before is None else f"({before}"
-        read = self._redis.xrevrange(key_events_key(key_id), end, "-", count=limit)
-        return _events(await self._guarded(read))
+        end = "+" if before is None else f"({padded(before)}"
+        index = key_events_key(key_id)
+        ids = await self._guarded(self._redis.zrevrangebylex(index, end, "-", 0, limit))
+        if not ids:
+            return []
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for member in ids:
+                entry_id = unpadded(_text(member))
+                pipe.xrange(AUDIT_STREAM, entry_id, entry_id)
+            found = await self._guarded(pipe.execute())
+        return [event for entries in found for event in _events(entries)]
 
     async def feed(self, after: str | None, limit: int) -> list[dict[str, Any]]:
         """Every event, oldest first, newer than the event ``after``. Entry ids grow
@@ -146,16 +160,17 @@ class AuditReader:
         return str(anchor["hash"]), None
 
     async def _explained(self, problem: Problem, before: str | None) -> str:
-        """The problem, naming the removed event when a key's copy still holds it."""
+        """The problem, naming the removed event when a key's index still lists it."""
         if "removed" not in problem.message:
             return str(problem)
-        start = "-" if before is None else f"({before}"
+        start = "-" if before is None else f"({padded(before)}"
+        end = f"({padded(problem.event_id)}"
         async for name in self._redis.scan_iter(match=KEY_EVENTS_PREFIX + "*", count=1000):
-            copies = await self._redis.xrange(name, start, f"({problem.event_id}")
-            if copies:
-                removed = _text(copies[0][0])
+            listed = await self._redis.zrangebylex(name, start, end)
+            if listed:
+                removed = unpadded(_text(listed[0]))
                 return (
-                    f"event {removed} was removed from the chain (a copy remains in its "
-                    f"key's history); the first event after the gap is {problem.event_id}"
+                    f"event {removed} was removed from the chain (its key's history "
+                    f"still lists it); the first event after the gap is {problem.event_id}"
                 )
         return str(problem)

@@ -1,5 +1,5 @@
 """The audit trail's Redis layout and the Lua every audited write script starts with
-(SPEC Part 3; the design is in docs/audit.md).
+(SPEC Part 3; the design is in docs/security/audit.md).
 
 ===================================================  ======  ===================================
 key                                                   type    holds
@@ -10,15 +10,18 @@ key                                                   type    holds
                                                               event
 ``callcov:{callcov-keys}:audit:anchor``               STRING  the newest event retention trimmed
                                                               (its JSON): where the chain starts
-``callcov:{callcov-keys}:audit:key:<id>``             STREAM  copies of the events of one key,
-                                                              under the same entry ids; expires
-                                                              ``audit.retention_days`` after its
-                                                              last event
+``callcov:{callcov-keys}:audit:key:<id>``             ZSET    the entry ids of one key's events,
+                                                              zero-padded (``<ms:15>-<seq:10>``,
+                                                              score 0: ordered by ZRANGEBYLEX);
+                                                              expires ``audit.retention_days``
+                                                              after its last event
 ===================================================  ======  ===================================
 
 Every key carries the key data's hash tag, so on a Cluster an event and the change it
 records are written by one script on one shard: atomically. One chain for the whole
-store: its stream ids are the global order the admin feed pages through.
+store: its stream ids are the global order the admin feed pages through. An event is
+stored once; a key's history is an index of ids into the chain (a small sorted set
+costs far less than a stream per key, whose first entry alone allocates kilobytes).
 
 Redis' Lua cannot compute an HMAC, so events are sealed by the caller: the script gets
 the head it expects (``prev``) and the sealed events, and writes them only if the head
@@ -41,9 +44,20 @@ def key_events_key(key_id: str) -> str:
     return KEY_EVENTS_PREFIX + key_id
 
 
+def padded(entry_id: str) -> str:
+    """An entry id as its key index holds it: sorts as text as it does as an id."""
+    ms, _, seq = entry_id.partition("-")
+    return f"{int(ms):015d}-{int(seq or 0):010d}"
+
+
+def unpadded(member: str) -> str:
+    ms, _, seq = member.partition("-")
+    return f"{int(ms)}-{int(seq)}"
+
+
 # The audit tail of KEYS and ARGV (audit_trail.py): the last ARGV is a JSON object
 # {prev, trim_end, minid, ttl_ms, events: [{json, hash}]}; the last 3 + #events KEYS are
-# the head, the chain's stream, the anchor and, per event, its key's stream. The script
+# the head, the chain's stream, the anchor and, per event, its key's index. The script
 # itself reads ARGV[1..NARGV] and KEYS[1..AK].
 PRELUDE = """
 local AUDIT = cjson.decode(ARGV[#ARGV])
@@ -61,12 +75,17 @@ local function audit_blocked()
   for i = AK + 2, #KEYS do
     if i ~= AK + 3 then
       local kind = redis.call('TYPE', KEYS[i])['ok']
-      if kind ~= 'none' and kind ~= 'stream' then
-        return redis.error_reply('WRONGTYPE audit stream ' .. KEYS[i] .. ' is a ' .. kind)
+      local wanted = (i == AK + 2) and 'stream' or 'zset'
+      if kind ~= 'none' and kind ~= wanted then
+        return redis.error_reply('WRONGTYPE audit key ' .. KEYS[i] .. ' is a ' .. kind)
       end
     end
   end
   return nil
+end
+local function audit_padded(id)
+  local ms, seq = string.match(id, '(%d+)-(%d+)')
+  return string.rep('0', 15 - #ms) .. ms .. '-' .. string.rep('0', 10 - #seq) .. seq
 end
 -- Retention first (oldest first, a bounded batch; the newest trimmed event becomes the
 -- anchor), then the events; returns {head, id...} for the script's reply.
@@ -82,10 +101,10 @@ local function audit_write()
   local out = {AUDIT.prev}
   for i, event in ipairs(AUDIT.events) do
     local id = redis.call('XADD', stream, '*', 'event', event.json)
-    local copies = KEYS[AK + 3 + i]
-    redis.call('XADD', copies, id, 'event', event.json)
-    redis.call('XTRIM', copies, 'MINID', AUDIT.minid)
-    redis.call('PEXPIRE', copies, AUDIT.ttl_ms)
+    local index = KEYS[AK + 3 + i]
+    redis.call('ZADD', index, 0, audit_padded(id))
+    redis.call('ZREMRANGEBYLEX', index, '-', '(' .. AUDIT.min_member)
+    redis.call('PEXPIRE', index, AUDIT.ttl_ms)
     out[1] = event.hash
     out[#out + 1] = id
   end

@@ -27,6 +27,7 @@ from sidecar.keys.audit_schema import (
     AUDIT_STREAM,
     CONFLICT,
     key_events_key,
+    padded,
 )
 
 log = logging.getLogger("sidecar.audit")
@@ -79,7 +80,7 @@ class AuditTrail:
         tail = {
             "prev": prev,
             "trim_end": str(max(0, minid - 1)),
-            "minid": str(minid),
+            "min_member": padded(str(minid)),
             "ttl_ms": str(self.retention_ms),
             "events": [{"json": stored(e).decode(), "hash": e["hash"]} for e in events],
         }
