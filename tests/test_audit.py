@@ -22,6 +22,7 @@ from tests.harness import (
     RedisProcess,
     SidecarProcess,
     base_config,
+    free_port,
     merge,
     remember_secret,
     wait_until,
@@ -284,8 +285,20 @@ def test_a_keys_events_page_by_before_and_bad_queries_are_422(api: Api, user: st
 
 
 def test_the_admin_feed_returns_every_event_once_while_10_writers_create_keys(
-    audited: SidecarProcess,
+    audited: SidecarProcess, tmp_path: Any
 ) -> None:
+    """The writers go through two instances: their chain heads race for real."""
+    ports = {"server": {"port": free_port()}, "admin": {"port": free_port()}}
+    other = SidecarProcess(merge(audited.config, ports), tmp_path).start()
+    try:
+        _feed_under_writers(audited, other)
+    finally:
+        other.stop()
+    verified = cli("--config", str(audited.config_path), "audit", "verify")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def _feed_under_writers(audited: SidecarProcess, other: SidecarProcess) -> None:
     feed = audited.admin_url + "/audit/events"
     start = httpx.get(feed, params={"limit": 1000}).json()
     after = start["events"][-1]["id"] if start["events"] else None
@@ -293,8 +306,8 @@ def test_the_admin_feed_returns_every_event_once_while_10_writers_create_keys(
     created: list[str] = []
     lock = threading.Lock()
 
-    def writer(user: str) -> None:
-        with httpx.Client(base_url=audited.url) as http:
+    def writer(user: str, base: str) -> None:
+        with httpx.Client(base_url=base) as http:
             for _ in range(5):
                 answer = http.post(KEYS, json={}, headers=headers(user))
                 assert answer.status_code == 201
@@ -302,7 +315,10 @@ def test_the_admin_feed_returns_every_event_once_while_10_writers_create_keys(
                 with lock:
                     created.append(answer.json()["id"])
 
-    threads = [threading.Thread(target=writer, args=(u,)) for u in users]
+    threads = [
+        threading.Thread(target=writer, args=(u, (audited, other)[i % 2].url))
+        for i, u in enumerate(users)
+    ]
     for thread in threads:
         thread.start()
     seen: list[str] = []
@@ -391,3 +407,26 @@ def test_verify_passes_on_the_modules_chain(audited: SidecarProcess) -> None:
     result = cli("--config", str(audited.config_path), "audit", "verify")
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.startswith("audit chain intact: ")
+
+
+def test_an_update_records_each_changed_field_from_and_to(api: Api, user: str) -> None:
+    created = api.create_key(user, description="before")
+    url = f"{KEYS}{created['id']}"
+    answer = api.http.patch(
+        url, json={"description": "after"}, headers=headers(user, "req-patch-1")
+    )
+    assert answer.status_code == 200, answer.text
+    same = api.http.patch(url, json={"description": "after"}, headers=headers(user))
+    assert same.status_code == 200  # nothing changed: no event
+    [updated, _] = key_events(api, user, created["id"])
+    assert sealed(updated) == {
+        "action": "key.updated",
+        "actor": {"type": "user", "id": user},
+        "user_id": user,
+        "key_id": created["id"],
+        "key_prefix": created["key_prefix"],
+        "client_ip": "127.0.0.1",
+        "user_agent": AGENT,
+        "request_id": "req-patch-1",
+        "changes": {"description": {"from": "before", "to": "after"}},
+    }

@@ -247,6 +247,16 @@ class Components:
             "API-key requests refused by the failed-authentication limit",
             lambda: failed.limited if failed is not None else 0,
         )
+        self.metrics.count_total(
+            "sidecar_audit_resealed",
+            "Audited writes sealed again because another instance moved the chain head",
+            lambda: self.store.audit.conflicts,
+        )
+        self.metrics.count_total(
+            "sidecar_audit_canary_events_dropped",
+            "canary.used events not recorded because too many were waiting",
+            lambda: self.canaries.dropped,
+        )
 
     async def startup(self) -> None:
         await self.upstream.start()
