@@ -32,8 +32,17 @@ CADDY = str(Path(sys.executable).with_name("caddy"))
 TRAEFIK = str(Path(sys.executable).with_name("traefik"))
 ENVOY = str(Path(sys.executable).with_name("envoy"))
 CONFIGS = Path(__file__).resolve().parent.parent / "deploy" / "forward-auth"
+CACHE_KEY_JS = CONFIGS / "callcov_cache_key.js"
+# njs, for nginx-cached.conf's hashed cache key (Debian: libnginx-mod-http-js; .ci/run).
+NJS = "/usr/lib/nginx/modules/ngx_http_js_module.so"
 BUDGET = 3
-DIALECT = {"nginx": "nginx", "caddy": "forwarded", "traefik": "forwarded", "envoy": "envoy"}
+DIALECT = {
+    "nginx": "nginx",
+    "nginx-cached": "nginx",  # its caching is tested in test_forward_auth_cache.py
+    "caddy": "forwarded",
+    "traefik": "forwarded",
+    "envoy": "envoy",
+}
 # The proxies that cannot tell an API key sent as a Bearer token from a JWT: their
 # configs remove Authorization after the decision.
 NO_AUTHORIZATION = {"traefik", "envoy"}
@@ -41,8 +50,10 @@ NO_AUTHORIZATION = {"traefik", "envoy"}
 
 def nginx_main(workdir: Path, site: Path, modules: str = "") -> str:
     """The http {} wrapper a deploy/ server block is included into, with a private prefix."""
+    # As root, nginx's workers run as nobody: they could not enter pytest's 0700 dirs.
+    user = "user root;\n" if os.geteuid() == 0 else ""
     return (
-        f"{modules}worker_processes 1;\npid {workdir}/nginx.pid;\n"
+        f"{modules}{user}worker_processes 1;\npid {workdir}/nginx.pid;\n"
         f"error_log {workdir}/error.log;\nevents {{ worker_connections 1024; }}\n"
         f"http {{\n access_log off;\n client_body_temp_path {workdir}/body;\n"
         f" proxy_temp_path {workdir}/proxy;\n fastcgi_temp_path {workdir}/fastcgi;\n"
@@ -64,11 +75,15 @@ class FrontProxy:
             text = text.replace("127.0.0.1:8081", f"127.0.0.1:{decisions_port}")
             return text.replace("127.0.0.1:9000", f"127.0.0.1:{upstream_port}")
 
-        if kind == "nginx":
-            text = placed((CONFIGS / "nginx.conf").read_text())
+        if kind.startswith("nginx"):
+            text = placed((CONFIGS / f"{kind}.conf").read_text())
             text = text.replace("listen 8080;", f"listen 127.0.0.1:{self.port};")
+            text = text.replace("/etc/nginx/callcov_cache_key.js", str(CACHE_KEY_JS))
+            text = text.replace("/var/cache/nginx/callcov", str(workdir / "cache"))
             (workdir / "site.conf").write_text(text)
-            (workdir / "nginx.conf").write_text(nginx_main(workdir, workdir / "site.conf"))
+            modules = f"load_module {NJS};\n" if kind == "nginx-cached" else ""
+            main = nginx_main(workdir, workdir / "site.conf", modules)
+            (workdir / "nginx.conf").write_text(main)
             self.command = [
                 "nginx", "-p", str(workdir), "-c", str(workdir / "nginx.conf"),
                 "-g", "daemon off;",
@@ -165,6 +180,8 @@ def sidecars_by_dialect(
 
 
 def binary(kind: str) -> str | None:
+    if kind == "nginx-cached":
+        return shutil.which("nginx") if Path(NJS).exists() else None
     return shutil.which(
         {"nginx": "nginx", "caddy": CADDY, "traefik": TRAEFIK, "envoy": ENVOY}[kind]
     )
@@ -360,6 +377,8 @@ def test_the_docs_include_these_configurations() -> None:
     page = (CONFIGS.parent.parent / "docs" / "deployment" / "forward-auth.md").read_text()
     for name in (
         "nginx.conf",
+        "nginx-cached.conf",
+        "callcov_cache_key.js",
         "Caddyfile",
         "traefik/traefik.yml",
         "traefik/dynamic.yml",
