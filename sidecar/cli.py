@@ -35,7 +35,14 @@ from sidecar.core.domain import (
     valid_user_id,
 )
 from sidecar.core.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
-from sidecar.keys.input import USAGE_DAYS, CreateKeyBody, Lifetime, RotateKeyBody, usage_window
+from sidecar.keys.input import (
+    USAGE_DAYS,
+    CreateKeyBody,
+    Lifetime,
+    RotateKeyBody,
+    UpdateKeyBody,
+    usage_window,
+)
 
 DEFAULT_CONFIG = "config/sidecar.yaml"
 EXIT_CODES = "exit codes: 0 ok, 1 runtime failure, 2 usage error or invalid configuration"
@@ -131,6 +138,7 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument(
         "--environment", default=LIVE, help="live (default) or test (an sk_test_ key)"
     )
+    _restriction_options(create)
     create.add_argument(
         "--canary",
         action="store_true",
@@ -159,7 +167,25 @@ def _parser() -> argparse.ArgumentParser:
         help=f"how long the old key keeps working, 0 to {MAX_GRACE_SECONDS} "
         f"(default {DEFAULT_GRACE_SECONDS}); never past its own expiry",
     )
-    usage = command(actions, "usage", "a key's requests and 429s per UTC day", _keys_usage)
+    update = command(
+        actions,
+        "update",
+        "change a key's description, scopes or allowed addresses (as PATCH); the change "
+        "reaches running sidecars at once",
+        _keys_update,
+    )
+    update.add_argument("key_id", metavar="KEY_ID", help="the key's id (a UUID)")
+    update.add_argument("--description", help=f"free text, at most {MAX_DESCRIPTION} characters")
+    _restriction_options(update)
+    for name, what in (
+        ("description", "the description"),
+        ("scopes", "the scopes (the key is unrestricted again)"),
+        ("allowed-ips", "the allowed addresses (any address again)"),
+    ):
+        update.add_argument(f"--clear-{name}", action="store_true", help=f"remove {what}")
+    usage = command(
+        actions, "usage", "a key's requests and 429s per UTC day, and its networks", _keys_usage
+    )
     usage.add_argument("key_id", metavar="KEY_ID", help="the key's id (a UUID)")
     usage.add_argument(
         "--days",
@@ -184,6 +210,23 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--since", metavar="WHEN", help="ISO 8601 date-time with a time zone")
     export.add_argument("--user", help="only the events of this user's keys")
     return parser
+
+
+def _restriction_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--scope",
+        dest="scopes",
+        action="append",
+        metavar="SCOPE",
+        help="limit the key to this scope of auth.scopes (repeat for more)",
+    )
+    parser.add_argument(
+        "--allow-ip",
+        dest="allowed_ips",
+        action="append",
+        metavar="CIDR",
+        help="allow the key only from this address or network (repeat for more, up to 100)",
+    )
 
 
 def _version() -> str:
@@ -250,17 +293,32 @@ def _keys_create(config: Config, args: argparse.Namespace) -> int:
     if args.canary and (args.expires_at is not None or args.environment != LIVE):
         raise _Usage("a --canary key is a live key that never expires")
 
+    if args.canary and (args.scopes or args.allowed_ips):
+        raise _Usage("a --canary key has no scopes or allowed addresses")
     body = _validated(
         CreateKeyBody,
-        {"expires_at": args.expires_at, "environment": args.environment},
-        context={"lifetime": Lifetime(config.auth.api_keys.max_lifetime_days)},
+        {
+            "expires_at": args.expires_at,
+            "environment": args.environment,
+            "scopes": args.scopes,
+            "allowed_ips": args.allowed_ips,
+        },
+        context={
+            "lifetime": Lifetime(config.auth.api_keys.max_lifetime_days),
+            "scopes": frozenset(config.auth.scopes),
+        },
     )
 
     async def action(store: Any) -> Any:
         if args.canary:
             return {**(await store.create_canary(user, args.description)).as_json(), "canary": True}
         created = await store.create(
-            user, args.description, environment=body.environment, expires_at=body.expires_at
+            user,
+            args.description,
+            environment=body.environment,
+            expires_at=body.expires_at,
+            scopes=_tuple(body.scopes),
+            allowed_ips=_tuple(body.allowed_ips),
         )
         return created.as_json()
 
@@ -286,6 +344,9 @@ def _key_id(text: str) -> str:
 
 # The API's fields as the options that carry them, for messages.
 _OPTIONS = {
+    "description": "--description",
+    "scopes": "--scope",
+    "allowed_ips": "--allow-ip",
     "expires_at": "--expires-at",
     "environment": "--environment",
     "grace_period_seconds": "--grace-period",
@@ -321,6 +382,32 @@ def _keys_rotate(config: Config, args: argparse.Namespace) -> int:
         return {**created.as_json(), "rotated_from": key_id}
 
     return _with_store(config, action)
+
+
+def _keys_update(config: Config, args: argparse.Namespace) -> int:
+    key_id = _key_id(args.key_id)
+    values: dict[str, Any] = {}
+    for name in ("description", "scopes", "allowed_ips"):
+        given, clear = getattr(args, name), getattr(args, f"clear_{name}")
+        if given is not None and clear:
+            raise _Usage(f"{_OPTIONS[name]} and --clear-{name.replace('_', '-')} together")
+        if given is not None or clear:
+            values[name] = given
+    if not values:
+        raise _Usage("nothing to change: give --description, --scope, --allow-ip or a --clear-")
+    body = _validated(UpdateKeyBody, values, context={"scopes": frozenset(config.auth.scopes)})
+    changes = {
+        name: _tuple(v) if isinstance(v := getattr(body, name), list) else v for name in values
+    }
+
+    async def action(store: Any) -> Any:
+        return (await store.update(key_id, None, **changes))[0]
+
+    return _with_store(config, action)
+
+
+def _tuple(values: list[str] | None) -> tuple[str, ...] | None:
+    return None if values is None else tuple(values)
 
 
 def _keys_usage(config: Config, args: argparse.Namespace) -> int:
