@@ -54,7 +54,8 @@ def parse_options(argv: list[str] | None = None) -> Options:
     parser.add_argument(
         "--only",
         help="comma list of throughput scenarios: direct,full,rl_off,jwt,cold,workers2,asgiproxy,"
-        "fa_decide,nginx_fa,assertion,nginx_pass,baseline (the c1 rows follow their scenario)",
+        "fa_decide,nginx_fa,nginx_fa_cached,traefik_fa,traefik_pass,assertion,nginx_pass,baseline "
+        "(the c1 rows follow their scenario)",
     )
     parser.add_argument(
         "--skip",

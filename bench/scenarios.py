@@ -8,6 +8,7 @@ from __future__ import annotations
 import httpx
 
 from bench.context import Run
+from bench.fronts import NJS, nginx_front, traefik
 from bench.harness import free_port, git_state, wait_for
 from bench.load import Scenario
 from bench.services import PATH, Sidecar, sidecar_config
@@ -114,13 +115,22 @@ def throughput_scenarios(run: Run, redis_url: str, upstream: str) -> list[Scenar
     ]
 
 
+NGINX_FRONTS = {"nginx_fa": "nginx.conf", "nginx_fa_cached": "nginx-cached.conf"}
+
+
 def deployment_sidecars(run: Run, redis_url: str, upstream: str) -> None:
     """The sidecars of the deployment-mode scenarios, started only when selected:
-    ``fa`` (forward-auth listener on) and ``assertion`` (identity assertion on)."""
-    if run.selected("fa_decide") or run.selected("nginx_fa"):
+    ``fa`` (forward-auth listener on, allows cacheable for 1 s: only nginx-cached.conf
+    caches them), ``fa_forwarded`` (the same for Traefik's dialect) and ``assertion``
+    (identity assertion on)."""
+    if any(run.selected(key) for key in ("fa_decide", *NGINX_FRONTS)):
         config = sidecar_config(upstream=upstream, redis_url=redis_url)
-        config["forward_auth"] = {"enabled": True, "port": free_port()}
+        config["forward_auth"] = {"enabled": True, "port": free_port(), "cache_seconds": 1}
         run.sidecars["fa"] = run.services.start_sidecar(Sidecar("fa", config))
+    if run.selected("traefik_fa"):
+        config = sidecar_config(upstream=upstream, redis_url=redis_url)
+        config["forward_auth"] = {"enabled": True, "port": free_port(), "dialect": "forwarded"}
+        run.sidecars["fa_forwarded"] = run.services.start_sidecar(Sidecar("fa_forwarded", config))
     if run.selected("assertion"):
         config = sidecar_config(upstream=upstream, redis_url=redis_url)
         config["identity"] = {
@@ -141,24 +151,68 @@ def deployment_scenarios(run: Run, upstream: str, key_header: str) -> list[Scena
                      "rate limit on", decisions, [key_header, *original], fa.pid, c,
                      "sidecar")
         )  # fmt: skip
-        if run.selected("nginx_fa"):
-            if run.services.nginx is None:
-                run.results.unavailable["nginx_fa"] = "nginx not installed"
-            else:
-                front_url, _ = run.services.start_front_nginx(
-                    fa.config["forward_auth"]["port"], upstream
-                )
-                out.append(
-                    Scenario("nginx_fa", "nginx auth_request (README config) + sidecar "
-                             "decisions -> upstream", front_url + PATH, [key_header],
-                             fa.pid, c, "sidecar (decisions only)")
-                )  # fmt: skip
+        out += nginx_front_scenarios(run, fa, upstream, key_header)
+    out += traefik_scenarios(run, upstream, key_header)
     asserting = run.sidecars.get("assertion")
     if asserting is not None:
         out.append(
             Scenario("assertion", "as full, signed identity assertion on (EdDSA)",
                      asserting.url + PATH, [key_header], asserting.pid, c, "sidecar")
         )  # fmt: skip
+    return out
+
+
+def nginx_front_scenarios(run: Run, fa: Sidecar, upstream: str, key_header: str) -> list[Scenario]:
+    out: list[Scenario] = []
+    labels = {
+        "nginx_fa": "nginx auth_request (deploy/forward-auth/nginx.conf: keepalive to the "
+        "decisions) + sidecar decisions -> upstream",
+        "nginx_fa_cached": "as nginx_fa with a 1 s decision cache keyed by a hash of the "
+        "credential (nginx-cached.conf, njs)",
+    }
+    for key, variant in NGINX_FRONTS.items():
+        if not run.selected(key):
+            continue
+        if run.services.nginx is None:
+            run.results.unavailable[key] = "nginx not installed"
+        elif "cached" in key and not NJS.exists():
+            run.results.unavailable[key] = "njs not installed (libnginx-mod-http-js)"
+        else:
+            url, _ = nginx_front(run.services, variant, fa.config["forward_auth"]["port"], upstream)
+            out.append(
+                Scenario(key, labels[key], url + PATH, [key_header], fa.pid, run.o.connections,
+                         "sidecar (decisions only)")
+            )  # fmt: skip
+    return out
+
+
+def traefik_scenarios(run: Run, upstream: str, key_header: str) -> list[Scenario]:
+    """``traefik_fa`` (deploy/forward-auth/traefik/ asking ``fa_forwarded``) and
+    ``traefik_pass`` (the same routes, no middlewares)."""
+    out: list[Scenario] = []
+    c = run.o.connections
+    fa = run.sidecars.get("fa_forwarded")
+    for key, decide in (("traefik_fa", True), ("traefik_pass", False)):
+        if not run.selected(key):
+            continue
+        try:
+            port = fa.config["forward_auth"]["port"] if fa is not None else 0
+            url, pid = traefik(run.services, port, upstream, decide=decide)
+        except RuntimeError as exc:
+            run.results.unavailable[key] = str(exc).splitlines()[0]
+            continue
+        if decide:
+            assert fa is not None
+            out.append(
+                Scenario(key, "Traefik forwardAuth (deploy/forward-auth/traefik/) + sidecar "
+                         "decisions -> upstream", url + PATH, [key_header], fa.pid, c,
+                         "sidecar (decisions only)")
+            )  # fmt: skip
+        else:
+            out.append(
+                Scenario(key, "Traefik reverse proxy, no auth (the same routes)", url + PATH,
+                         [], pid, c, "front Traefik")
+            )  # fmt: skip
     return out
 
 

@@ -18,7 +18,6 @@ import yaml
 
 from bench.harness import (
     BENCH,
-    ROOT,
     Processes,
     free_port,
     listening_pids,
@@ -257,16 +256,16 @@ http {{
         body = response.json()
         return body["api_key"], body["id"]
 
-    def start_nginx_site(self, name: str, site: str, port: int) -> int:
+    def start_nginx_site(self, name: str, site: str, port: int, preamble: str = "") -> int:
         """A second nginx (1 worker) serving ``site`` (its ``server`` blocks) on ``port``;
-        config and logs in the work dir. Its pid."""
+        config and logs in the work dir; ``preamble``: main-context lines. Its pid."""
         assert self.nginx is not None
         directory = self.work / name
         directory.mkdir()
         (directory / "site.conf").write_text(site)
         conf = directory / "nginx.conf"
         conf.write_text(
-            f"""worker_processes 1;
+            f"""{preamble}worker_processes 1;
 daemon off;
 pid {directory}/nginx.pid;
 error_log {directory}/error.log warn;
@@ -286,16 +285,6 @@ http {{
         child = self.procs.start([self.nginx, "-c", str(conf)], directory / "nginx.log")
         wait_for(f"nginx {name}", lambda: port_open(port))
         return child.pid
-
-    def start_front_nginx(self, decisions_port: int, upstream: str) -> tuple[str, int]:
-        """nginx with the README's forward-auth configuration (deploy/forward-auth/
-        nginx.conf) in front of the upstream, asking the sidecar on ``decisions_port``."""
-        port = free_port()
-        site = (ROOT / "deploy" / "forward-auth" / "nginx.conf").read_text()
-        site = site.replace("listen 8080;", f"listen 127.0.0.1:{port} backlog=4096;")
-        site = site.replace("127.0.0.1:8081", f"127.0.0.1:{decisions_port}")
-        site = site.replace("http://127.0.0.1:9000", upstream)
-        return f"http://127.0.0.1:{port}", self.start_nginx_site("front-nginx", site, port)
 
     def start_pass_nginx(self, upstream: str) -> tuple[str, int]:
         """nginx as a plain reverse proxy in front of the upstream, tuned as an operator

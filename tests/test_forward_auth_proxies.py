@@ -385,3 +385,28 @@ def test_the_docs_include_these_configurations() -> None:
         "envoy.yaml",
     ):
         assert f'--8<-- "deploy/forward-auth/{name}"' in page, name
+
+
+def connections_to(port: int) -> int:
+    """Sockets on this machine (any state, TIME_WAIT included) whose remote end is
+    ``port``: each connection a front proxy opened to the decision listener leaves one."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as lines:
+            next(lines)
+            count += sum(int(line.split()[2].rsplit(":", 1)[1], 16) == port for line in lines)
+    return count
+
+
+def test_connections_to_the_decision_listener_are_kept_alive(
+    front: FrontProxy, decider: SidecarProcess
+) -> None:
+    """Sequential requests reuse the front proxy's connection to the decision listener:
+    without keep-alive each would open one (and leave it in TIME_WAIT)."""
+    port = decider.config["forward_auth"]["port"]
+    before = connections_to(port)
+    with httpx.Client() as client:
+        for _ in range(30):
+            public = f"/api/v1/auth/{uuid.uuid4().hex}"  # allowed, not rate limited
+            assert client.get(front.url + public).status_code == 200
+    assert connections_to(port) - before < 10

@@ -84,6 +84,25 @@ def ratio_table(run: Run) -> list[str]:
             "full",
             None,
         ),
+        (
+            "nginx + auth_request (keepalive) / nginx pass-through (req/s)",
+            "nginx_fa",
+            "nginx_pass",
+            0.20,
+        ),
+        (
+            "nginx + 1 s decision cache / nginx pass-through (req/s)",
+            "nginx_fa_cached",
+            "nginx_pass",
+            0.60,
+        ),
+        (
+            "Traefik + forwardAuth / Traefik pass-through (req/s)",
+            "traefik_fa",
+            "traefik_pass",
+            None,
+        ),
+        ("Traefik pass-through / nginx pass-through (req/s)", "traefik_pass", "nginx_pass", None),
         ("identity assertion on / off (req/s, full path)", "assertion", "full", 0.95),
         ("full production path / nginx pass-through (req/s, c32)", "full", "nginx_pass", 0.15),
         (
