@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,20 +14,13 @@ from typing import Any
 
 import yaml
 
+from bench.harness import ROOT, free_port
 from sidecar.redisconn.embedded import find_binary
-
-ROOT = Path(__file__).resolve().parent.parent
 
 JWT_SECRET = "soak-jwt-secret-0123456789abcdefghijklmnopqrstuv"
 HASH_SECRET = "soak-hash-secret-0123456789abcdefghijklmnopqrstu"
 SERVICE = "soak"
 MAX_ACTIVE = 1000  # auth.api_keys.max_active_per_user (its upper bound)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Proc:
