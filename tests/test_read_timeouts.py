@@ -6,6 +6,7 @@ sending goes through."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.harness import SidecarProcess, free_port
+from tests.harness import ServerThread, SidecarProcess, free_port
 from tests.upstream_app import RecordingUpstream
 
 TIMEOUT = 1.0
@@ -146,3 +147,38 @@ def test_an_idle_keep_alive_connection_is_closed_after_its_timeout(timed: Sideca
             response = _closed_by_server(sock)
             assert response.startswith(b"HTTP/1.1 "), (listener, response)
             assert b"connection: close" not in response.lower(), listener  # kept alive, then idle
+
+
+async def _reads_late(scope: Any, receive: Any, send: Any) -> None:
+    """An upstream that reads nothing of the body for three body timeouts, then all."""
+    if scope["type"] != "http":
+        return
+    await asyncio.sleep(TIMEOUT * 3)  # the slow upstream this test is about
+    size = 0
+    more = True
+    while more:
+        message = await receive()
+        size += len(message.get("body", b""))
+        more = message.get("more_body", False)
+    body = b"%d" % size
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": body})
+
+
+def test_an_upload_held_back_by_a_slow_upstream_is_not_cut(config_for: Any, tmp_path: Any) -> None:
+    """While the sidecar itself stops reading (the upstream takes nothing), the client is
+    not stalling: the body timeout does not count that wait."""
+    upstream = ServerThread(_reads_late).start()
+    config = config_for(
+        server={"client_body_timeout_seconds": TIMEOUT},
+        upstream={"url": upstream.url, "read_timeout_seconds": 30},
+    )
+    sidecar = SidecarProcess(config, tmp_path).start()
+    size = 32 * 1024 * 1024
+    try:
+        answer = httpx.post(sidecar.url + PUBLIC_PATH, content=b"z" * size, timeout=60)
+    finally:
+        sidecar.stop()
+        upstream.stop()
+    assert answer.status_code == 200
+    assert answer.text == str(size)
