@@ -37,7 +37,11 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 import httptools
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, RequestResponseCycle
+from uvicorn.protocols.http.httptools_impl import (
+    STATUS_LINE,
+    HttpToolsProtocol,
+    RequestResponseCycle,
+)
 
 from sidecar.config.model import RequestLimits
 from sidecar.core.errors import (
@@ -49,7 +53,7 @@ from sidecar.core.errors import (
 )
 from sidecar.core.types import BODY_FOLLOWS, NO_BODY_STATUSES, TAKE_OVER
 from sidecar.proxy.target import parse_target
-from sidecar.server.read_timeouts import ReadTimeouts, TimedHttpProtocol
+from sidecar.server.read_timeouts import BODY, BUSY, HEAD, IDLE, ReadTimeouts, TimedHttpProtocol
 
 log = logging.getLogger("sidecar")
 HeadHook = Callable[[dict[str, Any]], None]
@@ -85,7 +89,13 @@ class SidecarHttpProtocol(TimedHttpProtocol):
         if self._upgrade_bytes is not None:  # the upgraded connection's first bytes
             self._upgrade_bytes += data
             return
-        self._note_read()
+        if self._phase:  # TimedHttpProtocol.data_received's lines, inlined
+            now = self._last_read = self.loop.time()
+            if self._phase == IDLE:
+                self._phase = HEAD
+                self._since = now
+                if now + self._header_timeout < self._timer_at:
+                    self._arm(now + self._header_timeout)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -141,12 +151,19 @@ class SidecarHttpProtocol(TimedHttpProtocol):
         if hosts != 1 and (hosts or self.parser.get_http_version() != "1.0"):
             self._refusal = HostInvalid(hosts)
             raise self._refusal
-        super().on_headers_complete()
+        upgrade = self.parser.should_upgrade()
+        if upgrade:  # TimedHttpProtocol.on_headers_complete's lines, inlined
+            self._phase = BUSY
+        else:
+            self._phase = BODY
+            if self._last_read + self._body_timeout < self._timer_at:
+                self._arm(self._last_read + self._body_timeout)
+        HttpToolsProtocol.on_headers_complete(self)  # not TimedHttpProtocol's: done above
         # uvicorn read the target the same way; this is the reading forward auth shares.
         scope = self.scope
         scope["raw_path"], scope["path"], scope["query_string"] = parse_target(self.url)
         self.cycle.__class__ = _Cycle
-        if self.parser.should_upgrade():
+        if upgrade:
             self.scope["extensions"] = {TAKE_OVER: self._take_over}  # type: ignore[dict-item]
             self.cycle.keep_alive = False  # unless taken over, nothing follows on it
         hook = type(self).head_hook

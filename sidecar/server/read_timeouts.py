@@ -31,8 +31,8 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from sidecar.config.model import ServerConfig
 
-# What the connection waits for. _BUSY (falsy): nothing, the app is answering.
-_BUSY, _IDLE, _HEAD, _BODY = 0, 1, 2, 3
+# What the connection waits for. BUSY (falsy): nothing, the app is answering.
+BUSY, IDLE, HEAD, BODY = 0, 1, 2, 3
 
 
 class TimedHttpProtocol(HttpToolsProtocol):
@@ -40,50 +40,44 @@ class TimedHttpProtocol(HttpToolsProtocol):
     body_timeout: ClassVar[float] = 60.0
     keepalive_timeout: ClassVar[float | None] = None  # None: uvicorn's timeout_keep_alive
 
-    _phase = _HEAD
-    _since = 0.0  # _HEAD: when the head began; _IDLE: when the last response ended
-    _last_read = 0.0  # when bytes last came
-    _timer: asyncio.TimerHandle | None = None
-    _timer_at = math.inf
-
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if self.keepalive_timeout is not None:
             self.timeout_keep_alive = self.keepalive_timeout  # type: ignore[assignment]
+        # All instance attributes, set here once: read on every request, and CPython's
+        # attribute caches work best on instance values of one shape.
+        self._header_timeout = self.header_timeout
+        self._body_timeout = self.body_timeout
+        self._phase = HEAD
+        self._since = 0.0  # HEAD: when the head began; IDLE: when the last response ended
+        self._last_read = 0.0  # when bytes last came
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = math.inf
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._since = self._last_read = self.loop.time()
-        self._arm(self._since + self.header_timeout)
+        self._arm(self._since + self._header_timeout)
 
+    # The per-request part below is inlined (no helper calls): it runs on every request.
     def data_received(self, data: bytes) -> None:
-        self._note_read()
-        super().data_received(data)
-
-    def _note_read(self) -> None:
-        """At the start of every ``data_received``: the client is sending."""
-        if self._phase:
+        if self._phase:  # a client sending: noted (SidecarHttpProtocol has the same lines)
             now = self._last_read = self.loop.time()
-            if self._phase == _IDLE:  # a new request's first bytes
-                self._phase = _HEAD
+            if self._phase == IDLE:  # a new request's first bytes
+                self._phase = HEAD
                 self._since = now
-                self._arm(now + self.header_timeout)
+                if now + self._header_timeout < self._timer_at:
+                    self._arm(now + self._header_timeout)
+        super().data_received(data)
 
     def on_headers_complete(self) -> None:
         if self.parser.should_upgrade():
-            self._phase = _BUSY  # the connection is the upgrade's business from here
+            self._phase = BUSY  # the connection is the upgrade's business from here
         else:
-            self._phase = _BODY
-            self._arm(self._last_read + self.body_timeout)
+            self._phase = BODY  # until the body is complete: _deadline_passed sees it
+            if self._last_read + self._body_timeout < self._timer_at:
+                self._arm(self._last_read + self._body_timeout)
         super().on_headers_complete()
-
-    def on_message_complete(self) -> None:
-        phase = self._phase
-        if phase == _BODY:
-            self._phase = _BUSY
-        elif phase == _HEAD:  # answered early, and the rest of its body has now come
-            self._go_idle()
-        super().on_message_complete()
 
     def _unset_keepalive_if_required(self) -> None:
         pass  # uvicorn's keep-alive timer is never armed: _deadline_passed does its job
@@ -98,12 +92,10 @@ class TimedHttpProtocol(HttpToolsProtocol):
             cycle, app = self.pipeline.pop()
             self._start_asgi_task(cycle, app)
             return
-        self._go_idle()
-
-    def _go_idle(self) -> None:
-        self._phase = _IDLE
-        self._since = self.loop.time()
-        self._arm(self._since + self.timeout_keep_alive)
+        now = self._since = self.loop.time()
+        self._phase = IDLE
+        if now + self.timeout_keep_alive < self._timer_at:
+            self._arm(now + self.timeout_keep_alive)
 
     def _arm(self, deadline: float) -> None:
         """Make sure the timer fires no later than ``deadline``."""
@@ -114,7 +106,7 @@ class TimedHttpProtocol(HttpToolsProtocol):
             self._timer_at = deadline
 
     def _stop_timing(self) -> None:
-        self._phase = _BUSY
+        self._phase = BUSY
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -127,18 +119,22 @@ class TimedHttpProtocol(HttpToolsProtocol):
         if not phase:
             return  # the response that ends it arms the timer again
         now = self.loop.time()
-        if phase == _BODY:
-            if self.flow.read_paused or (self.cycle and self.cycle.waiting_for_100_continue):
+        if phase == BODY:
+            cycle = self.cycle
+            if cycle is None or not cycle.more_body:  # the body is complete: the app answers
+                self._phase = BUSY
+                return  # the response that ends it arms the timer again
+            if self.flow.read_paused or cycle.waiting_for_100_continue:
                 self._last_read = now  # the wait is the server's, not the client's
-            deadline = self._last_read + self.body_timeout
-        elif phase == _HEAD:
-            deadline = self._since + self.header_timeout
+            deadline = self._last_read + self._body_timeout
+        elif phase == HEAD:
+            deadline = self._since + self._header_timeout
         else:
             deadline = self._since + self.timeout_keep_alive
         if deadline > now:
             self._arm(deadline)
             return
-        self._phase = _BUSY
+        self._phase = BUSY
         if not self.transport.is_closing():
             self.transport.close()
 
