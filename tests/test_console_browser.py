@@ -75,6 +75,17 @@ def token(console: SidecarProcess) -> str:
     return remember_secret(answer.json()["access_token"])
 
 
+def _console_errors(browser: Browser) -> list[str]:
+    """The browser console's errors since the last call (a blocked script or style, a
+    failed module load, an uncaught exception), minus the expected refusals of the
+    API's answers (4xx) that the page reports to the user itself."""
+    return [
+        entry["message"]
+        for entry in browser.driver.get_log("browser")
+        if entry["level"] == "SEVERE" and "Failed to load resource" not in entry["message"]
+    ]
+
+
 def _status_with_key(console: SidecarProcess, key: str, path: str = "/api/v1/analysis/") -> int:
     return httpx.get(console.url + path, headers={"X-API-Key": key}).status_code
 
@@ -171,6 +182,7 @@ def test_the_usage_chart_draws_what_the_usage_api_says(
     bars = browser.chart_bars()
     assert bars == expected
     assert bars[max(bars)] == (9, 2)  # today
+    assert _console_errors(browser) == []  # nothing the page's own CSP blocked
     limited = browser.driver.find_elements("css selector", "#usage-chart g.day rect.limited")
     tallest = max(float(rect.get_attribute("height") or 0) for rect in limited)
     assert tallest > 0
@@ -186,6 +198,7 @@ def test_a_description_with_markup_is_shown_as_text(
     assert XSS in [cell.text for cell in cells]
     assert browser.driver.find_elements("css selector", "main img") == []
     assert browser.script("return window.__pwned === undefined") is True
+    assert _console_errors(browser) == []
     assert _status_with_key(console, key) == 200
 
 
