@@ -5,8 +5,10 @@ installs it."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -388,3 +390,46 @@ def test_a_keys_audit_events_are_listed_when_the_api_serves_them(
         event["action"] for event in events.json()["events"]
     ]
     assert "key.created" in browser.by_id("events-list").text
+
+
+def _access_lines(process: SidecarProcess) -> list[dict[str, Any]]:
+    lines = (json.loads(line) for line in process.logs().splitlines() if line.startswith("{"))
+    return [line for line in lines if "status" in line and "route" in line]
+
+
+def test_an_expired_access_token_is_renewed_through_the_refresh_url(
+    config_for: Any, tmp_path: Path
+) -> None:
+    base = config_for(upstream={"url": f"http://127.0.0.1:{free_port()}"})
+    config = console_config(base, user_id=f"refresh-{time.monotonic_ns()}")
+    config["example_upstream"]["demo_token_seconds"] = 2
+    process = SidecarProcess(config, tmp_path, ("--example-upstream",)).start()
+    browser = Browser()
+    try:
+        browser.open(process.url + "/console/")
+        signed_in_at = time.time()
+        browser.sign_in()
+        wait_until(lambda: time.time() > signed_in_at + 3, timeout=10)  # the token expired
+        browser.by_id("show-inactive").click()  # lists again, with the expired token
+        browser.wait(lambda: browser.by_id("show-inactive").is_selected())
+        browser.start_create()
+        browser.by_id("create-form").submit()
+        browser.wait_visible("reveal-view")
+        remember_secret(str(browser.by_id("revealed-key").get_attribute("value")))
+        wait_until(
+            lambda: any(
+                (line["method"], line["path"], line["status"])
+                == ("POST", "/api/v1/auth/refresh", 200)
+                for line in _access_lines(process)
+            )
+        )
+        refused = [
+            line
+            for line in _access_lines(process)
+            if line["route"] == "api_keys" and line["status"] == 401
+        ]
+        assert refused, "the expired token was never used: the test proved nothing"
+        assert browser.by_id("sign-in-view").is_displayed() is False
+    finally:
+        browser.close()
+        process.stop()

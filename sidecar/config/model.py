@@ -247,6 +247,7 @@ class ExampleUpstreamConfig(_Section):
     demo_email: str | None = Field(None, min_length=3, max_length=254)
     demo_password: SecretStr | None = None
     demo_user_id: str = Field("demo-user", pattern=r"^[\x21-\x7e]{1,256}$")
+    demo_token_seconds: int = Field(900, ge=1, le=86400)
 
 
 class Config(_Section):

@@ -23,7 +23,6 @@ from sidecar.config.model import ExampleUpstreamConfig, JwtConfig
 
 LOGIN_PATH = "/api/v1/auth/login"
 REFRESH_PATH = "/api/v1/auth/refresh"
-ACCESS_SECONDS = 15 * 60
 REFRESH_SECONDS = 8 * 3600
 _MAX_BODY = 16 * 1024
 
@@ -38,6 +37,7 @@ class DemoLogin:
         self._email = demo.demo_email.lower().encode()
         self._password = demo.demo_password.get_secret_value().encode()
         self._user_id = demo.demo_user_id
+        self._access_seconds = demo.demo_token_seconds
         self._jwt = jwt_settings
         self._refresh_key = hmac.new(
             jwt_settings.secret.get_secret_value().encode(), b"example refresh tokens", "sha256"
@@ -84,7 +84,7 @@ class DemoLogin:
         now = int(time.time())
         refresh = {"sub": user, "typ": "refresh", "iat": now, "exp": now + REFRESH_SECONDS}
         return {
-            "access_token": mint(self._jwt, user, ttl_seconds=ACCESS_SECONDS),
+            "access_token": mint(self._jwt, user, ttl_seconds=self._access_seconds),
             "refresh_token": jwt.encode(refresh, self._refresh_key, algorithm="HS256"),
             "token_type": "bearer",
         }
