@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import httpx
+import yaml
 
 from sidecar.core.timeutil import utc_day
 from sidecar.keys.schema import usage_key
@@ -23,7 +24,7 @@ from tests.harness import RedisProcess, SidecarProcess, base_config, free_port, 
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGES = ROOT / "docs" / "images"
-LIMITED = "/api/v1/limited/"
+LIMITED = "/api/v1/analysis/limited/"  # under the scopes the keys get
 
 
 def main() -> int:
@@ -38,6 +39,8 @@ def main() -> int:
                 "default": {"requests": 100_000, "per_seconds": 60},
                 "rules": [{"path": LIMITED, "requests": 3, "per_seconds": 3600}],
             }
+            example = yaml.safe_load((ROOT / "config" / "sidecar.yaml").read_text())
+            base["auth"]["scopes"] = example["auth"]["scopes"]  # the example set of scopes
             config = console_config(base, user_id="demo-user")
             sidecar = SidecarProcess(config, workdir, ("--example-upstream",)).start()
             try:
@@ -54,14 +57,19 @@ def shoot(sidecar: SidecarProcess, redis_server: RedisProcess) -> None:
         browser.open(sidecar.url + "/console/")
         browser.sign_in(DEMO_EMAIL, DEMO_PASSWORD)
         keys = {}
-        for description, environment in [
-            ("Staging worker", "test"),
-            ("Nightly export", "live"),
-            ("CI pipeline", "live"),
+        for description, environment, scope, addresses in [
+            ("Staging worker", "test", None, ""),
+            ("Nightly export", "live", "analysis:read", "127.0.0.0/24"),
+            ("CI pipeline", "live", "analysis:submit", ""),
         ]:
             browser.start_create()
             browser.by_id("create-description").send_keys(description)
             browser.by_id("create-environment").send_keys(environment)
+            if scope is not None:
+                browser.driver.find_element(
+                    "css selector", f"#create-scopes input[value='{scope}']"
+                ).click()
+            browser.by_id("create-allowed-ips").send_keys(addresses)
             browser.by_id("create-form").submit()
             browser.wait_visible("reveal-view")
             keys[description] = str(browser.by_id("revealed-key").get_attribute("value"))
@@ -74,6 +82,7 @@ def shoot(sidecar: SidecarProcess, redis_server: RedisProcess) -> None:
         traffic(sidecar, keys["Nightly export"], ok=4, limited=0)
         seed_history(redis_server, ids["CI pipeline"])
         wait_until(lambda: usage_total(sidecar, token, ids["CI pipeline"]) > 42, timeout=10)
+        wait_until(lambda: usage_total(sidecar, token, ids["Nightly export"]) == 4, timeout=10)
         browser.by_id("show-inactive").click()  # fresh list: last used filled in
         browser.wait(lambda: browser.row(ids["Staging worker"]).is_displayed())
         browser.screenshot(IMAGES / "console-list.png")

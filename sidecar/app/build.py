@@ -348,7 +348,7 @@ def console_page(config: Config) -> ConsolePage | None:
     settings = page_settings(
         login_url=console.login_url,
         refresh_url=console.refresh_url,
-        scopes=tuple(getattr(config.auth, "scopes", None) or ()),  # auth.scopes: issue 26
+        scopes=tuple(config.auth.scopes),
         max_lifetime_days=config.auth.api_keys.max_lifetime_days,
     )
     return ConsolePage(console.path, settings)

@@ -42,12 +42,13 @@ export function showText(node, text) {
   node.textContent = text || "";
 }
 
-// "2026-12-07T19:51:38Z" -> "2026-12-07 19:51 UTC"; null -> fallback.
-export function when(iso, fallback = "—") {
+// "2026-12-07T19:51:38Z" -> "2026-12-07 19:51 UTC" (without " UTC" when `zone` is false);
+// null -> fallback.
+export function when(iso, fallback = "—", zone = true) {
   if (!iso) return fallback;
   const moment = new Date(iso);
   if (Number.isNaN(moment.getTime())) return String(iso);
-  return moment.toISOString().slice(0, 16).replace("T", " ") + " UTC";
+  return moment.toISOString().slice(0, 16).replace("T", " ") + (zone ? " UTC" : "");
 }
 
 export function plural(count, one, many) {

@@ -49,9 +49,9 @@ export function renderKeys(keys, onManage) {
       el("td", {}, key.environment ?? "live"),
       features.scopes ? el("td", { class: "scopes" }, scopesText(key.scopes)) : null,
       features.allowed_ips ? el("td", { class: "addresses" }, addressesText(key.allowed_ips)) : null,
-      el("td", {}, when(key.created_at)),
-      el("td", {}, when(key.last_used_at, "Never")),
-      el("td", {}, when(key.expires_at, "Never")),
+      el("td", { class: "when" }, when(key.created_at, "—", false)),
+      el("td", { class: "when" }, when(key.last_used_at, "Never", false)),
+      el("td", { class: "when" }, when(key.expires_at, "Never", false)),
       el("td", { class: "state" }, stateOf(key)),
       el("td", {}, manageButton(key, onManage)),
     );
