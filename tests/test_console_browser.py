@@ -426,3 +426,27 @@ def test_an_expired_access_token_is_renewed_through_the_refresh_url(
     finally:
         browser.close()
         process.stop()
+
+
+def test_a_refused_create_shows_the_apis_reasons_and_makes_no_key(
+    browser: Browser, console: SidecarProcess, token: str
+) -> None:
+    headers = {"Authorization": f"Bearer {token}"}
+    before = httpx.get(console.url + "/api/v1/api-keys/", headers=headers).json()["total"]
+    browser.start_create()
+    browser.by_id("create-description").send_keys("bad address")
+    browser.by_id("create-allowed-ips").send_keys("not-an-address")
+    browser.by_id("create-form").submit()
+    browser.wait(lambda: browser.by_id("create-error").text)
+    assert browser.by_id("create-error").text.startswith("allowed_ips")
+    assert browser.by_id("create-view").is_displayed()
+    assert httpx.get(console.url + "/api/v1/api-keys/", headers=headers).json()["total"] == before
+
+
+def test_signing_out_forgets_the_tokens(browser: Browser) -> None:
+    browser.by_id("sign-out").click()
+    browser.wait_visible("sign-in-view")
+    assert browser.by_id("status").text == "You are signed out."
+    assert not browser.by_id("list-view").is_displayed()
+    assert not browser.by_id("sign-out").is_displayed()
+    assert browser.storage() == '[[],[],""]'

@@ -81,3 +81,14 @@ def test_a_demo_user_id_is_a_user_id() -> None:
 def test_the_demo_password_is_masked() -> None:
     parsed = config.parse(merge(VALID, {"example_upstream": {"demo_password": "s3cret-demo"}}), {})
     assert "s3cret-demo" not in repr(parsed) + yaml.safe_dump(masked_dump(parsed))
+
+
+def test_the_documented_demo_credentials_are_the_example_configs() -> None:
+    parsed = config.load(ROOT / "config" / "sidecar.yaml", env={})
+    demo = parsed.example_upstream
+    assert demo.demo_password is not None
+    row = f"| `{demo.demo_email}` | `{demo.demo_password.get_secret_value()}` |"
+    assert row in (ROOT / "docs" / "console.md").read_text()
+    readme = (ROOT / "README.md").read_text()
+    assert f"`{demo.demo_email}`" in readme
+    assert f"`{demo.demo_password.get_secret_value()}`" in readme
