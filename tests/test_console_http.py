@@ -5,6 +5,10 @@ proxy when it is off, and the example upstream's demo login it signs in with."""
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
+import sys
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -164,3 +168,26 @@ def test_the_example_upstream_signs_the_demo_user_in(config_for: Any, tmp_path: 
         assert bad.status_code == 401
     finally:
         process.stop()
+
+
+def test_the_wheel_the_image_installs_carries_every_asset(tmp_path: Path) -> None:
+    """What the Dockerfile's build stage copies (pyproject.toml, README.md, sidecar/),
+    built into a wheel: the page's files are package data, not only files in the tree."""
+    root = Path(__file__).resolve().parent.parent
+    source = tmp_path / "src"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(root / name, source / name)
+    shutil.copytree(
+        root / "sidecar", source / "sidecar", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation",
+         "--quiet", "--wheel-dir", str(tmp_path / "wheel")],
+        check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    [wheel] = (tmp_path / "wheel").glob("*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        packaged = {n for n in archive.namelist() if n.startswith("sidecar/api/console_assets/")}
+    expected = {f"sidecar/api/console_assets/{f.name}" for f in ASSETS_DIR.iterdir() if f.is_file()}
+    assert packaged == expected
