@@ -53,9 +53,9 @@ def parse_options(argv: list[str] | None = None) -> Options:
     )
     parser.add_argument(
         "--only",
-        help="comma list of throughput scenarios: direct,full,rl_off,jwt,cold,workers2,asgiproxy,"
-        "fa_decide,nginx_fa,nginx_fa_cached,traefik_fa,traefik_pass,assertion,nginx_pass,baseline "
-        "(the c1 rows follow their scenario)",
+        help="comma list of throughput scenarios: direct,full,scoped,rl_off,jwt,cold,workers2,"
+        "asgiproxy,fa_decide,nginx_fa,nginx_fa_cached,traefik_fa,traefik_pass,assertion,"
+        "nginx_pass,baseline (the c1 rows follow their scenario)",
     )
     parser.add_argument(
         "--skip",

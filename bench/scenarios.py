@@ -13,12 +13,29 @@ from bench.harness import free_port, git_state, wait_for
 from bench.load import Scenario
 from bench.services import PATH, Sidecar, sidecar_config
 
+# Scenario `scoped`: a key limited to one scope (of four configured) that allows the
+# bench's GET, from one of three networks (the last one the load generator's).
+BENCH_SCOPES = {
+    "analysis:read": [{"methods": ["GET", "HEAD"], "paths": ["/api/v1/analysis/"]}],
+    "analysis:submit": [{"methods": ["POST"], "paths": ["/api/v1/analysis/"]}],
+    "analysis:write": [
+        {"methods": ["POST", "PUT", "PATCH", "DELETE"], "paths": ["/api/v1/analysis/"]}
+    ],
+    "reports:read": [{"methods": ["GET"], "paths": ["/api/v1/reports/"]}],
+}
+RESTRICTIONS = {
+    "scopes": ["reports:read", "analysis:read"],
+    "allowed_ips": ["10.0.0.0/8", "192.168.0.0/16", "127.0.0.0/8"],
+}
+
 
 def throughput_scenarios(run: Run, redis_url: str, upstream: str) -> list[Scenario]:
     """The selected scenarios that are available, their servers started (the sidecars
     into ``run.sidecars``) and the bench key created on sidecar ``full``."""
     c = run.o.connections
-    full = Sidecar("full", sidecar_config(upstream=upstream, redis_url=redis_url))
+    full_config = sidecar_config(upstream=upstream, redis_url=redis_url)
+    full_config["auth"]["scopes"] = BENCH_SCOPES  # for `scoped`; an unrestricted key ignores them
+    full = Sidecar("full", full_config)
     rl_off = Sidecar(
         "rl-off", sidecar_config(upstream=upstream, redis_url=redis_url, rate_limits=False)
     )
@@ -38,6 +55,8 @@ def throughput_scenarios(run: Run, redis_url: str, upstream: str) -> list[Scenar
     )
     run.api_key, run.api_key_id = run.services.create_key(full)
     key_header = f"X-API-Key: {run.api_key}"
+    scoped_key, _ = run.services.create_key(full, **RESTRICTIONS)
+    scoped_header = f"X-API-Key: {scoped_key}"
     jwt_header = f"Authorization: Bearer {run.services.jwt}"
     check_rate_limit_headers(run, full, rl_off)
     if not run.wanted("workers2"):
@@ -76,6 +95,8 @@ def throughput_scenarios(run: Run, redis_url: str, upstream: str) -> list[Scenar
                  "upstream"),
         Scenario("full", "sidecar, API key (cached), full production path", full.url + path,
                  [key_header], full.pid, c, "sidecar"),
+        Scenario("scoped", "as full (same process), the key scoped and address-restricted",
+                 full.url + path, [scoped_header], full.pid, c, "sidecar"),
         Scenario("rl_off", "sidecar, API key (cached), rate limiting off", rl_off.url + path,
                  [key_header], rl_off.pid, c, "sidecar"),
         Scenario("jwt", "sidecar, JWT (HS256), full production path", full.url + path,

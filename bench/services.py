@@ -244,11 +244,12 @@ http {{
         wait_for("asgiproxy", lambda: port_open(port))
         return f"http://127.0.0.1:{port}", self.peer.pid
 
-    def create_key(self, sidecar: Sidecar) -> tuple[str, str]:
+    def create_key(self, sidecar: Sidecar, **restrictions: Any) -> tuple[str, str]:
+        """A key on ``sidecar``; ``restrictions``: its ``scopes`` and ``allowed_ips``."""
         response = httpx.post(
             sidecar.url + "/api/v1/api-keys/",
             headers={"Authorization": f"Bearer {self.jwt}"},
-            json={"description": "bench"},
+            json={"description": "bench", **restrictions},
             timeout=10,
         )
         if response.status_code != 201:

@@ -158,7 +158,7 @@ def usage_note(run: Run, redis_url: str, upstream: str) -> None:
     measured = sum(
         x.requests
         for s in run.results.scenarios
-        if any(h.startswith("X-API-Key:") for h in s.headers)
+        if f"X-API-Key: {run.api_key}" in s.headers  # the bench key's, not `scoped`'s
         for x in s.samples
     )
     run.results.notes.append(

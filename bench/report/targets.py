@@ -87,6 +87,7 @@ def targets_table(run: Run) -> list[str]:
             None if value is None else 1 - value <= 0.05,
         )
     )
+    rows.append(restricted_key_row(run))
     runs = run.results.websocket.get("throughput", {}).get("sidecar", [])
     if runs:
         speed = statistics.median(r["mib_s"] for r in runs)
@@ -156,3 +157,28 @@ def targets_table(run: Run) -> list[str]:
         mark = "" if met is None else ("yes" if met else "**no**")
         out.append(f"| {measure} | {target} | {shown} | {detail} | {mark} |")
     return [*out, ""]
+
+
+def restricted_key_row(run: Run) -> tuple[str, str, str, str, bool | None]:
+    """Issue 26: a scoped, address-restricted key costs at most 3 % more CPU per request
+    than an unrestricted key, on the same sidecar process (`scoped` against `full`)."""
+    measure, target = "CPU per request, restricted key / unrestricted key (same process)", "≤ 1.03x"
+    by = {s.key: s for s in run.results.scenarios}
+    if "scoped" not in by or "full" not in by:
+        return (measure, target, "n/a", "`scoped` or `full` not measured", None)
+    pairs = [
+        (x.cpu_us_per_request, y.cpu_us_per_request)
+        for x, y in zip(by["scoped"].samples, by["full"].samples, strict=True)
+        if x.cpu_us_per_request and y.cpu_us_per_request
+    ]
+    if not pairs:
+        return (measure, target, "n/a", "no CPU figures", None)
+    restricted = statistics.median(x for x, _ in pairs)
+    plain = statistics.median(y for _, y in pairs)
+    per_round = [x / y for x, y in pairs]
+    detail = (
+        f"{restricted:.0f} vs {plain:.0f} µs/req; "
+        f"per round {min(per_round):.3f}..{max(per_round):.3f}"
+    )
+    value = restricted / plain
+    return (measure, target, f"{value:.3f}x", detail, value <= 1.03)
