@@ -33,8 +33,9 @@ from sidecar.keys.audit_trail import AuditTrail
 from sidecar.keys.cache import KeyCache
 from sidecar.keys.canary_events import CanaryEvents
 from sidecar.keys.hashing import KeyHasher
+from sidecar.keys.reads import SCOPED_READ_LIMIT
 from sidecar.keys.revocations import RevocationListener
-from sidecar.keys.store import SCOPED_READ_LIMIT, KeyStore
+from sidecar.keys.store import KeyStore
 from sidecar.keys.usage import UsageTracker
 from sidecar.observability.accesslog import AccessLog
 from sidecar.observability.metrics import Metrics

@@ -22,7 +22,7 @@ from typing import NamedTuple
 from sidecar.auth.failed_auth import FailedAuthLimiter
 from sidecar.auth.jwt_auth import JwtVerifier
 from sidecar.core.clientaddr import TrustedProxies
-from sidecar.core.domain import Network, VerifiedKey
+from sidecar.core.domain import AllowedNetworks, VerifiedKey
 from sidecar.core.errors import NotAuthenticated, StoreUnavailable, TooManyFailedAuth
 from sidecar.core.types import AuthMethod
 from sidecar.keys import format as keyformat
@@ -44,7 +44,7 @@ class Identity(NamedTuple):
     environment: str | None = None  # API keys: "live" or "test"
     expires_at: float | None = None  # API keys: epoch seconds the key stops working at
     scopes: tuple[str, ...] | None = None  # API keys: None = unrestricted
-    networks: tuple[Network, ...] | None = None  # API keys: None = from any address
+    networks: AllowedNetworks | None = None  # API keys: None = from any address
 
 
 class CanaryUsed(NotAuthenticated):

@@ -6,40 +6,44 @@ normalised path (matched like ``auth.public_paths``). A key's scopes that the co
 no longer names grant nothing, so removing a scope never widens a key. The address
 check comes first, then the scope check; each refusal is a KeyRestricted (403).
 
-Pure: no I/O. A key's scope list is compiled into a Grant on first use and kept, so
-the per-request check is a dict lookup and a short loop.
+Pure: no I/O. A key's scope list is compiled into a Grant on first use and kept, and
+its addresses into integers when it is verified (AllowedNetworks), so the per-request
+check is a dict lookup and two short loops.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from sidecar.config.model import ScopeRule
-from sidecar.core.domain import Network, address_of
+from sidecar.core.domain import AllowedNetworks
 from sidecar.core.errors import AddressNotAllowed, ScopeNotGranted
 from sidecar.core.paths import PrefixMatcher
 
 UNRESTRICTED = b"*"  # X-CallCov-Key-Scopes of a key without scopes
 _GRANTS_KEPT = 10_000  # distinct scope lists compiled and kept; past it, start over
 
-_Rule = tuple[frozenset[str], PrefixMatcher]
+_Rule = tuple[frozenset[str], tuple[str, ...]]  # methods, path prefixes
 
 
 class Grant:
-    """A key's scope list as compiled: the scopes that still exist and their rules."""
+    """A key's scope list as compiled: the scopes that still exist, and for each method
+    the path prefixes they allow it on, in one matcher."""
 
-    __slots__ = ("_rules", "header", "names")
+    __slots__ = ("_by_method", "header", "names")
 
     def __init__(self, names: tuple[str, ...], rules: tuple[_Rule, ...]) -> None:
         self.names = names  # configured ones only, in the key's order
         self.header = " ".join(names).encode()  # X-CallCov-Key-Scopes
-        self._rules = rules
+        paths: dict[str, list[str]] = {}
+        for methods, prefixes in rules:
+            for method in methods:
+                paths.setdefault(method, []).extend(prefixes)
+        self._by_method = {method: PrefixMatcher(tuple(p)) for method, p in paths.items()}
 
     def allows(self, method: str, normalised: str) -> bool:
-        for methods, paths in self._rules:
-            if method in methods and paths.matches(normalised):
-                return True
-        return False
+        paths = self._by_method.get(method)
+        return paths is not None and paths.matches(normalised)
 
 
 class Scopes:
@@ -47,8 +51,12 @@ class Scopes:
 
     def __init__(self, config: Mapping[str, Sequence[ScopeRule]]) -> None:
         self._rules: dict[str, tuple[_Rule, ...]] = {
-            name: tuple((frozenset(rule.methods), PrefixMatcher(rule.paths)) for rule in rules)
+            name: tuple((frozenset(rule.methods), rule.paths) for rule in rules)
             for name, rules in config.items()
+        }
+        self._matchers = {
+            name: tuple((methods, PrefixMatcher(paths)) for methods, paths in rules)
+            for name, rules in self._rules.items()
         }
         self.names = frozenset(self._rules)
         self._grants: dict[tuple[str, ...], Grant] = {}
@@ -68,7 +76,7 @@ class Scopes:
         return tuple(
             sorted(
                 name
-                for name, rules in self._rules.items()
+                for name, rules in self._matchers.items()
                 if any(method in methods and paths.matches(normalised) for methods, paths in rules)
             )
         )
@@ -76,13 +84,6 @@ class Scopes:
     def missing(self, scopes: tuple[str, ...]) -> tuple[str, ...]:
         """The names in ``scopes`` the config does not have."""
         return tuple(name for name in scopes if name not in self._rules)
-
-
-def address_allowed(networks: tuple[Network, ...], client: str | None) -> bool:
-    address = address_of(client)
-    if address is None:
-        return False
-    return any(address in network for network in networks)
 
 
 class Restrictions:
@@ -95,14 +96,14 @@ class Restrictions:
     def check(
         self,
         scopes: tuple[str, ...] | None,
-        networks: tuple[Network, ...] | None,
+        networks: AllowedNetworks | None,
         method: str,
         normalised: str,
-        client: Callable[[], str | None],
+        client: str | None,
     ) -> None:
         """Raise AddressNotAllowed, then ScopeNotGranted, when the key may not make this
-        request. ``client()`` gives the client's address; asked only when needed."""
-        if networks is not None and not address_allowed(networks, client()):
+        request from ``client`` (its address as the failed-auth limit reads it)."""
+        if networks is not None and not networks.admits(client):
             raise AddressNotAllowed()
         if scopes is not None and not self.scopes.grant(scopes).allows(method, normalised):
             raise ScopeNotGranted(self.scopes.accepting(method, normalised))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -67,6 +68,56 @@ def usage_network(text: str | None) -> str | None:
     return str(ipaddress.ip_network((address, _USAGE_PREFIX[address.version]), strict=False))
 
 
+class AllowedNetworks:
+    """A key's allowed addresses, compiled once for the check every request of the key
+    makes: each network as its (address, mask) integers, compared with the client's
+    address as an integer (parsed once per distinct client, ``_address_bits``)."""
+
+    __slots__ = ("_v4", "_v6", "networks")
+
+    def __init__(self, networks: Iterable[Network]) -> None:
+        self.networks = tuple(networks)
+        self._v4 = tuple(_bits(n) for n in self.networks if n.version == 4)
+        self._v6 = tuple(_bits(n) for n in self.networks if n.version == 6)
+
+    def admits(self, client: str | None) -> bool:
+        parsed = _address_bits(client)
+        if parsed is None:
+            return False
+        version, value = parsed
+        for network, mask in self._v4 if version == 4 else self._v6:
+            if value & mask == network:
+                return True
+        return False
+
+    def __repr__(self) -> str:
+        return f"AllowedNetworks({[str(n) for n in self.networks]})"
+
+
+def _bits(network: Network) -> tuple[int, int]:
+    return int(network.network_address), int(network.netmask)
+
+
+_ADDRESSES: dict[str, tuple[int, int] | None] = {}
+_ADDRESSES_KEPT = 10_000  # distinct client addresses parsed and kept; past it, start over
+
+
+def _address_bits(text: str | None) -> tuple[int, int] | None:
+    """(IP version, the address as an integer) of a client address, or None."""
+    if text is None:
+        return None
+    try:
+        return _ADDRESSES[text]
+    except KeyError:
+        pass
+    address = address_of(text)
+    parsed = None if address is None else (address.version, int(address))
+    if len(_ADDRESSES) >= _ADDRESSES_KEPT:
+        _ADDRESSES.clear()
+    _ADDRESSES[text] = parsed
+    return parsed
+
+
 def address_of(text: str | None) -> Address | None:
     """A client's address (an IPv4-mapped IPv6 one as IPv4); None when it is none."""
     if text is None:
@@ -100,7 +151,7 @@ class VerifiedKey:
     canary: bool = False
     environment: str = LIVE
     scopes: tuple[str, ...] | None = None  # None: unrestricted
-    networks: tuple[Network, ...] | None = None  # None: from any address
+    networks: AllowedNetworks | None = None  # None: from any address
 
     def usable_at(self, now: float) -> bool:
         return self.active and (self.expires_at is None or now < self.expires_at)

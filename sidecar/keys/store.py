@@ -1,32 +1,23 @@
-"""The API-key store: the only code that reads or writes key data in Redis (the schema
-and its Lua scripts are in schema.py, the JSON view in view.py)."""
+"""The API-key store: the only code that reads or writes key data in Redis. Its writes
+are here, its reads in reads.py, its access to Redis in access.py; the schema and its
+Lua scripts are in schema.py, the JSON view in view.py."""
 
 from __future__ import annotations
 
 import logging
-import secrets
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 from redis import exceptions as redis_errors
-from redis.asyncio import Redis
-from redis.commands.core import AsyncScript
 
 from sidecar.core.domain import (
-    ENVIRONMENTS,
     LIVE,
     OPERATOR_CONTEXT,
     REVOKED,
     AuditContext,
     CreatedKey,
-    DailyUsage,
-    NetworkUsage,
-    VerifiedKey,
-    network_of,
 )
 from sidecar.core.errors import (
     KeyAlreadyRotated,
@@ -37,9 +28,7 @@ from sidecar.core.errors import (
     StoreUnavailable,
 )
 from sidecar.core.timeutil import parse_iso
-from sidecar.keys import format as keyformat
-from sidecar.keys.audit_schema import EVENT_ONLY
-from sidecar.keys.audit_trail import Audited, AuditTrail, Call
+from sidecar.keys.audit_trail import Audited
 from sidecar.keys.calls import (
     Revocation,
     canary_call,
@@ -49,42 +38,16 @@ from sidecar.keys.calls import (
     rotate_call,
     update_call,
 )
-from sidecar.keys.hashing import KeyHasher
+from sidecar.keys.reads import KeyReads
 from sidecar.keys.schema import (
-    CREATE,
-    CREATE_CANARY,
-    REVOKE,
-    ROTATE,
     ROTATE_COPIES,
-    UPDATE,
     UPDATE_READS,
-    all_keys_key,
-    canary_keys_key,
-    grace_set_key,
     index_entry,
-    legacy_active_set_key,
-    limit_set_key,
     list_field,
-    micros,
-    prefix_index_key,
-    record_key,
-    scoped_keys_key,
 )
-from sidecar.keys.usage_calls import (
-    NetworkCounts,
-    UsageCounts,
-    parse_usage,
-    queue_touch,
-    queue_usage,
-)
-from sidecar.keys.view import as_text, decode, listed, public_view
+from sidecar.keys.view import listed
 from sidecar.redisconn.client import (
-    REDIS_ERRORS,
-    UNREPLICATED,
-    Durability,
     NotReplicated,
-    error_code,
-    unexpected,
 )
 
 log = logging.getLogger("sidecar.store")
@@ -94,8 +57,6 @@ _MAYBE_APPLIED = (NotReplicated, redis_errors.ConnectionError, redis_errors.Time
 # Attempts of a write that found the fields it was built from changed meanwhile (a
 # concurrent PATCH or rotation of the same key); each conflict means another write won.
 _RACES = 5
-# Scoped keys read by the check at start for scopes the config no longer has.
-SCOPED_READ_LIMIT = 100_000
 # What a PATCH may change; absent from a body = unchanged (``Unchanged``).
 EDITABLE = ("description", "scopes", "allowed_ips")
 
@@ -116,78 +77,9 @@ class Change:
     after: Any
 
 
-class KeyStore:
-    def __init__(
-        self,
-        redis: Redis,
-        hasher: KeyHasher,
-        max_active_per_user: int,
-        *,
-        retry_after: int,
-        durability: Durability = UNREPLICATED,
-        on_readonly: Callable[[], None] = lambda: None,
-        generate: Callable[[str], str] = lambda environment: keyformat.generate(
-            environment=environment
-        ),
-        audit: AuditTrail | None = None,
-    ) -> None:
-        self._redis = redis
-        self._generate = generate
-        self._hasher = hasher
-        self.max_active_per_user = max_active_per_user
-        self._retry_after = retry_after
-        self._durability = durability
-        self._on_readonly = on_readonly  # the server we write to was demoted
-        # The app and the CLI pass the configured trail; a random key seals only a
-        # trail no one will verify (tests that build a store of their own).
-        self.audit = audit or AuditTrail(secrets.token_bytes(32), 400, retry_after)
-        self.unconfirmed: dict[str, Audited] = {}  # revocations a failover may have lost
-        self.republished = 0
-        self._create = redis.register_script(CREATE)
-        self._revoke = redis.register_script(REVOKE)
-        self._create_canary = redis.register_script(CREATE_CANARY)
-        self._rotate = redis.register_script(ROTATE)
-        self._update = redis.register_script(UPDATE)
-        self._event_only = redis.register_script(EVENT_ONLY)
-        self.errors = 0  # Redis failures seen, for metrics
-
-    async def _guarded(self, awaitable: Any) -> Any:
-        try:
-            return await awaitable
-        except REDIS_ERRORS as exc:
-            self.errors += 1
-            code = error_code(exc)
-            if code == "READONLY":
-                self._on_readonly()
-            elif unexpected(exc):  # still a 503 for the client; a bug for the operator
-                log.error("unexpected Redis error reply %s: %s", code, exc)
-            raise StoreUnavailable(self._retry_after) from exc
-
-    async def _write(self, script: AsyncScript, calls: Sequence[Audited]) -> list[Any]:
-        """Run a write script once per call with the events it records (audit_trail.py);
-        the scripts' results. Every write of key data goes through here."""
-        return await self.audit.run(lambda sealed: self._execute(script, sealed), calls)
-
-    async def _execute(self, script: AsyncScript, calls: Sequence[Call]) -> list[Any]:
-        """Run a write script once per (keys, args), in one round trip; done only once
-        replicated as configured, else StoreUnavailable (the client must retry)."""
-
-        async def queue(pipe: Any) -> None:
-            for keys, args in calls:
-                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
-
-        route = calls[0][0][0]  # all key data shares one slot
-
-        async def run() -> list[Any]:
-            write = self._durability.write
-            try:
-                return await write(self._redis, route, queue)
-            except redis_errors.NoScriptError:  # a new or restarted Redis; nothing ran
-                await self._redis.script_load(script.script)
-                return await write(self._redis, route, queue)
-
-        replies: list[Any] = await self._guarded(run())
-        return replies
+class KeyStore(KeyReads):
+    """Every change of key data, each one Lua script (schema.py) with its audit event;
+    the reads are KeyReads'."""
 
     async def create(
         self,
@@ -234,71 +126,6 @@ class KeyStore:
         """Audit events that go with no change of key data (``canary.used``)."""
         if events:
             await self._write(self._event_only, [Audited((), (), [e]) for e in events])
-
-    async def list_keys(self, user_id: str, include_expired: bool) -> list[dict[str, Any]]:
-        if include_expired:
-            return await self._listed(all_keys_key(user_id), include_expired)
-        return await self._listed_active(user_id)
-
-    async def _listed_active(self, user_id: str) -> list[dict[str, Any]]:
-        """The active keys, newest first, read from the sets that hold the keys that can
-        be active (the limit sets, the grace set, the layout before environments): a
-        user's revoked and expired keys, however many, cost nothing here. Listing them
-        all is ``include_expired``'s job."""
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for environment in ENVIRONMENTS:
-                pipe.zrange(limit_set_key(user_id, environment), 0, -1)
-            pipe.zrangebyscore(grace_set_key(user_id), micros(datetime.now(UTC)), "+inf")
-            pipe.smembers(legacy_active_set_key(user_id))
-            found = await self._guarded(pipe.execute())
-        ids = list(dict.fromkeys(as_text(i) for group in found for i in group))
-        views = await self._views(ids, created_in=all_keys_key(user_id))
-        return [view for view in views if view["is_active"]]
-
-    async def list_canaries(self, user_id: str, include_expired: bool) -> list[dict[str, Any]]:
-        return await self._listed(canary_keys_key(user_id), include_expired)
-
-    async def _listed(self, index: str, include_expired: bool) -> list[dict[str, Any]]:
-        ids = await self._guarded(self._redis.zrevrange(index, 0, -1))
-        views = await self._views([as_text(i) for i in ids])
-        return [view for view in views if include_expired or view["is_active"]]
-
-    async def _views(
-        self, ids: Sequence[str], created_in: str | None = None
-    ) -> list[dict[str, Any]]:
-        """The public view of these keys' records (missing ones left out): in this order,
-        or newest first by their score (created µs) in the index ``created_in``."""
-        if not ids:
-            return []
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for key_id in ids:
-                pipe.hgetall(record_key(key_id))
-                if created_in is not None:
-                    pipe.zscore(created_in, key_id)
-            replies = await self._guarded(pipe.execute())
-        now = time.time()
-        if created_in is None:
-            return [public_view(decode(r), now) for r in replies if r]
-        scored = [
-            (created or 0.0, public_view(decode(record), now))
-            for record, created in zip(replies[::2], replies[1::2], strict=True)
-            if record
-        ]
-        scored.sort(key=lambda pair: pair[0], reverse=True)
-        return [view for _, view in scored]
-
-    async def _owned(self, key_id: str, user_id: str | None, *fields: str) -> Sequence[str | None]:
-        """``user_id`` and ``fields`` of the record, when it exists and belongs to
-        ``user_id`` (None: to anyone); else KeyNotFound."""
-        found = await self._guarded(self._redis.hmget(record_key(key_id), "user_id", *fields))
-        values = [None if v is None else as_text(v) for v in found]
-        if values[0] is None or (user_id is not None and values[0] != user_id):
-            raise KeyNotFound()
-        return values
-
-    async def check_owner(self, key_id: str, user_id: str | None) -> None:
-        """KeyNotFound unless the key exists and is ``user_id``'s (None: anyone's)."""
-        await self._owned(key_id, user_id)
 
     async def revoke(
         self,
@@ -481,44 +308,6 @@ class KeyStore:
                 return views[0], changes, key_hash
         raise KeyChangedMeanwhile()
 
-    async def verify(self, parsed: keyformat.ParsedKey, key_hash: str) -> VerifiedKey | None:
-        """Look the key up by prefix; None when no key with this hash exists."""
-        raw = await self._guarded(self._redis.hget(prefix_index_key(parsed.prefix), key_hash))
-        return self._verified(raw, parsed.prefix, key_hash)
-
-    async def verify_many(
-        self, lookups: Sequence[tuple[keyformat.ParsedKey, str]]
-    ) -> Sequence[VerifiedKey | None]:
-        """``verify`` for many (key, hash) pairs in one pipelined round trip."""
-        if not lookups:
-            return []
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for parsed, key_hash in lookups:
-                pipe.hget(prefix_index_key(parsed.prefix), key_hash)
-            found = await self._guarded(pipe.execute())
-        return [
-            self._verified(raw, parsed.prefix, key_hash)
-            for raw, (parsed, key_hash) in zip(found, lookups, strict=True)
-        ]
-
-    def _verified(self, raw: bytes | None, prefix: str, key_hash: str) -> VerifiedKey | None:
-        if raw is None:
-            return None
-        entry = orjson.loads(raw)
-        scopes = entry.get("scopes")
-        allowed = entry.get("allowed_ips")
-        return VerifiedKey(
-            id=entry["id"],
-            user_id=entry["user_id"],
-            prefix=prefix,
-            active=bool(entry["active"]),
-            expires_at=entry.get("expires_at"),
-            environment=keyformat.environment_of(prefix),
-            canary=bool(entry.get("canary", False)),
-            scopes=None if scopes is None else tuple(scopes),
-            networks=None if allowed is None else tuple(network_of(n) for n in allowed),
-        )
-
     async def revoke_many(
         self, revocations: Sequence[Revocation], context: AuditContext = OPERATOR_CONTEXT
     ) -> None:
@@ -541,68 +330,6 @@ class KeyStore:
             for r in revocations
         }
         await self._revocations(calls)
-
-    async def scope_references(self, limit: int = SCOPED_READ_LIMIT) -> tuple[dict[str, int], int]:
-        """How many usable keys have each scope (read from the scoped-key set, at most
-        ``limit`` keys), and how many keys were read. Keys no longer usable (revoked,
-        expired, gone) leave the set, so it holds about the usable scoped keys."""
-        name = scoped_keys_key()
-        counts: dict[str, int] = {}
-        seen: set[str] = set()  # SSCAN may return a member twice
-        cursor = 0
-        now_us = micros(datetime.now(UTC))
-        while len(seen) < limit:
-            next_cursor, ids = await self._guarded(self._redis.sscan(name, cursor, count=500))
-            cursor = int(next_cursor)
-            batch = [i for i in dict.fromkeys(as_text(i) for i in ids) if i not in seen]
-            batch = batch[: limit - len(seen)]
-            seen.update(batch)
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for key_id in batch:
-                    pipe.hmget(record_key(key_id), "scopes", "is_active", "expires_us")
-                found = await self._guarded(pipe.execute())
-            gone = []
-            for key_id, values in zip(batch, found, strict=True):
-                scopes, active, expires_us = (None if v is None else as_text(v) for v in values)
-                usable = active == "1" and (expires_us is None or int(expires_us) > now_us)
-                if scopes is None or not usable:
-                    gone.append(key_id)
-                    continue
-                for scope in listed(scopes):
-                    counts[scope] = counts.get(scope, 0) + 1
-            if gone:
-                await self._guarded(self._redis.srem(name, *gone))
-            if not cursor:
-                break
-        return counts, len(seen)
-
-    async def touch(
-        self,
-        last_used: Mapping[str, str],
-        counts: Sequence[UsageCounts] = (),
-        networks: Sequence[NetworkCounts] = (),
-    ) -> None:
-        """Record last-use times (key id → ISO time) and add per-day use counts and
-        the networks keys were used from, all in one pipelined round trip."""
-        if not last_used and not counts and not networks:
-            return
-        async with self._redis.pipeline(transaction=False) as pipe:
-            queue_touch(pipe, last_used, counts, networks)
-            await self._guarded(pipe.execute())
-
-    async def usage(
-        self, key_id: str, user_id: str | None, days: Sequence[str]
-    ) -> tuple[str, list[DailyUsage], list[NetworkUsage]]:
-        """The key's prefix, its counts on ``days`` (YYYY-MM-DD, UTC) and the networks
-        it was used from then, in one round trip; KeyNotFound for an unknown or another
-        user's key (``user_id`` None: any owner's)."""
-        async with self._redis.pipeline(transaction=False) as pipe:
-            queue_usage(pipe, key_id, days)
-            replies = await self._guarded(pipe.execute())
-        owner, prefix, daily, networks = parse_usage(replies, days)
-        if owner is None or prefix is None or (user_id is not None and owner != user_id):
-            raise KeyNotFound()
-        return prefix, daily, networks
 
 
 def _stored(value: str | tuple[str, ...]) -> str:

@@ -22,7 +22,7 @@ from sidecar.auth.credentials import (
     credential_from,
 )
 from sidecar.auth.restrictions import Restrictions, Scopes
-from sidecar.core.domain import LIVE, TEST, Network, key_prefix
+from sidecar.core.domain import LIVE, TEST, AllowedNetworks, key_prefix
 from sidecar.core.errors import (
     AddressNotAllowed,
     KeyRestricted,
@@ -55,11 +55,14 @@ class Decision(NamedTuple):
 
 class Early(NamedTuple):
     """What ``Gateway.start`` learnt at a request's head: its credential, which the key
-    cache vouched for, the key's hash, and the rate-limit check it sent."""
+    cache vouched for, the key's hash, and the rate-limit check it sent. ``passed``: the
+    key's restrictions, which ``start`` checked this request against (so ``decide``
+    need not again while the key it verifies still has them)."""
 
     credential: Credential
     key_hash: str
     sent: Sent | None
+    passed: tuple[tuple[str, ...] | None, AllowedNetworks | None] = (None, None)
 
 
 PUBLIC = Decision(None, [], None, True)
@@ -122,8 +125,13 @@ class Decider:
                 if identity.key_id is not None:
                     client = self._rules.proxies.client(record.client, headers)
                     self._auth.used_from(identity, client)
-                if identity.scopes is not None or identity.networks is not None:
-                    self._restrict(identity, method, normalised, record, headers)
+                    scopes, networks = identity.scopes, identity.networks
+                    if (scopes is not None or networks is not None) and (
+                        early is None
+                        or early.passed[0] is not scopes
+                        or early.passed[1] is not networks
+                    ):
+                        self._restrict(identity, method, normalised, record, client)
             except BaseException:
                 if sent is not None:
                     sent.drop()
@@ -155,18 +163,12 @@ class Decider:
         method: str,
         normalised: str,
         record: RequestRecord,
-        headers: Sequence[tuple[bytes, bytes]],
+        client: str | None,
     ) -> None:
         """A restricted key's checks: its addresses, then its scopes (before the rate
         limit, which a refusal does not charge)."""
         try:
-            self.restrictions.check(
-                identity.scopes,
-                identity.networks,
-                method,
-                normalised,
-                lambda: self._rules.proxies.client(record.client, headers),
-            )
+            self.restrictions.check(identity.scopes, identity.networks, method, normalised, client)
         except KeyRestricted as exc:
             address = isinstance(exc, AddressNotAllowed)
             record.auth_outcome = "address_not_allowed" if address else "scope_not_granted"
@@ -175,7 +177,7 @@ class Decider:
     def permits(
         self,
         scopes: tuple[str, ...] | None,
-        networks: tuple[Network, ...] | None,
+        networks: AllowedNetworks | None,
         method: str,
         normalised: str,
         peer: str | None,
@@ -186,14 +188,9 @@ class Decider:
         open once its key changed)."""
         if scopes is None and networks is None:
             return True
+        client = None if networks is None else self._rules.proxies.client(peer, headers)
         try:
-            self.restrictions.check(
-                scopes,
-                networks,
-                method,
-                normalised,
-                lambda: self._rules.proxies.client(peer, headers),
-            )
+            self.restrictions.check(scopes, networks, method, normalised, client)
         except KeyRestricted:
             return False
         return True

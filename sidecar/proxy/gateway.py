@@ -86,9 +86,8 @@ class Gateway:
                 )
             ):
                 return  # refused with 403 by ``handle``, and not charged
-            user_id = key.user_id
-            sent = self._limiter.send(user_id, request.method, normalised)
-            request.early = Early(credential, key_hash, sent)
+            sent = self._limiter.send(key.user_id, request.method, normalised)
+            request.early = Early(credential, key_hash, sent, (key.scopes, key.networks))
 
     async def handle(
         self,
