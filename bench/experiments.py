@@ -30,11 +30,12 @@ from bench.harness import (
     wait_for,
 )
 from bench.options import MIB
-from bench.services import PATH, Sidecar, sidecar_config
+from bench.services import BENCH_SCOPES, PATH, RESTRICTIONS, Sidecar, sidecar_config
 
 INSTRUCTION_REQUESTS = 2000  # counted under callgrind (bench/instructions.py)
 THIS_BUILD = "this build"
 ASSERTION_ON = "this build, identity assertion on (EdDSA)"
+SCOPED_KEY = "this build, a scoped and address-restricted key"
 WS_PATH = "/ws/bench"
 WS_FRAME = 64 * 1024
 
@@ -221,28 +222,33 @@ def revocation_test(run: Run, redis_url: str, upstream: str) -> None:
 
 def instruction_test(run: Run, redis_url: str, upstream: str) -> None:
     """Instructions per request of the full path (bench/instructions.py): this
-    build, this build with the identity assertion on, and the --baseline build, each
-    in a sidecar of its own under callgrind."""
+    build, this build with the identity assertion on, this build with a scoped and
+    address-restricted key, and the --baseline build, each in a sidecar of its own
+    under callgrind."""
     missing = instructions.available()
     if missing is not None:
         run.results.unavailable["instructions"] = missing
         return
     assertion = {"assertion": {"enabled": True, "private_key_file": run.services.assertion_key()}}
-    builds: list[tuple[str, Path, dict[str, Any]]] = [
-        (THIS_BUILD, run.o.source, {}),
-        (ASSERTION_ON, run.o.source, {"identity": assertion}),
+    scoped = {"scopes": BENCH_SCOPES}
+    builds: list[tuple[str, Path, dict[str, Any], dict[str, Any]]] = [
+        (THIS_BUILD, run.o.source, {}, {}),
+        (ASSERTION_ON, run.o.source, {"identity": assertion}, {}),
+        (SCOPED_KEY, run.o.source, {}, RESTRICTIONS),
     ]
     if run.o.baseline is not None:
         label = f"--baseline ({git_state(run.o.baseline)[0]})"
-        builds.append((label, run.o.baseline, {}))
-    for index, (label, source, extra) in enumerate(builds):
+        builds.append((label, run.o.baseline, {}, {}))
+    for index, (label, source, extra, restrictions) in enumerate(builds):
         database = redis_url.rsplit("/", 1)[0] + f"/{2 + index}"
         config = sidecar_config(upstream=upstream, redis_url=database)
+        if source == run.o.source:  # the scopes, for SCOPED_KEY; no other row uses them
+            config["auth"] = {**config["auth"], **scoped}
         sidecar = Sidecar(f"callgrind-{index}", {**config, **extra}, source=source)
         out = run.work / f"callgrind-{index}.out"
         run.log(f"instructions per request under callgrind: {label}")
         run.services.start_sidecar(sidecar, timeout=180, wrapper=tuple(instructions.wrapper(out)))
-        key, _ = run.services.create_key(sidecar)
+        key, _ = run.services.create_key(sidecar, **restrictions)
         count = instructions.per_request(
             sidecar.pid, out, sidecar.port, PATH, key, INSTRUCTION_REQUESTS
         )

@@ -79,6 +79,22 @@ class Sidecar:
         return found
 
 
+# Scenario `scoped`: a key limited to one scope (of four configured) that allows the
+# bench's GET, from one of three networks (the last one the load generator's).
+BENCH_SCOPES = {
+    "analysis:read": [{"methods": ["GET", "HEAD"], "paths": ["/api/v1/analysis/"]}],
+    "analysis:submit": [{"methods": ["POST"], "paths": ["/api/v1/analysis/"]}],
+    "analysis:write": [
+        {"methods": ["POST", "PUT", "PATCH", "DELETE"], "paths": ["/api/v1/analysis/"]}
+    ],
+    "reports:read": [{"methods": ["GET"], "paths": ["/api/v1/reports/"]}],
+}
+RESTRICTIONS = {
+    "scopes": ["reports:read", "analysis:read"],
+    "allowed_ips": ["10.0.0.0/8", "192.168.0.0/16", "127.0.0.0/8"],
+}
+
+
 def sidecar_config(
     *,
     upstream: str,
