@@ -132,8 +132,14 @@ function wire() {
 }
 
 async function start() {
-  const response = await fetch("config.json", { cache: "no-store", credentials: "omit" });
-  settings = await response.json();
+  try {
+    const response = await fetch("config.json", { cache: "no-store", credentials: "omit" });
+    if (!response.ok) throw new Error(`HTTP ${response.status}`);
+    settings = await response.json();
+  } catch (error) {
+    showText($("sign-in-error"), `The page could not load its settings (${error.message}). Reload to try again.`);
+    return;
+  }
   configure(settings);
   onSignedOut(() => {
     showText($("status"), "You are signed out.");
