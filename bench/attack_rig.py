@@ -29,6 +29,7 @@ class Rig:
     port: int
     pid: int
     directory: Path
+    redis_port: int = 0
 
     def status(self, field: str) -> int:
         """A /proc/PID/status size in KiB (VmRSS, VmHWM)."""
@@ -59,7 +60,8 @@ def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def running(override: dict[str, Any], *, prefix: str) -> Iterator[Rig]:
+def running(override: dict[str, Any], *, prefix: str, source: str | None = None) -> Iterator[Rig]:
+    """``source``: run the sidecar of that checkout (default: this one)."""
     raise_fd_limit()
     with tempfile.TemporaryDirectory(prefix=prefix) as name:
         directory = Path(name)
@@ -86,14 +88,16 @@ def running(override: dict[str, Any], *, prefix: str) -> Iterator[Rig]:
         }
         path = directory / "sidecar.yaml"
         path.write_text(yaml.safe_dump(merge(config, override)))
+        code = {"PYTHONPATH": source} if source else {}
         sidecar = subprocess.Popen(
             [sys.executable, "-m", "sidecar", "serve", "--config", str(path)],
-            stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            stdin=subprocess.DEVNULL, cwd=source,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **code},
         )  # fmt: skip
         try:
             wait_port(port)
             wait_port(admin)
-            yield Rig(port, sidecar.pid, directory)
+            yield Rig(port, sidecar.pid, directory, redis_port)
         finally:
             sidecar.terminate()
             sidecar.wait(30)

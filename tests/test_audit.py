@@ -169,7 +169,14 @@ def test_cli_changes_are_the_operators_without_a_request(
     config = str(audited.config_path)
     created = ok("--config", config, "keys", "create", "--user", user)
     remember_secret(created["api_key"])
-    ok("--config", config, "keys", "revoke", created["id"])
+    revoked = cli("--config", config, "keys", "revoke", created["id"])
+    assert revoked.returncode == 0, revoked.stderr
+    [line] = [orjson.loads(x) for x in revoked.stderr.splitlines() if '"log":"audit"' in x]
+    assert (line["action"], line["key_id"], line["actor"]) == (
+        "key.revoked",
+        created["id"],
+        {"type": "operator", "id": None},
+    )
     canary = ok("--config", config, "keys", "create", "--user", user, "--canary")
     remember_secret(canary["api_key"])
     operator = {
@@ -193,6 +200,12 @@ def test_cli_changes_are_the_operators_without_a_request(
         ("key.revoked", created["id"]),
         ("canary.created", canary["id"]),
     ]
+    later = cli(
+        "--config", config, "audit", "export", "--user", user, "--since", "2999-01-01T00:00Z"
+    )
+    assert (later.returncode, later.stdout) == (0, "")
+    bad = cli("--config", config, "audit", "export", "--since", "yesterday")
+    assert bad.returncode == 2
     assert sealed(lines[2]) == {
         **operator, "action": "canary.created", "key_id": canary["id"],
         "key_prefix": canary["key_prefix"],

@@ -83,7 +83,8 @@ class KeyRedis:
     async def _write(self, script: AsyncScript, calls: Sequence[Audited]) -> list[Any]:
         """Run a write script once per call with the events it records (audit_trail.py);
         the scripts' results. Every write of key data goes through here."""
-        return await self.audit.run(lambda sealed: self._execute(script, sealed), calls)
+        run = self.audit.run
+        return await run(lambda sealed: self._execute(script, sealed), calls, script.sha)
 
     async def _execute(self, script: AsyncScript, calls: Sequence[Call]) -> list[Any]:
         """Run a write script once per (keys, args), in one round trip; done only once

@@ -3,9 +3,12 @@ keys, the events sealed on the head it expects) and is run again, sealed on the 
 Redis names, when another writer moved the head first (audit_schema.py).
 
 One instance seals one batch at a time (a lock), so its own writes never conflict;
-only writers in other processes do, and each retry costs one round trip. Each event
-written is also logged as a JSON line with ``"log": "audit"``: an independent copy
-for a log pipeline, which also holds what a truncation of the stream would remove.
+only writers in other processes do, and each retry costs one round trip. Writes that
+arrive while a batch is in flight wait and then go together, sealed one after the
+other, in one pipelined round trip (a group commit): concurrent changes cost a round
+trip per batch, not one each in turn. Each event written is also logged as a JSON line
+with ``"log": "audit"``: an independent copy for a log pipeline, which also holds what
+a truncation of the stream would remove.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Any
 import orjson
 
 from sidecar.core.errors import StoreUnavailable
-from sidecar.keys.audit_events import from_entry, sealed, stored
+from sidecar.keys.audit_events import sealed, stored
 from sidecar.keys.audit_schema import (
     AUDIT_ANCHOR,
     AUDIT_HEAD,
@@ -29,11 +32,14 @@ from sidecar.keys.audit_schema import (
     key_events_key,
     padded,
 )
+from sidecar.observability.logs import AUDIT_LOGGER
 
-log = logging.getLogger("sidecar.audit")
+log = logging.getLogger(AUDIT_LOGGER)
 
 Call = tuple[Sequence[str], Sequence[Any]]
 _ATTEMPTS = 50  # concurrent writers in other processes; each retry is one round trip
+_BATCH = 64  # calls of one script sent together at most
+Execute = Callable[[list[Call]], Awaitable[list[Any]]]
 _DAY_MS = 86_400_000
 
 
@@ -45,6 +51,14 @@ class Audited:
     keys: Sequence[str]
     args: Sequence[Any]
     events: Sequence[dict[str, Any]] = field(default_factory=tuple)
+
+
+@dataclass(slots=True)
+class _Submission:
+    group: str  # calls of one script batch together
+    execute: Execute
+    calls: Sequence[Audited]
+    done: asyncio.Future[list[Any]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +79,7 @@ class AuditTrail:
         self._retry_after = retry_after
         self._head = ""  # what this instance last saw; a guess Redis corrects
         self._lock = asyncio.Lock()
+        self._queue: list[_Submission] = []
         self.conflicts = 0  # retries because another writer moved the head, for metrics
 
     def __repr__(self) -> str:
@@ -93,14 +108,54 @@ class AuditTrail:
         ]
         return _Sealed((keys, [*audited.args, orjson.dumps(tail)]), events, head)
 
-    async def run(
-        self, execute: Callable[[list[Call]], Awaitable[list[Any]]], calls: Sequence[Audited]
-    ) -> list[Any]:
-        """Run ``calls`` through ``execute`` (one pipelined round trip per attempt),
-        each sealed on the head the one before it leaves; the scripts' results."""
+    async def run(self, execute: Execute, calls: Sequence[Audited], group: str = "") -> list[Any]:
+        """The scripts' results of ``calls``, run through ``execute`` (one pipelined
+        round trip per attempt) with any other calls of the same ``group`` waiting,
+        each sealed on the head the one before it leaves."""
+        mine = _Submission(group, execute, calls, asyncio.get_running_loop().create_future())
+        self._queue.append(mine)
+        while not mine.done.done():
+            async with self._lock:
+                if not mine.done.done():
+                    await self._commit(self._take())
+        return mine.done.result()
+
+    def _take(self) -> list[_Submission]:
+        """The oldest waiting submission and the others of its group, in order."""
+        group = self._queue[0].group
+        taken: list[_Submission] = []
+        size = 0
+        for submission in self._queue:
+            if submission.group == group and (not taken or size + len(submission.calls) <= _BATCH):
+                taken.append(submission)
+                size += len(submission.calls)
+        self._queue = [s for s in self._queue if all(s is not t for t in taken)]
+        return taken
+
+    async def _commit(self, batch: list[_Submission]) -> None:
+        calls = [call for submission in batch for call in submission.calls]
+        try:
+            results = await self._written(batch[0].execute, calls)
+        except BaseException as exc:
+            # Cancelled (the one running the batch went away): the others' fate is
+            # unknown, as after any failed write; they answer 503.
+            failure = exc if isinstance(exc, Exception) else StoreUnavailable(self._retry_after)
+            for submission in batch:
+                if not submission.done.done():
+                    submission.done.set_exception(failure)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        start = 0
+        for submission in batch:
+            end = start + len(submission.calls)
+            submission.done.set_result(results[start:end])
+            start = end
+
+    async def _written(self, execute: Execute, calls: Sequence[Audited]) -> list[Any]:
         results: list[Any] = [None] * len(calls)
         pending = list(range(len(calls)))
-        async with self._lock:
+        if pending:  # an empty batch sends nothing
             for _ in range(_ATTEMPTS):
                 now_ms = int(time.time() * 1000)
                 batch: list[_Sealed] = []
@@ -118,11 +173,13 @@ class AuditTrail:
                         continue
                     results[index] = status
                     for event, entry_id in zip(built.events, ids, strict=False):
-                        _log(from_entry(_text(entry_id), stored(event)))
+                        _log({"id": _text(entry_id), **event})
                 if not retry:
                     return results
                 self.conflicts += 1
                 pending = retry
+        else:
+            return results
         log.error("audit chain head kept moving: %d attempts failed", _ATTEMPTS)
         raise StoreUnavailable(self._retry_after)
 

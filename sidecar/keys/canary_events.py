@@ -14,8 +14,9 @@ from sidecar.core.errors import StoreUnavailable
 from sidecar.core.timeutil import now_iso
 from sidecar.keys.audit_events import new_event
 from sidecar.keys.store import KeyStore
+from sidecar.observability.logs import AUDIT_LOGGER
 
-log = logging.getLogger("sidecar.audit")
+log = logging.getLogger(AUDIT_LOGGER)
 
 MAX_PENDING = 1000  # a flood of canary hits costs bounded memory; the rest are counted
 

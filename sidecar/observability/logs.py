@@ -27,6 +27,9 @@ _SECRET_PATTERNS = re.compile(
 )
 
 
+AUDIT_LOGGER = "sidecar.audit"  # its records carry an audit event as ``fields``
+
+
 def redact(text: str) -> str:
     """Replace every full key and JWT in ``text``; a key keeps its public prefix."""
     return _SECRET_PATTERNS.sub(_mask, text)
@@ -113,6 +116,8 @@ def configure(level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # Audit events are a record, not chatter: written whatever logging.level says.
+    logging.getLogger(AUDIT_LOGGER).setLevel(logging.INFO)
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
@@ -127,7 +132,7 @@ def audit_lines_to_stderr() -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter())
     handler.addFilter(RedactingFilter())
-    audit = logging.getLogger("sidecar.audit")
+    audit = logging.getLogger(AUDIT_LOGGER)
     audit.handlers[:] = [handler]
     audit.setLevel(logging.INFO)
     audit.propagate = False
