@@ -30,6 +30,7 @@ class Rig:
     pid: int
     directory: Path
     redis_port: int = 0
+    redis_pid: int = 0
 
     def status(self, field: str) -> int:
         """A /proc/PID/status size in KiB (VmRSS, VmHWM)."""
@@ -97,7 +98,7 @@ def running(override: dict[str, Any], *, prefix: str, source: str | None = None)
         try:
             wait_port(port)
             wait_port(admin)
-            yield Rig(port, sidecar.pid, directory, redis_port)
+            yield Rig(port, sidecar.pid, directory, redis_port, redis.pid)
         finally:
             sidecar.terminate()
             sidecar.wait(30)

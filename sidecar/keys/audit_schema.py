@@ -55,14 +55,16 @@ def unpadded(member: str) -> str:
     return f"{int(ms)}-{int(seq)}"
 
 
-# The audit tail of KEYS and ARGV (audit_trail.py): the last ARGV is a JSON object
-# {prev, trim_end, minid, ttl_ms, events: [{json, hash}]}; the last 3 + #events KEYS are
-# the head, the chain's stream, the anchor and, per event, its key's index. The script
-# itself reads ARGV[1..NARGV] and KEYS[1..AK].
+# The audit tail of KEYS and ARGV (audit_trail.py). ARGV ends with the n events' JSON,
+# their n hashes, then prev (the head they were sealed on), n, the retention's last
+# entry id to trim ('' = no trimming this time), the same as a key index member, and the
+# retention in ms. KEYS end with the head, the chain's stream, the anchor and, per
+# event, its key's index. The script itself reads ARGV[1..NARGV] and KEYS[1..AK].
 PRELUDE = """
-local AUDIT = cjson.decode(ARGV[#ARGV])
-local NARGV = #ARGV - 1
-local AK = #KEYS - 3 - #AUDIT.events
+local A_N = tonumber(ARGV[#ARGV - 3])
+local A_PREV, A_TRIM, A_MIN, A_TTL = ARGV[#ARGV - 4], ARGV[#ARGV - 2], ARGV[#ARGV - 1], ARGV[#ARGV]
+local NARGV = #ARGV - 5 - 2 * A_N
+local AK = #KEYS - 3 - A_N
 local function audit_head()
   return redis.call('GET', KEYS[AK + 1]) or ''
 end
@@ -71,7 +73,7 @@ end
 -- such a failure leaves neither the change nor an event).
 local function audit_blocked()
   local head = audit_head()
-  if head ~= AUDIT.prev then return {'conflict', head} end
+  if head ~= A_PREV then return {'conflict', head} end
   for i = AK + 2, #KEYS do
     if i ~= AK + 3 then
       local kind = redis.call('TYPE', KEYS[i])['ok']
@@ -91,21 +93,23 @@ end
 -- anchor), then the events; returns {head, id...} for the script's reply.
 local function audit_write()
   local stream = KEYS[AK + 2]
-  local old = redis.call('XRANGE', stream, '-', AUDIT.trim_end, 'COUNT', TRIM_BATCH)
-  if #old > 0 then
-    local last = old[#old]
-    local ms, seq = string.match(last[1], '(%d+)-(%d+)')
-    redis.call('XTRIM', stream, 'MINID', ms .. '-' .. (tonumber(seq) + 1))
-    redis.call('SET', KEYS[AK + 3], last[2][2])
+  if A_TRIM ~= '' then
+    local old = redis.call('XRANGE', stream, '-', A_TRIM, 'COUNT', TRIM_BATCH)
+    if #old > 0 then
+      local last = old[#old]
+      local ms, seq = string.match(last[1], '(%d+)-(%d+)')
+      redis.call('XTRIM', stream, 'MINID', ms .. '-' .. (tonumber(seq) + 1))
+      redis.call('SET', KEYS[AK + 3], last[2][2])
+    end
   end
-  local out = {AUDIT.prev}
-  for i, event in ipairs(AUDIT.events) do
-    local id = redis.call('XADD', stream, '*', 'event', event.json)
+  local out = {A_PREV}
+  for i = 1, A_N do
+    local id = redis.call('XADD', stream, '*', 'event', ARGV[NARGV + i])
     local index = KEYS[AK + 3 + i]
     redis.call('ZADD', index, 0, audit_padded(id))
-    redis.call('ZREMRANGEBYLEX', index, '-', '(' .. AUDIT.min_member)
-    redis.call('PEXPIRE', index, AUDIT.ttl_ms)
-    out[1] = event.hash
+    if A_TRIM ~= '' then redis.call('ZREMRANGEBYLEX', index, '-', '(' .. A_MIN) end
+    redis.call('PEXPIRE', index, A_TTL)
+    out[1] = ARGV[NARGV + A_N + i]
     out[#out + 1] = id
   end
   redis.call('SET', KEYS[AK + 1], out[1])

@@ -20,8 +20,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
 from sidecar.core.errors import StoreUnavailable
 from sidecar.keys.audit_events import sealed, stored
 from sidecar.keys.audit_schema import (
@@ -39,6 +37,7 @@ log = logging.getLogger(AUDIT_LOGGER)
 Call = tuple[Sequence[str], Sequence[Any]]
 _ATTEMPTS = 50  # concurrent writers in other processes; each retry is one round trip
 _BATCH = 64  # calls of one script sent together at most
+_TRIM_EVERY_MS = 10_000  # how often a writer asks its script to apply the retention
 Execute = Callable[[list[Call]], Awaitable[list[Any]]]
 _DAY_MS = 86_400_000
 
@@ -80,25 +79,28 @@ class AuditTrail:
         self._head = ""  # what this instance last saw; a guess Redis corrects
         self._lock = asyncio.Lock()
         self._queue: list[_Submission] = []
+        self._next_trim_ms = 0
         self.conflicts = 0  # retries because another writer moved the head, for metrics
 
     def __repr__(self) -> str:
         return "AuditTrail(key=***)"
 
-    def _seal(self, audited: Audited, prev: str, now_ms: int) -> _Sealed:
+    def _seal(self, audited: Audited, prev: str, now_ms: int, trim: bool) -> _Sealed:
         events = []
         head = prev
         for event in audited.events:
             events.append(sealed(event, head, self._key))
             head = events[-1]["hash"]
         minid = max(0, now_ms - self.retention_ms)
-        tail = {
-            "prev": prev,
-            "trim_end": str(max(0, minid - 1)),
-            "min_member": padded(str(minid)),
-            "ttl_ms": str(self.retention_ms),
-            "events": [{"json": stored(e).decode(), "hash": e["hash"]} for e in events],
-        }
+        tail = [
+            *(stored(e) for e in events),
+            *(e["hash"] for e in events),
+            prev,
+            len(events),
+            str(max(0, minid - 1)) if trim else "",
+            padded(str(minid)),
+            self.retention_ms,
+        ]
         keys = [
             *audited.keys,
             AUDIT_HEAD,
@@ -106,7 +108,7 @@ class AuditTrail:
             AUDIT_ANCHOR,
             *(key_events_key(e["key_id"]) for e in events),
         ]
-        return _Sealed((keys, [*audited.args, orjson.dumps(tail)]), events, head)
+        return _Sealed((keys, [*audited.args, *tail]), events, head)
 
     async def run(self, execute: Execute, calls: Sequence[Audited], group: str = "") -> list[Any]:
         """The scripts' results of ``calls``, run through ``execute`` (one pipelined
@@ -160,8 +162,10 @@ class AuditTrail:
                 now_ms = int(time.time() * 1000)
                 batch: list[_Sealed] = []
                 prev = self._head
+                # Retention runs once a while (and on the first write), not every write.
+                trim = now_ms >= self._next_trim_ms
                 for index in pending:
-                    batch.append(self._seal(calls[index], prev, now_ms))
+                    batch.append(self._seal(calls[index], prev, now_ms, trim))
                     prev = batch[-1].head
                 replies = await execute([s.call for s in batch])
                 retry = []
@@ -172,6 +176,8 @@ class AuditTrail:
                         retry.append(index)
                         continue
                     results[index] = status
+                    if trim:
+                        self._next_trim_ms = now_ms + _TRIM_EVERY_MS
                     for event, entry_id in zip(built.events, ids, strict=False):
                         _log({"id": _text(entry_id), **event})
                 if not retry:

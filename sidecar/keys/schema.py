@@ -108,7 +108,7 @@ local blocked = audit_blocked()
 if blocked then return blocked end
 adopt_legacy(KEYS[5], KEYS[6])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[5])
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return {0, AUDIT.prev} end
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return {0, A_PREV} end
 local written = audit_write()
 redis.call('HSET', KEYS[3], unpack(ARGV, 7, NARGV - 1))
 redis.call('ZADD', KEYS[1], ARGV[6], ARGV[2])
