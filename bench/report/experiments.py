@@ -7,7 +7,7 @@ import statistics
 
 from bench import instructions
 from bench.context import Run
-from bench.experiments import ASSERTION_ON, INSTRUCTION_REQUESTS, THIS_BUILD, WS_FRAME
+from bench.experiments import ASSERTION_ON, INSTRUCTION_REQUESTS, SCOPED_KEY, THIS_BUILD, WS_FRAME
 from bench.options import MIB
 
 
@@ -129,11 +129,18 @@ def instruction_table(run: Run) -> list[str]:
     this = run.results.instructions.get(THIS_BUILD)
     signed = run.results.instructions.get(ASSERTION_ON)
     baseline = next(
-        (n for k, n in run.results.instructions.items() if k not in (THIS_BUILD, ASSERTION_ON)),
+        (
+            n
+            for k, n in run.results.instructions.items()
+            if k not in (THIS_BUILD, ASSERTION_ON, SCOPED_KEY)
+        ),
         None,
     )
     if this and signed:
         out += ["", f"Identity assertion on / off: {signed / this:.3f}x."]
+    scoped = run.results.instructions.get(SCOPED_KEY)
+    if this and scoped:
+        out += ["", f"Scoped, address-restricted key / unrestricted key: {scoped / this:.4f}x."]
     if this and baseline:
         out += ["", f"This build / baseline: {this / baseline:.3f}x."]
     return [*out, ""]
