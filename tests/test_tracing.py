@@ -24,6 +24,7 @@ from tests.harness import (
     wait_until,
 )
 from tests.otlp_receiver import ExportedSpan, OtlpReceiver
+from tests.test_websocket import EchoUpstream, closed_code, open_socket
 from tests.upstream_app import Received, RecordingUpstream
 
 TRACE = "0af7651916cd43dd8448eb211c80319c"
@@ -42,6 +43,7 @@ def receiver() -> Iterator[OtlpReceiver]:
 def traced_config(config_for: Any, endpoint: str, ratio: float = 1.0) -> dict[str, Any]:
     config: dict[str, Any] = config_for(
         tracing={"enabled": True, "otlp_endpoint": endpoint, "sample_ratio": ratio},
+        auth={"scopes": {"analysis:read": [{"methods": ["GET"], "paths": ["/api/v1/analysis/"]}]}},
         forward_auth={"enabled": True, "port": free_port(), "path_prefix": "/authz"},
         rate_limits={
             "enabled": True,
@@ -171,6 +173,16 @@ def test_refusals_carry_their_status_as_the_decision(
     assert allowed.status_code == 200
     limited = httpx.get(traced.url + LIMITED, headers={"X-API-Key": key["api_key"]})
     assert limited.status_code == 429
+    api = Api(traced.url)
+    reader = f"tracing-reader-{os.getpid()}"
+    created = api.http.post(
+        "/api/v1/api-keys/", json={"scopes": ["analysis:read"]}, headers=api.bearer(reader)
+    )
+    assert created.status_code == 201, created.text
+    scoped = remember_secret(created.json()["api_key"])
+    api.http.close()
+    out_of_scope = httpx.post(traced.url + "/api/v1/analysis/", headers={"X-API-Key": scoped})
+    assert out_of_scope.status_code == 403
     decisions = f"http://127.0.0.1:{traced.config['forward_auth']['port']}"
     forbidden = httpx.get(
         decisions + "/authz",
@@ -193,6 +205,7 @@ def test_refusals_carry_their_status_as_the_decision(
         "GET /api/v1/refused/ 401",
         f"GET {LIMITED} 429",
         "GET /api/v1/api-keys/ 403",
+        "POST /api/v1/analysis/ 403",
     }
     spans = receiver.wait_for(lambda all_: wanted <= set(by_decision(all_)))
     found = by_decision(spans)
@@ -208,6 +221,10 @@ def test_refusals_carry_their_status_as_the_decision(
     assert (check.name, check.attributes["error.type"]) == ("rate limit check", "RateLimited")
     assert rate_limited.attributes["enduser.id"] == key["user_id"]
     assert not any(r.path == "/api/v1/refused/" for r in recorder.received)
+    scope_refused = found["POST /api/v1/analysis/ 403"]
+    assert scope_refused.attributes["enduser.id"] == reader
+    under = [s for s in spans if s.parent_span_id == scope_refused.span_id]
+    assert [s.name for s in under] == ["redis key lookup"]  # no rate limit, no upstream
 
 
 def test_a_forward_auth_decision_is_a_server_span_continuing_the_proxy_trace(
@@ -380,3 +397,44 @@ def test_a_broken_collector_never_fails_a_request_and_drops_are_counted(
     finally:
         process.stop()
         failing.stop()
+
+
+def test_a_websocket_handshake_span_records_the_cut_off_when_its_key_is_revoked(
+    config_for: Any, receiver: OtlpReceiver, tmp_path: Path
+) -> None:
+    echo = EchoUpstream().start()
+    config = traced_config(config_for, receiver.endpoint)
+    config["upstream"]["url"] = echo.url
+    process = start(config, tmp_path)
+    try:
+        api = Api(process.url)
+        user = f"tracing-ws-{os.getpid()}"
+        key = api.create_key(user)
+        with open_socket(process, {"X-API-Key": key["api_key"]}) as socket:
+            socket.send("ping")
+            assert socket.recv(timeout=10) == "ping"
+            traceparent = echo.handshakes[-1]["traceparent"]
+            deleted = api.http.delete(f"/api/v1/api-keys/{key['id']}", headers=api.bearer(user))
+            assert deleted.status_code == 200
+            assert closed_code(socket)[0] == 1008
+        spans = spans_of(receiver, traceparent, 2)
+        server = server_span(spans)
+        assert server.name == "GET /ws/echo"
+        assert server.attributes["http.response.status_code"] == 101
+        assert server.attributes["callcov.decision"] == "allow"
+        assert server.events == [
+            (
+                "callcov.websocket.cut_off",
+                {
+                    "callcov.websocket.close_code": 1008,
+                    "callcov.websocket.reason": "credential_invalid",
+                },
+            )
+        ]
+        (client,) = [s for s in spans if s.name == "GET"]
+        assert client.attributes["http.response.status_code"] == 101
+        assert traceparent == f"00-{server.trace_id}-{client.span_id}-01"
+        api.http.close()
+    finally:
+        process.stop()
+        echo.stop()

@@ -17,6 +17,8 @@ T = TypeVar("T")
 # Child span names (the server span is ``METHOD route``, the client span ``METHOD``).
 KEY_LOOKUP = "redis key lookup"
 RATE_LIMIT = "rate limit check"
+# The event on a WebSocket handshake's span when the sidecar closes the socket itself.
+WEBSOCKET_CUT_OFF = "callcov.websocket.cut_off"
 
 
 class Described(Protocol):

@@ -7,6 +7,7 @@ Raw ASGI (no Starlette response machinery) because this is the hot path.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 from starlette.types import Receive, Scope, Send
@@ -23,11 +24,12 @@ from sidecar.core.paths import upstream_path
 from sidecar.core.types import TAKE_OVER, Headers
 from sidecar.keys.format import looks_like_api_key
 from sidecar.observability.record import RequestRecord
-from sidecar.observability.spans import RequestTrace
+from sidecar.observability.spans import WEBSOCKET_CUT_OFF, RequestTrace
 from sidecar.proxy.decision import Decider, Decision, Early
 from sidecar.proxy.headers import WOULD_DENY, HeaderRules
 from sidecar.proxy.upstream import Exchange, UpstreamClient
 from sidecar.proxy.websocket import WebSockets, wants_websocket
+from sidecar.proxy.websocket_frames import POLICY_VIOLATION
 from sidecar.ratelimit.limiter import RateLimiter
 
 # Where ``start`` leaves a request for ``handle``, in its ASGI scope.
@@ -120,10 +122,12 @@ class Gateway:
         if request.websocket and self._websockets is not None:
             identity = decision.identity
             headers = plan.headers
+            closed_by_us = None
             if trace is not None:  # the handshake's span lasts as long as the socket
                 trace.allowed = True
                 hop = trace.upstream("GET", *plan.upstream.address)
                 headers = [*headers, *hop.headers()]
+                closed_by_us = _cut_off_event(trace)
             record.status = await self._websockets.relay(
                 upstream=plan.upstream,
                 take_over=scope["extensions"][TAKE_OVER],
@@ -144,6 +148,7 @@ class Gateway:
                     request.client,
                     request.incoming,
                 ),
+                closed_by_us=closed_by_us,
             )
             record.responded = True
             if trace is not None:
@@ -325,6 +330,20 @@ class _Forwarding:
         if prepared is not None and prepared.identity is decision.identity:
             return prepared
         return self._gateway._plan_upstream(self, decision.identity, decision.would_deny)
+
+
+def _cut_off_event(trace: RequestTrace) -> Callable[[int], None]:
+    """What a traced WebSocket's span records when the sidecar closes the socket: 1008,
+    its credential was revoked or expired (or lost the scope); 1001, shutdown."""
+
+    def cut_off(code: int) -> None:
+        reason = "credential_invalid" if code == POLICY_VIOLATION else "shutdown"
+        trace.event(
+            WEBSOCKET_CUT_OFF,
+            {"callcov.websocket.close_code": code, "callcov.websocket.reason": reason},
+        )
+
+    return cut_off
 
 
 def _recorded(record: RequestRecord, exchange: Exchange) -> None:

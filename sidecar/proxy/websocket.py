@@ -126,11 +126,13 @@ class WebSockets:
         identity: Identity | None,
         credential: Credential | None,
         admits: Admits = lambda identity: True,
+        closed_by_us: Callable[[int], None] | None = None,
     ) -> int:
         """Open the upstream socket and relay until either side closes. The status the
         client got (101, or the upstream's refusal). Raises a SidecarError (503 over
         the limit, 502/504 upstream) only while nothing was sent. ``admits``: whether
-        the key, verified again later, may keep this socket open."""
+        the key, verified again later, may keep this socket open. ``closed_by_us(code)``
+        is told when the sidecar closed the socket itself (1008, 1001)."""
         if len(self._open) + self._opening >= self._limit:
             raise TooManyWebSockets()
         self._opening += 1
@@ -168,6 +170,8 @@ class WebSockets:
             tunnel.end()
             self._untrack(tunnel)
             release()
+            if tunnel.closing and closed_by_us is not None:
+                closed_by_us(tunnel.code)
         return 101
 
     def _track(
