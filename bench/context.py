@@ -12,6 +12,7 @@ from typing import Any
 from bench.harness import new_work_dir
 from bench.load import Load, Scenario
 from bench.options import Options
+from bench.otlp_sink import OtlpSink
 from bench.services import Services, Sidecar
 
 
@@ -39,6 +40,7 @@ class Run:
         self.sidecars: dict[str, Sidecar] = {}  # the throughput scenarios', by name
         self.api_key = ""
         self.api_key_id = ""
+        self.otlp_sink: OtlpSink | None = None  # the traced scenarios' collector
         self.started = time.monotonic()
 
     @property

@@ -25,6 +25,16 @@ COMPONENTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ),
     ("sidecar: metrics (observability/metrics.py)", ("/sidecar/observability/metrics.py",)),
     (
+        "tracing (observability/tracing.py, OpenTelemetry SDK + OTLP exporter)",
+        (
+            "/sidecar/observability/tracing.py",
+            "/opentelemetry/",
+            "/google/protobuf/",
+            "/requests/",
+            "/urllib3/",
+        ),
+    ),
+    (
         "sidecar: rate limiter (ratelimit/, redisconn/autopipeline.py)",
         ("/sidecar/ratelimit/", "/sidecar/redisconn/autopipeline.py"),
     ),
@@ -45,6 +55,7 @@ NEUTRAL = (
     "/sidecar/__main__.py",
 )
 EVENT_LOOP = "event loop (asyncio/uvloop, C callbacks)"
+TRACING = next(fragments for name, fragments in COMPONENTS if name.startswith("tracing"))
 _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
 
 
@@ -141,3 +152,21 @@ def markdown(summary: Summary) -> str:
         *(f"| `{name}` | {pct(n)} |" for name, n in summary.top_functions),
     ]
     return "\n".join(out)
+
+
+def tracing_functions(raw: str, top: int = 12) -> list[tuple[str, int, int]]:
+    """(function, samples, total samples): the innermost tracing frame of each sample
+    (the sidecar's tracing module, OpenTelemetry, the exporter's HTTP and protobuf),
+    so a tracing function is charged what it calls in the standard library too."""
+    functions: Counter[str] = Counter()
+    total = 0
+    for line in raw.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        total += int(count_text)
+        for func, path in reversed([_parse(f) for f in stack.split(";")]):
+            if any(fragment in path for fragment in TRACING):
+                functions[f"{func} ({_short(path)})"] += int(count_text)
+                break
+    return [(name, n, total) for name, n in functions.most_common(top)]

@@ -11,7 +11,11 @@ from bench.context import Run
 from bench.fronts import NJS, nginx_front, traefik
 from bench.harness import free_port, git_state, wait_for
 from bench.load import Scenario
+from bench.otlp_sink import OtlpSink
 from bench.services import BENCH_SCOPES, PATH, RESTRICTIONS, Sidecar, sidecar_config
+
+# (scenario, sidecar name, tracing.sample_ratio): the default ratio, and every request.
+TRACED = (("full_traced", "traced", 0.01), ("full_traced_all", "traced-all", 1.0))
 
 
 def throughput_scenarios(run: Run, redis_url: str, upstream: str) -> list[Scenario]:
@@ -137,6 +141,17 @@ def deployment_sidecars(run: Run, redis_url: str, upstream: str) -> None:
         config = sidecar_config(upstream=upstream, redis_url=redis_url)
         config["forward_auth"] = {"enabled": True, "port": free_port(), "dialect": "forwarded"}
         run.sidecars["fa_forwarded"] = run.services.start_sidecar(Sidecar("fa_forwarded", config))
+    for key, name, ratio in TRACED:
+        if run.selected(key):
+            if run.otlp_sink is None:
+                run.otlp_sink = OtlpSink()
+            config = sidecar_config(upstream=upstream, redis_url=redis_url)
+            config["tracing"] = {
+                "enabled": True,
+                "otlp_endpoint": run.otlp_sink.endpoint,
+                "sample_ratio": ratio,
+            }
+            run.sidecars[name] = run.services.start_sidecar(Sidecar(name, config))
     if run.selected("assertion"):
         config = sidecar_config(upstream=upstream, redis_url=redis_url)
         config["identity"] = {
@@ -159,6 +174,14 @@ def deployment_scenarios(run: Run, upstream: str, key_header: str) -> list[Scena
         )  # fmt: skip
         out += nginx_front_scenarios(run, fa, upstream, key_header)
     out += traefik_scenarios(run, upstream, key_header)
+    for key, name, ratio in TRACED:
+        traced = run.sidecars.get(name)
+        if traced is not None:
+            out.append(
+                Scenario(key, f"as full, tracing on at sample_ratio {ratio:g} (OTLP/HTTP "
+                         "to a stand-in collector)", traced.url + PATH, [key_header],
+                         traced.pid, c, "sidecar")
+            )  # fmt: skip
     asserting = run.sidecars.get("assertion")
     if asserting is not None:
         out.append(

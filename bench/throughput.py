@@ -15,7 +15,7 @@ from bench.context import Run
 from bench.harness import BENCH, machine_busy_seconds, own_busy_seconds, tool_version
 from bench.load import Scenario, measure
 from bench.profile_summary import markdown as profile_markdown
-from bench.profile_summary import summarise
+from bench.profile_summary import summarise, tracing_functions
 from bench.scenarios import throughput_scenarios
 from bench.services import PATH, Sidecar, sidecar_config
 
@@ -56,6 +56,10 @@ def throughput(run: Run, redis_url: str, upstream: str) -> None:
     sanity_notes(run, cache_seen)
     if run.wanted("profile") and run.selected("full"):
         run_profile(run, full, key_header)
+    for name in ("traced", "traced-all"):  # the tracing scenarios' sidecars, when run
+        traced = run.sidecars.get(name)
+        if run.wanted("profile") and traced is not None:
+            run_profile(run, traced, key_header)
     for sidecar in list(run.sidecars.values()):
         run.services.stop_sidecar(sidecar)
 
@@ -174,9 +178,10 @@ def run_profile(run: Run, full: Sidecar, key_header: str) -> None:
         return
     seconds = run.o.profile_seconds
     stamp = run.o.out.stem
-    raw = run.work / "profile.raw.txt"
-    svg = run.o.out.parent / f"profile-{stamp}.svg"
-    run.log(f"profiling sidecar full under c{run.o.connections} load for {seconds:g}s")
+    suffix = "" if full.name == "full" else f"-{full.name}"
+    raw = run.work / f"profile{suffix}.raw.txt"
+    svg = run.o.out.parent / f"profile-{stamp}{suffix}.svg"
+    run.log(f"profiling sidecar {full.name} under c{run.o.connections} load for {seconds:g}s")
     base = [str(PY_SPY), "record", "--pid", str(full.pid), "--duration", f"{seconds:g}"]
     base += ["--rate", "100", "--nonblocking", "--full-filenames"]
     with contextlib.ExitStack() as stack:
@@ -196,11 +201,21 @@ def run_profile(run: Run, full: Sidecar, key_header: str) -> None:
     if not raw.exists():
         run.results.notes.append("Profile failed: py-spy wrote nothing (ptrace not permitted?).")
         return
-    run.results.profile = (
+    text = (
         f"py-spy {tool_version([str(PY_SPY), '--version'])}, 100 Hz, {seconds:g}s, "
-        f"sidecar `full` under wrk c{run.o.connections} ({sample.rps:.0f} req/s while "
+        f"sidecar `{full.name}` under wrk c{run.o.connections} ({sample.rps:.0f} req/s while "
         "sampled).\n\n" + profile_markdown(summarise(raw.read_text()))
     )
+    if full.name == "full":
+        run.results.profile = text
+    else:  # a traced sidecar: its profile follows, with the tracing code's top entries
+        tracing = tracing_functions(raw.read_text())
+        rows = [f"| `{name}` | {100 * n / total:.1f} % |" for name, n, total in tracing]
+        run.results.profile += (
+            f"\n\n### Sidecar `{full.name}`\n\n{text}\n\nTracing code, by innermost "
+            "tracing frame (what it calls included):\n\n| function | share |\n|---|---:|\n"
+            + "\n".join(rows)
+        )
     if svg.exists():
         run.results.profile_files.append(svg)
 

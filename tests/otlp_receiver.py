@@ -1,7 +1,8 @@
 """A real OTLP/HTTP trace receiver for the tracing tests: an HTTP server that decodes
 each protobuf export with ``opentelemetry-proto`` and keeps the spans and the raw bytes.
 
-It can also answer 500 to every export (``failing``), as a broken collector does.
+It can also answer 500 to every export (``failing``), as a broken collector does, or take
+``delay`` seconds over each answer, as an overloaded one does.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class OtlpReceiver:
     """Listens on 127.0.0.1 (``endpoint`` is the URL to export to)."""
 
     failing: bool = False
+    delay: float = 0.0
     spans: list[ExportedSpan] = field(default_factory=list)
     raw: list[bytes] = field(default_factory=list)  # every request body, as received
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -51,6 +53,7 @@ class OtlpReceiver:
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length", 0)))
                 receiver.received(self.path, body)
+                time.sleep(receiver.delay)  # a slow collector (0: none)
                 if receiver.failing:
                     self.send_response(500)
                     self.send_header("content-length", "0")

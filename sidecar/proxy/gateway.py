@@ -155,13 +155,15 @@ class Gateway:
                 hop.end(record.status)
             return
         exchange = Exchange(response_headers)
-        if trace is not None:
-            await self._forward_traced(trace, request, plan, exchange, receive, send, record)
-            return
+        head = plan.head
+        if trace is not None:  # a client span, named in the upstream's traceparent
+            trace.allowed = True
+            hop = trace.upstream(request.method, *plan.upstream.address)
+            head = with_headers(head, hop.headers())
         try:
             await plan.upstream.forward(
                 method=request.method,
-                head=plan.head,
+                head=head,
                 headers=plan.headers,
                 content_length=request.content_length,
                 chunked=request.chunked,
@@ -175,35 +177,8 @@ class Gateway:
             record.bytes_in = exchange.bytes_in
             record.bytes_out = exchange.bytes_out
             record.upstream_seconds = exchange.upstream_seconds
-
-    async def _forward_traced(
-        self,
-        trace: RequestTrace,
-        request: _Forwarding,
-        plan: _Plan,
-        exchange: Exchange,
-        receive: Receive,
-        send: Send,
-        record: RequestRecord,
-    ) -> None:
-        """``handle``'s forwarding inside a client span whose context the upstream gets
-        in ``traceparent`` (the client's own was left out of the planned headers)."""
-        trace.allowed = True
-        hop = trace.upstream(request.method, *plan.upstream.address)
-        try:
-            await plan.upstream.forward(
-                method=request.method,
-                head=with_headers(plan.head, hop.headers()),
-                headers=plan.headers,
-                content_length=request.content_length,
-                chunked=request.chunked,
-                receive=receive,
-                send=send,
-                exchange=exchange,
-            )
-        finally:
-            _recorded(record, exchange)
-            hop.end(exchange.status)
+            if trace is not None:
+                hop.end(exchange.status)
 
     def _plan_upstream(
         self, request: _Forwarding, identity: Identity | None, would_deny: int | None
@@ -344,14 +319,6 @@ def _cut_off_event(trace: RequestTrace) -> Callable[[int], None]:
         )
 
     return cut_off
-
-
-def _recorded(record: RequestRecord, exchange: Exchange) -> None:
-    record.status = exchange.status
-    record.responded = exchange.started
-    record.bytes_in = exchange.bytes_in
-    record.bytes_out = exchange.bytes_out
-    record.upstream_seconds = exchange.upstream_seconds
 
 
 def with_headers(head: bytes, extra: Headers) -> bytes:
