@@ -118,11 +118,14 @@ class OtlpReceiver:
             time.sleep(0.02)
 
     def trace(self, trace_id: str, count: int, timeout: float = 10.0) -> list[ExportedSpan]:
-        """The spans of ``trace_id``, once at least ``count`` arrived."""
-        spans = self.wait_for(
-            lambda all_: sum(s.trace_id == trace_id for s in all_) >= count, timeout
-        )
-        return [s for s in spans if s.trace_id == trace_id]
+        """The spans of ``trace_id``, once at least ``count`` arrived, its server span
+        (which ends last, maybe in a later export) among them."""
+
+        def complete(all_: list[ExportedSpan]) -> bool:
+            mine = [s for s in all_ if s.trace_id == trace_id]
+            return len(mine) >= count and any(s.kind == "server" for s in mine)
+
+        return [s for s in self.wait_for(complete, timeout) if s.trace_id == trace_id]
 
     def clear(self) -> None:
         with self._lock:
