@@ -142,6 +142,16 @@ def test_404_422_and_409_as_for_delete_and_rotate(http: httpx.Client, user: str)
     assert http.delete(f"/api/v1/api-keys/{created['id']}", headers=bearer(user)).status_code == 200
     revoked = patch(http, user, created["id"], change)
     assert (revoked.status_code, revoked.json()) == (409, {"detail": "API key is not active"})
+    rotated_away = create(http, user)
+    rotation = http.post(
+        f"/api/v1/api-keys/{rotated_away['id']}/rotate",
+        json={"grace_period_seconds": 0},
+        headers=bearer(user),
+    )
+    assert rotation.status_code == 201
+    remember_secret(rotation.json()["api_key"])
+    expired = patch(http, user, rotated_away["id"], change)  # its grace is over: expired
+    assert (expired.status_code, expired.json()) == (409, {"detail": "API key is not active"})
 
 
 def test_only_a_jwt_may_patch(http: httpx.Client, user: str) -> None:

@@ -118,3 +118,36 @@ def test_malformed_addresses_are_refused(bad: str) -> None:
 )
 def test_usage_counts_a_client_under_its_24_or_64(client: str | None, network: str | None) -> None:
     assert usage_network(client) == network
+
+
+def test_every_bad_scope_rule_is_reported_by_its_yaml_path() -> None:
+    from sidecar.config.loading import parse
+    from sidecar.config.model import ConfigError
+    from tests.harness import base_config, merge
+
+    raw = merge(
+        base_config(redis_url="redis://127.0.0.1:6379/0", upstream_url="http://127.0.0.1:9000"),
+        {
+            "auth": {
+                "scopes": {
+                    "Analysis": [{"methods": ["GET"], "paths": ["/a/"]}],
+                    "read": [{"methods": ["get"], "paths": ["a/", "/b//c"]}],
+                    "write": [],
+                    "submit": [{"methods": [], "paths": ["/a/"], "path": "/x"}],
+                    "export": [{"paths": ["/a/"]}],
+                }
+            }
+        },
+    )
+    with pytest.raises(ConfigError) as caught:
+        parse(raw, {})
+    assert caught.value.problems == [
+        "auth.scopes.Analysis: a scope name must match ^[a-z][a-z0-9_.:-]{0,63}$",
+        "auth.scopes.export[0].methods: required",
+        "auth.scopes.read[0].methods[0]: must match pattern '^[A-Z][A-Z0-9_-]*$'",
+        "auth.scopes.read[0].paths[0]: must match pattern '^/'",
+        "auth.scopes.read[0].paths[1]: not a normalised path: /b//c",
+        "auth.scopes.submit[0].methods: must list at least one",
+        "auth.scopes.submit[0].path: unknown key (did you mean paths?)",
+        "auth.scopes.write: must list at least one rule",
+    ]

@@ -56,9 +56,12 @@ def _describe(error: Any) -> str:
     path = ""
     model: Any = Config
     parent: Any = None
-    for part in error["loc"]:
+    loc = error["loc"]
+    for i, part in enumerate(loc):
         path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
         if isinstance(part, str):
+            if i < len(loc) - 1 and part not in getattr(model, "model_fields", {part: None}):
+                continue  # a key of a mapping of sections (auth.scopes.<name>)
             parent, model = model, _section_type(model, part)
     message = error["msg"].replace("Input should be", "must be").replace("String should", "must")
     if error["type"] == "extra_forbidden":
@@ -73,14 +76,21 @@ def _describe(error: Any) -> str:
 
 
 def _section_type(model: Any, name: str) -> Any:
-    """The model class of field ``name`` in ``model`` (through tuples), else None."""
+    """The model class of field ``name`` in ``model`` (through tuples and mappings),
+    else None."""
     if not (isinstance(model, type) and issubclass(model, BaseModel)):
         return None
     field = model.model_fields.get(name)
-    annotation = field.annotation if field is not None else None
-    for candidate in (annotation, *getattr(annotation, "__args__", ())):
-        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
-            return candidate
+    return _model_in(field.annotation if field is not None else None)
+
+
+def _model_in(annotation: Any) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for candidate in getattr(annotation, "__args__", ()):
+        found = _model_in(candidate)
+        if found is not None:
+            return found
     return None
 
 
