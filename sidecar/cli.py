@@ -12,6 +12,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
+from datetime import UTC
 from typing import Any
 
 import yaml
@@ -277,7 +278,7 @@ def _audit_export(config: Config, args: argparse.Namespace) -> int:
             since = parse_iso(args.since)
         except ValueError:
             raise UsageError(f"--since: not an ISO 8601 date-time: {args.since!r}") from None
-        if since.tzinfo is None:
-            raise UsageError("--since: give a time zone, e.g. 2027-01-31T00:00:00Z")
+        if since.tzinfo is None:  # a date, or a time without a zone: UTC, as events are
+            since = since.replace(tzinfo=UTC)
     user = None if args.user is None else user_id(args.user)
     return cli_keys.with_redis(config, lambda redis, url: cli_audit.export(redis, since, user))

@@ -211,4 +211,12 @@ def test_under_the_failed_auth_limit_canary_and_revoked_keys_answer_as_unknown_k
     assert answers["unknown"].json() == {"detail": "Too many failed authentication attempts"}
     assert canary_hits(sidecar) == hits + 1  # still counted...
     wait_until(lambda: sidecar.logs().count("canary key used") == 2, timeout=5)  # ...and logged
+
+    def recorded() -> int:  # ...and audited, the 429 one too (canary.used)
+        out = cli("--config", str(sidecar.config_path), "audit", "export", "--user", user)
+        return sum(
+            orjson.loads(line)["action"] == "canary.used" for line in out.stdout.splitlines()
+        )
+
+    wait_until(lambda: recorded() == 2, timeout=15)
     api.http.close()

@@ -208,7 +208,11 @@ class Authenticator:
                 )
             reason = "revoked" if not key.active else "expired"
         if cached and client is not None:  # a lookup passed the limit already
-            self._admit(client, reason)
+            try:
+                self._admit(client, reason)
+            except TooManyFailedAuth as exc:
+                exc.canary = key if key.canary else None  # still a canary.used event
+                raise
         raise CanaryUsed(key) if key.canary else NotAuthenticated(reason)
 
     def _admit(self, client: _Client, instead_of: str | None = None) -> None:

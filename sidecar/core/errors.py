@@ -275,6 +275,7 @@ class TooManyFailedAuth(SidecarError):
         # The NotAuthenticated reason this answer stands in for, when the key cache knew
         # it ("canary": still reported to the operator); None: decided before any lookup.
         self.instead_of: str | None = None
+        self.canary: Any = None  # the canary key (a VerifiedKey) when it stands in for one
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         return [(b"retry-after", str(self.retry_after).encode())]

@@ -22,7 +22,7 @@ from sidecar.auth.credentials import (
     credential_from,
 )
 from sidecar.auth.restrictions import Restrictions, Scopes
-from sidecar.core.domain import LIVE, TEST, AllowedNetworks, key_prefix
+from sidecar.core.domain import LIVE, TEST, AllowedNetworks, VerifiedKey, key_prefix
 from sidecar.core.errors import (
     AddressNotAllowed,
     KeyRestricted,
@@ -245,16 +245,8 @@ class Decider:
             if credential is not None and exc.reason in _WELL_FORMED_KEY_REJECTED:
                 record.key_prefix = key_prefix(credential.value)  # public; tells ops which key
                 if exc.reason == "canary":
-                    client = self._rules.proxies.client(record.client, incoming)
-                    _report_canary(record, client)
-                    if self._canaries is not None and isinstance(exc, CanaryUsed):
-                        agent = next((v for n, v in incoming if n == b"user-agent"), None)
-                        self._canaries.used(
-                            exc.key,
-                            client,
-                            None if agent is None else agent.decode("latin-1"),
-                            record.request_id,
-                        )
+                    key = exc.key if isinstance(exc, CanaryUsed) else None
+                    self._canary_used(key, record, incoming)
             raise
         except StoreUnavailable:
             record.auth_outcome = "store_unavailable"
@@ -263,7 +255,7 @@ class Decider:
             record.auth_outcome = "failed_auth_limited"
             if credential is not None and exc.instead_of == "canary":  # answered as any key
                 record.key_prefix = key_prefix(credential.value)
-                _report_canary(record, self._rules.proxies.client(record.client, incoming))
+                self._canary_used(exc.canary, record, incoming)
             raise
         finally:
             record.auth_seconds = time.perf_counter() - started
@@ -271,6 +263,21 @@ class Decider:
         record.user_id = identity.user_id
         record.key_prefix = identity.key_prefix
         return identity
+
+    def _canary_used(
+        self,
+        key: VerifiedKey | None,
+        record: RequestRecord,
+        incoming: Sequence[tuple[bytes, bytes]],
+    ) -> None:
+        """Report a canary's use (a WARNING now, a ``canary.used`` event soon after)."""
+        client = self._rules.proxies.client(record.client, incoming)
+        _report_canary(record, client)
+        if self._canaries is not None and key is not None:
+            agent = next((v for n, v in incoming if n == b"user-agent"), None)
+            self._canaries.used(
+                key, client, None if agent is None else agent.decode("latin-1"), record.request_id
+            )
 
 
 _ENVIRONMENT = {LIVE: b"live", TEST: b"test", None: b"live"}
