@@ -250,3 +250,25 @@ def test_the_assertion_of_a_scoped_key_carries_scope(
         process.url + "/a", headers={"Authorization": f"Bearer {make_token(user)}"}
     )
     assert jwt_request.status_code == 200
+
+
+def test_a_report_only_decision_marks_a_restricted_refusal_and_a_renamed_scopes_header(
+    config_for: Any, spawn: Any, user: str
+) -> None:
+    config = config_for(
+        auth={"scopes": SCOPES, "report_only_paths": ["/api/v1/analysis/"]},
+        identity={"headers": {"scopes": "X-Key-Scopes"}},
+        forward_auth={"enabled": True, "port": free_port()},
+    )
+    process = spawn(config)
+    key = create(process.url, user, scopes=["analysis:read"])
+    marked = decide(process, key, "POST", "/api/v1/analysis/")
+    assert marked.status_code == 200
+    assert marked.headers["x-callcov-auth-would-deny"] == "403"
+    assert "x-callcov-user-id" not in marked.headers
+    allowed = decide(process, key, "GET", "/api/v1/analysis/")
+    assert allowed.status_code == 200
+    assert allowed.headers["x-key-scopes"] == "analysis:read"
+    assert "x-callcov-key-scopes" not in allowed.headers
+    enforced = decide(process, key, "POST", "/api/v1/reports/")  # not a report-only path
+    assert enforced.status_code == 403
