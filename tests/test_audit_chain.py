@@ -188,3 +188,19 @@ def test_retention_trims_oldest_first_and_the_chain_still_verifies(
     code, output = verify(config_path)
     assert code == 1
     assert "events were removed from the start of the chain" in output
+
+
+def test_an_entry_that_is_no_event_is_named_and_still_exported(
+    fresh: RedisProcess, config_path: Path
+) -> None:
+    write_events(fresh.url, config_path, 2)
+    raw = fresh.client()
+    junk_id = raw.xadd(AUDIT_STREAM, {"note": "written by hand"}).decode()
+    code, output = verify(config_path)
+    assert code == 1
+    assert f"event {junk_id}: not an audit event" in output
+    exported = cli("--config", str(config_path), "audit", "export")
+    assert exported.returncode == 0, exported.stderr
+    lines = [orjson.loads(line) for line in exported.stdout.splitlines()]
+    assert lines[-1] == {"id": junk_id, "invalid": "not an audit event"}
+    assert [line["action"] for line in lines[:-1]] == ["key.created", "key.created"]

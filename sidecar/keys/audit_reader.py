@@ -34,7 +34,16 @@ def _text(value: Any) -> str:
 
 
 def _events(entries: Any) -> list[dict[str, Any]]:
-    return [from_entry(_text(entry_id), fields[b"event"]) for entry_id, fields in entries]
+    return [_event(_text(entry_id), fields) for entry_id, fields in entries]
+
+
+def _event(entry_id: str, fields: Any) -> dict[str, Any]:
+    """The entry's event; an entry someone wrote by hand that is none is still shown
+    (``audit verify`` names it), not skipped and not an error for the reader."""
+    try:
+        return from_entry(entry_id, fields[b"event"])
+    except (KeyError, ValueError):
+        return {"id": entry_id, "invalid": "not an audit event"}
 
 
 @dataclass(frozen=True, slots=True)
