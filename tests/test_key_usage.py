@@ -13,7 +13,15 @@ import httpx
 import pytest
 
 from tests.conftest import Api
-from tests.harness import RedisProcess, ServerThread, SidecarProcess, base_config, merge, wait_until
+from tests.harness import (
+    RedisProcess,
+    ServerThread,
+    SidecarProcess,
+    base_config,
+    merge,
+    remember_secret,
+    wait_until,
+)
 from tests.lifecycle_helpers import NS, PATH, call_counts
 from tests.upstream_app import RecordingUpstream
 
@@ -199,3 +207,19 @@ def test_the_networks_a_key_is_used_from_ride_the_flush(
         assert abs((datetime.now(UTC) - seen).total_seconds()) < 300
     one_day = usage(api, user, key["id"], days=1).json()["networks"]
     assert one_day[0] == networks[0]
+
+
+def test_a_request_the_key_restrictions_refuse_counts_and_shows_its_network(
+    config_for: Any, spawn: Any, user: str
+) -> None:
+    process = spawn(config_for(auth={"api_keys": {"last_used_flush_seconds": FLUSH_EVERY}}))
+    api = Api(process.url)
+    created = api.http.post(
+        "/api/v1/api-keys/", json={"allowed_ips": ["203.0.113.0/24"]}, headers=api.bearer(user)
+    ).json()
+    remember_secret(created["api_key"])
+    refused = api.http.get(PATH, headers={"X-API-Key": created["api_key"]})
+    assert refused.status_code == 403
+    wait_until(lambda: usage(api, user, created["id"]).json()["total_requests"] == 1, timeout=5)
+    [network] = usage(api, user, created["id"]).json()["networks"]
+    assert (network["network"], network["requests"]) == ("127.0.0.0/24", 1)
