@@ -116,6 +116,8 @@ def test_check_config_prints_the_resolved_config_masked(tmp_path: Path) -> None:
             "header_line_bytes": 8192, "header_bytes": 32768, "headers": 100, "target_bytes": 8192,
         },
         "reject_ambiguous_paths": True, "max_websockets": 1000,
+        "client_header_timeout_seconds": 60.0, "client_body_timeout_seconds": 60.0,
+        "keepalive_timeout_seconds": 5.0,
     }  # fmt: skip
     for secret in (JWT_SECRET, HASH_SECRET, "redis-password-1"):
         assert secret not in result.stdout + result.stderr
