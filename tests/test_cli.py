@@ -16,7 +16,7 @@ import orjson
 import pytest
 import yaml
 
-from sidecar.cli import EXIT_CODES, main
+from sidecar.cli.main import EXIT_CODES, main
 from tests.conftest import Api
 from tests.harness import (
     HASH_SECRET,

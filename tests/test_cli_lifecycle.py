@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from sidecar.cli import main
+from sidecar.cli.main import main
 from tests.conftest import Api
 from tests.harness import SidecarProcess, remember_secret, wait_until
 from tests.lifecycle_helpers import status, user_state

@@ -57,7 +57,7 @@ def test_serve_refuses_an_untested_uvicorn_before_binding_anything(tmp_path: Pat
         "CALLCOV_REDIS_URL": "redis://127.0.0.1:1/0",
     }
     code = (
-        "import sys, uvicorn; uvicorn.__version__ = '0.99.0'; from sidecar.cli import main; "
+        "import sys, uvicorn; uvicorn.__version__ = '0.99.0'; from sidecar.cli.main import main; "
         f"sys.exit(main(['--config', {str(path)!r}, 'serve']))"
     )
     result = subprocess.run(

@@ -17,8 +17,8 @@ from typing import Any
 
 import yaml
 
-from sidecar import cli_keys
-from sidecar.cli_keys import UsageError, user_id
+from sidecar.cli import keys as cli_keys
+from sidecar.cli.keys import UsageError, user_id
 from sidecar.config import loading as config_module
 from sidecar.config.model import Config, ConfigError
 from sidecar.core.domain import (
@@ -263,13 +263,13 @@ def _token(config: Config, args: argparse.Namespace) -> int:
 
 
 def _audit_verify(config: Config, args: argparse.Namespace) -> int:
-    from sidecar import cli_audit
+    from sidecar.cli import audit as cli_audit
 
     return cli_keys.with_redis(config, lambda redis, url: cli_audit.verify(redis, config))
 
 
 def _audit_export(config: Config, args: argparse.Namespace) -> int:
-    from sidecar import cli_audit
+    from sidecar.cli import audit as cli_audit
     from sidecar.core.timeutil import parse_iso
 
     since = None
