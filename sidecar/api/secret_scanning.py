@@ -35,10 +35,10 @@ import orjson
 from starlette.types import Receive, Scope, Send
 
 from sidecar.api.scanning_source import ScanningKeySource
+from sidecar.core.bodies import read_body
 from sidecar.core.clientaddr import TrustedProxies
 from sidecar.core.domain import LEAKED, SECRET_SCANNING, AuditContext, VerifiedKey
 from sidecar.core.errors import (
-    ClientGone,
     MethodNotAllowed,
     PayloadTooLarge,
     ReportInvalid,
@@ -122,9 +122,11 @@ class SecretScanning:
         try:
             try:
                 async with asyncio.timeout(self._body_timeout):
-                    body = await _read_body(receive)
+                    body = await read_body(receive, MAX_REPORT_BYTES)
             except TimeoutError:
                 raise ReportTooSlow() from None
+            except PayloadTooLarge:
+                raise PayloadTooLarge(MAX_REPORT_BYTES, body_unread=True) from None
             if not scanning_keys.signature_valid(key, signature, body):
                 raise ReportSignatureInvalid("Invalid signature")
         finally:
@@ -199,23 +201,7 @@ def _text_or_none(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-async def _read_body(receive: Receive) -> bytearray:
-    """The body, in one buffer grown as it arrives (no list of chunks joined into a
-    second copy)."""
-    body = bytearray()
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientGone()
-        chunk = message.get("body", b"")
-        if len(body) + len(chunk) > MAX_REPORT_BYTES:
-            raise PayloadTooLarge(MAX_REPORT_BYTES, body_unread=True)
-        body += chunk
-        if not message.get("more_body", False):
-            return body
-
-
-def _parse(body: bytearray) -> list[dict[str, Any]]:
+def _parse(body: bytes) -> list[dict[str, Any]]:
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:

@@ -20,6 +20,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from sidecar.auth.jwt_auth import mint
 from sidecar.config.model import ExampleUpstreamConfig, JwtConfig
+from sidecar.core.bodies import read_body
+from sidecar.core.errors import ClientGone, PayloadTooLarge
 
 LOGIN_PATH = "/api/v1/auth/login"
 REFRESH_PATH = "/api/v1/auth/refresh"
@@ -91,22 +93,9 @@ class DemoLogin:
 
 
 async def _body(receive: Receive) -> Any:
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return None
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > _MAX_BODY:
-            return None
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            break
     try:
-        return orjson.loads(b"".join(chunks))
-    except orjson.JSONDecodeError:
+        return orjson.loads(await read_body(receive, _MAX_BODY))
+    except (ClientGone, PayloadTooLarge, orjson.JSONDecodeError):
         return None
 
 
