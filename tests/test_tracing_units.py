@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 
 from sidecar.config import loading as config
-from sidecar.config.model import ConfigError
-from sidecar.observability.tracing import parse_traceparent
+from sidecar.config.model import ConfigError, TracingConfig
+from sidecar.observability.record import RequestRecord
+from sidecar.observability.tracing import OtelTracer, parse_traceparent
 from tests.harness import base_config, merge
 
 VALID = base_config(redis_url="redis://127.0.0.1:6379/0", upstream_url="http://127.0.0.1:9000")
@@ -94,3 +95,44 @@ def test_the_request_path_never_loads_the_tracing_code_while_tracing_is_off() ->
     code = f"TRACING = {tracing!r}\n" + code
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def unsampled_hop(headers: list[tuple[bytes, bytes]]) -> dict[bytes, bytes]:
+    """What the upstream gets for a request the sample leaves out."""
+    settings = TracingConfig(enabled=True, sample_ratio=0.0, otlp_endpoint="http://127.0.0.1:9/")
+    tracer = OtelTracer(settings)
+    try:
+        record = RequestRecord(
+            method="GET", path="/a", route="proxy", request_id="r", client=None, started=0.0
+        )
+        trace = tracer.server(headers, record, None, "1.1")
+        assert trace.trace_id is None  # not traced: nothing for the access log
+        return dict(trace.upstream("GET", "127.0.0.1", 80).headers())
+    finally:
+        tracer.shutdown()
+
+
+def test_an_unsampled_parent_is_passed_on_with_a_new_parent_id_and_its_tracestate() -> None:
+    hop = unsampled_hop(
+        [(b"traceparent", f"00-{TRACE}-{PARENT}-00".encode()), (b"tracestate", b"a=1,b=2")]
+    )
+    version, trace_id, parent_id, flags = hop[b"traceparent"].decode().split("-")
+    assert (version, trace_id, flags) == ("00", TRACE, "00")
+    assert parent_id != PARENT and len(parent_id) == 16
+    assert hop[b"tracestate"] == b"a=1,b=2"
+
+
+@pytest.mark.parametrize("tracestate", [b"a=1\x01", b"a=\xff", b"x=" + b"y" * 9000])
+def test_a_tracestate_that_is_not_printable_ascii_is_dropped(tracestate: bytes) -> None:
+    hop = unsampled_hop(
+        [(b"traceparent", f"00-{TRACE}-{PARENT}-00".encode()), (b"tracestate", tracestate)]
+    )
+    assert b"tracestate" not in hop
+    assert hop[b"traceparent"].startswith(f"00-{TRACE}-".encode())
+
+
+def test_a_new_unsampled_trace_tells_the_upstream_it_is_not_sampled() -> None:
+    hop = unsampled_hop([(b"tracestate", b"orphan=1")])  # no traceparent: a new trace
+    version, trace_id, parent_id, flags = hop[b"traceparent"].decode().split("-")
+    assert (version, len(trace_id), len(parent_id), flags) == ("00", 32, 16, "00")
+    assert b"tracestate" not in hop

@@ -53,6 +53,9 @@ log = logging.getLogger("sidecar")
 # version-traceid-parentid-flags, lower-case hex (W3C Trace Context, level 1); a later
 # version may append fields after a dash.
 _TRACEPARENT = re.compile(rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
+# tracestate is passed on only as printable ASCII of a sane length (W3C allows 32
+# members of at most 256 characters; longer may be dropped), never anything else raw.
+_TRACESTATE = re.compile(rb"[\x20-\x7e]{1,8192}")
 _TRACE_ID_LIMIT = (1 << 64) - 1  # TraceIdRatioBased looks at the low 64 bits
 _SHUTDOWN_SECONDS = 2.0  # then queued spans are dropped rather than delay the exit
 _REDIS = {"db.system.name": "redis"}
@@ -164,6 +167,8 @@ class OtelTracer:
             elif name == b"user-agent":
                 user_agent = value
         parent = None if repeated or traceparent is None else parse_traceparent(traceparent)
+        if tracestate is not None and not _TRACESTATE.fullmatch(tracestate):
+            tracestate = None
         if parent is None:  # a new trace (W3C: an invalid traceparent's tracestate goes too)
             tracestate = None
             trace_id = random.getrandbits(128) or 1
