@@ -439,3 +439,26 @@ def test_a_websocket_handshake_span_records_the_cut_off_when_its_key_is_revoked(
     finally:
         process.stop()
         echo.stop()
+
+
+def test_each_worker_exports_its_own_spans_as_its_own_instance(
+    config_for: Any, receiver: OtlpReceiver, recorder: RecordingUpstream, tmp_path: Path
+) -> None:
+    config = traced_config(config_for, receiver.endpoint)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("OTEL_BSP_SCHEDULE_DELAY", "50")
+        process = SidecarProcess(config, tmp_path, ("--workers", "2")).start()
+    try:
+        for n in range(40):  # a new connection each: the kernel spreads them over both
+            response = httpx.get(process.url + f"/api/v1/auth/worker-{n}")
+            assert response.status_code == 200
+        names = {f"GET /api/v1/auth/worker-{n}" for n in range(40)}
+        spans = receiver.wait_for(lambda all_: names <= {s.name for s in all_})
+        instances = {s.resource["service.instance.id"] for s in spans if s.name in names}
+        assert len(instances) == 2
+        assert (
+            "sidecar_trace_spans_dropped_total 0.0"
+            in httpx.get(process.admin_url + "/metrics").text
+        )
+    finally:
+        process.stop()

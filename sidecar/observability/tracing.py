@@ -20,6 +20,7 @@ import logging
 import random
 import re
 import threading
+import uuid
 from collections.abc import Awaitable, Sequence
 from typing import Any, TypeVar
 
@@ -141,7 +142,10 @@ class OtelTracer:
         self._ids = _PresetIds()
         self._provider = TracerProvider(
             sampler=ParentBased(TraceIdRatioBased(config.sample_ratio)),
-            resource=Resource.create({"service.name": config.service_name}),
+            # One instance per process: the workers of one sidecar tell apart.
+            resource=Resource.create(
+                {"service.name": config.service_name, "service.instance.id": str(uuid.uuid4())}
+            ),
             id_generator=self._ids,
         )
         self._exporter = _CountingExporter(OTLPSpanExporter(endpoint=config.otlp_endpoint))
