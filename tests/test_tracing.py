@@ -445,6 +445,7 @@ def test_each_worker_exports_its_own_spans_as_its_own_instance(
     config_for: Any, receiver: OtlpReceiver, recorder: RecordingUpstream, tmp_path: Path
 ) -> None:
     config = traced_config(config_for, receiver.endpoint)
+    config["rate_limits"] = {"enabled": False}  # and then no rate-limit span
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("OTEL_BSP_SCHEDULE_DELAY", "50")
         process = SidecarProcess(config, tmp_path, ("--workers", "2")).start()

@@ -38,7 +38,7 @@ from sidecar.keys.canary_events import CanaryEvents
 from sidecar.observability.record import RequestRecord
 from sidecar.observability.spans import RATE_LIMIT
 from sidecar.proxy.headers import HeaderRules
-from sidecar.ratelimit.limiter import RateLimiter, Sent
+from sidecar.ratelimit.limiter import DisabledRateLimiter, RateLimiter, Sent
 
 # The refusals report-only mode turns into "forwarded, marked": 401, 403 for a
 # restricted key, 429, and 503 for a key that cannot be verified. Anything else (413,
@@ -89,6 +89,8 @@ class Decider:
         self.public = public_paths
         self._auth = authenticator
         self._limiter = limiter
+        # Off, the check is no Redis round trip: a trace gets no span for it.
+        self._no_limits = isinstance(limiter, DisabledRateLimiter)
         self._report_only = report_only
         self._assertion = assertion
         self.restrictions = restrictions or Restrictions(Scopes({}))
@@ -141,7 +143,9 @@ class Decider:
                 meanwhile(identity)  # docs/design-notes.md: the rate-limit round trip
             trace = record.trace
             try:
-                rate_headers = await (check if trace is None else trace.timed(RATE_LIMIT, check))
+                rate_headers = await (
+                    check if trace is None or self._no_limits else trace.timed(RATE_LIMIT, check)
+                )
             except RateLimited:
                 self._auth.rate_limited(identity)
                 raise
