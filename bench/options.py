@@ -55,7 +55,8 @@ def parse_options(argv: list[str] | None = None) -> Options:
         "--only",
         help="comma list of throughput scenarios: direct,full,scoped,rl_off,jwt,cold,workers2,"
         "asgiproxy,fa_decide,nginx_fa,nginx_fa_cached,traefik_fa,traefik_pass,assertion,"
-        "full_traced,full_traced_all,nginx_pass,baseline (the c1 rows follow their scenario)",
+        "full_traced,full_traced_all,full_traced_none,nginx_pass,baseline (the c1 rows follow "
+        "their scenario)",
     )
     parser.add_argument(
         "--skip",

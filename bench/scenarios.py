@@ -14,8 +14,13 @@ from bench.load import Scenario
 from bench.otlp_sink import OtlpSink
 from bench.services import BENCH_SCOPES, PATH, RESTRICTIONS, Sidecar, sidecar_config
 
-# (scenario, sidecar name, tracing.sample_ratio): the default ratio, and every request.
-TRACED = (("full_traced", "traced", 0.01), ("full_traced_all", "traced-all", 1.0))
+# (scenario, sidecar name, tracing.sample_ratio): the default ratio, every request, and
+# none (what tracing costs a request it does not record: its trace context alone).
+TRACED = (
+    ("full_traced", "traced", 0.01),
+    ("full_traced_all", "traced-all", 1.0),
+    ("full_traced_none", "traced-none", 0.0),
+)
 
 
 def throughput_scenarios(run: Run, redis_url: str, upstream: str) -> list[Scenario]:

@@ -56,7 +56,7 @@ def throughput(run: Run, redis_url: str, upstream: str) -> None:
     sanity_notes(run, cache_seen)
     if run.wanted("profile") and run.selected("full"):
         run_profile(run, full, key_header)
-    for name in ("traced", "traced-all"):  # the tracing scenarios' sidecars, when run
+    for name in ("traced", "traced-all", "traced-none"):  # the tracing scenarios' sidecars
         traced = run.sidecars.get(name)
         if run.wanted("profile") and traced is not None:
             run_profile(run, traced, key_header)

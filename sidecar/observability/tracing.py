@@ -86,6 +86,18 @@ def _clean(value: str) -> str:
     return redact(value) if "sk_" in value or "." in value else value
 
 
+class _HashedOnce(Resource):
+    """The process's resource, hashed once: the OTLP encoder groups every span it
+    exports by resource, and the SDK's hash serialises the attributes to JSON each time."""
+
+    def __init__(self, resource: Resource) -> None:
+        super().__init__(resource.attributes, resource.schema_url)
+        self._hash = super().__hash__()
+
+    def __hash__(self) -> int:
+        return self._hash
+
+
 class _PresetIds(RandomIdGenerator):
     """The SDK's random ids, except a new trace's id when this module drew it first."""
 
@@ -143,8 +155,10 @@ class OtelTracer:
         self._provider = TracerProvider(
             sampler=ParentBased(TraceIdRatioBased(config.sample_ratio)),
             # One instance per process: the workers of one sidecar tell apart.
-            resource=Resource.create(
-                {"service.name": config.service_name, "service.instance.id": str(uuid.uuid4())}
+            resource=_HashedOnce(
+                Resource.create(
+                    {"service.name": config.service_name, "service.instance.id": str(uuid.uuid4())}
+                )
             ),
             id_generator=self._ids,
         )
@@ -292,26 +306,29 @@ class _Sampled:
         span = self._span
         route = _clean(record.path)
         span.update_name(f"{record.method} {route}")
-        span.set_attribute("http.request.method", record.method)
-        span.set_attribute("url.path", route)
-        span.set_attribute("http.route", route)
         status = record.status
+        attributes: dict[str, str | int] = {  # set at once: the span locks for each call
+            "http.request.method": record.method,
+            "url.path": route,
+            "http.route": route,
+        }
         if status:
-            span.set_attribute("http.response.status_code", status)
+            attributes["http.response.status_code"] = status
         if status >= 500 or not status:
             span.set_status(Status(StatusCode.ERROR))
         if record.user_id is not None:
-            span.set_attribute("enduser.id", record.user_id)
+            attributes["enduser.id"] = record.user_id
         if record.auth_method is not None:
-            span.set_attribute("callcov.auth.method", record.auth_method)
+            attributes["callcov.auth.method"] = record.auth_method
         if record.key_prefix is not None:
-            span.set_attribute("callcov.key.prefix", record.key_prefix)
+            attributes["callcov.key.prefix"] = record.key_prefix
         if self.allowed or (status == 200 and record.route == "forward_auth"):
-            span.set_attribute("callcov.decision", "allow")
+            attributes["callcov.decision"] = "allow"
         elif record.route in _DECIDED_ROUTES and status:
-            span.set_attribute("callcov.decision", str(status))
+            attributes["callcov.decision"] = str(status)
         if record.would_deny is not None:
-            span.set_attribute("callcov.would_deny", record.would_deny)
+            attributes["callcov.would_deny"] = record.would_deny
+        span.set_attributes(attributes)
         span.end()
 
 
