@@ -73,14 +73,25 @@ class AllowedNetworks:
     makes: each network as its (address, mask) integers, compared with the client's
     address as an integer (parsed once per distinct client, ``_address_bits``)."""
 
-    __slots__ = ("_v4", "_v6", "networks")
+    __slots__ = ("_answers", "_v4", "_v6", "networks")
 
     def __init__(self, networks: Iterable[Network]) -> None:
         self.networks = tuple(networks)
         self._v4 = tuple(_bits(n) for n in self.networks if n.version == 4)
         self._v6 = tuple(_bits(n) for n in self.networks if n.version == 6)
+        # A key is used from a few addresses again and again: each one's answer is kept.
+        self._answers: dict[str | None, bool] = {}
 
     def admits(self, client: str | None) -> bool:
+        answer = self._answers.get(client)
+        if answer is None:
+            answer = self._admits(client)
+            if len(self._answers) >= _ANSWERS_KEPT:
+                self._answers.clear()
+            self._answers[client] = answer
+        return answer
+
+    def _admits(self, client: str | None) -> bool:
         parsed = _address_bits(client)
         if parsed is None:
             return False
@@ -98,6 +109,7 @@ def _bits(network: Network) -> tuple[int, int]:
     return int(network.network_address), int(network.netmask)
 
 
+_ANSWERS_KEPT = 256  # client addresses a key's AllowedNetworks remembers; past it, start over
 _ADDRESSES: dict[str, tuple[int, int] | None] = {}
 _ADDRESSES_KEPT = 10_000  # distinct client addresses parsed and kept; past it, start over
 
