@@ -7,7 +7,14 @@ import statistics
 
 from bench import instructions
 from bench.context import Run
-from bench.experiments import ASSERTION_ON, INSTRUCTION_REQUESTS, SCOPED_KEY, THIS_BUILD, WS_FRAME
+from bench.experiments import (
+    ASSERTION_ON,
+    INSTRUCTION_REQUESTS,
+    SCOPED_KEY,
+    THIS_BUILD,
+    TRACED_DEFAULT,
+    WS_FRAME,
+)
 from bench.options import MIB
 
 
@@ -132,7 +139,7 @@ def instruction_table(run: Run) -> list[str]:
         (
             n
             for k, n in run.results.instructions.items()
-            if k not in (THIS_BUILD, ASSERTION_ON, SCOPED_KEY)
+            if k not in (THIS_BUILD, ASSERTION_ON, SCOPED_KEY, TRACED_DEFAULT)
         ),
         None,
     )
@@ -141,6 +148,9 @@ def instruction_table(run: Run) -> list[str]:
     scoped = run.results.instructions.get(SCOPED_KEY)
     if this and scoped:
         out += ["", f"Scoped, address-restricted key / unrestricted key: {scoped / this:.4f}x."]
+    traced = run.results.instructions.get(TRACED_DEFAULT)
+    if this and traced:
+        out += ["", f"Tracing at sample_ratio 0.01 / tracing off: {traced / this:.4f}x."]
     if this and baseline:
         out += ["", f"This build / baseline: {this / baseline:.3f}x."]
     return [*out, ""]
