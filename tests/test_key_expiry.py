@@ -8,11 +8,13 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import Api
-from tests.harness import RedisProcess, SidecarProcess
+from tests.harness import RedisProcess, SidecarProcess, wait_until
 from tests.lifecycle_helpers import (
     NS,
     call_counts,
@@ -160,7 +162,9 @@ def test_a_key_cached_before_redis_went_down_still_stops_at_its_expiry(
         process: SidecarProcess = spawn(config_for(redis={"url": own.url}))
         # Long enough that a loaded machine still reaches the stale check before expiry.
         [key] = store_create(own.url, "stale-user", seconds=5.0)
-        assert status(process.url, key["api_key"]) == 200
+        # The revocation feed coming up clears the cache (it may have missed messages):
+        # wait until a request is a cache hit, which only happens once the feed is up.
+        wait_until(lambda: cached_hit(process, key["api_key"]), timeout=10)
         own.stop()
         assert status(process.url, key["api_key"]) == 200  # stale, within the window
         give_up = key["expires"] + 5
@@ -168,3 +172,19 @@ def test_a_key_cached_before_redis_went_down_still_stops_at_its_expiry(
         assert last_ok < key["expires"] + 0.05
         assert first_refused - key["expires"] < PROPAGATION_DEADLINE
         assert status(process.url, key["api_key"]) == 401  # refused, not 503: it is expired
+
+
+def cached_hit(process: SidecarProcess, api_key: str) -> bool:
+    """Whether a request with ``api_key`` (served: 200) was answered from the key cache."""
+    hits = _metric(process, "sidecar_key_cache_total", result="hit")
+    assert status(process.url, api_key) == 200
+    return _metric(process, "sidecar_key_cache_total", result="hit") > hits
+
+
+def _metric(process: SidecarProcess, name: str, **labels: str) -> float:
+    text = httpx.get(process.admin_url + "/metrics").text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return float(sample.value)
+    return 0.0
