@@ -15,28 +15,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import yaml
-
-from sidecar.redisconn.embedded import find_binary
+from bench.attack_rig import running
 
 _PIECE = 64 * 1024
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def rss_kib(pid: int) -> int:
@@ -44,27 +31,6 @@ def rss_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     return 0
-
-
-class _Ok(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def do_GET(self) -> None:
-        # One write: a head and body in two segments would meet Nagle and delayed ACKs.
-        self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-def wait_port(port: int, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on {port}")
 
 
 async def flood(port: int, total: int, outcome: dict[str, int]) -> None:
@@ -154,43 +120,8 @@ def main() -> int:
     parser.add_argument("--flooders", type=int, default=4)
     parser.add_argument("--mib", type=int, default=16)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="header-flood-") as directory:
-        redis_port, upstream_port, port, admin = (free_port() for _ in range(4))
-        redis = subprocess.Popen(
-            [find_binary(), "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
-             "--dir", directory],
-            stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-        )  # fmt: skip
-        upstream = ThreadingHTTPServer(("127.0.0.1", upstream_port), _Ok)
-        threading.Thread(target=upstream.serve_forever, daemon=True).start()
-        config = {
-            "server": {"host": "127.0.0.1", "port": port},
-            "admin": {"host": "127.0.0.1", "port": admin},
-            "upstream": {"url": f"http://127.0.0.1:{upstream_port}"},
-            "redis": {"url": f"redis://127.0.0.1:{redis_port}/0"},
-            "auth": {
-                "jwt": {"secret": "flood-" * 8},
-                "api_keys": {"hash_secret": "flood-hash-" * 4},
-                "public_paths": ["/public/"],
-            },
-            "rate_limits": {"enabled": False},
-            "logging": {"access_log": False, "level": "WARNING"},
-        }
-        path = Path(directory) / "sidecar.yaml"
-        path.write_text(yaml.safe_dump(config))
-        sidecar = subprocess.Popen(
-            [sys.executable, "-m", "sidecar", "serve", "--config", str(path)],
-            stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )  # fmt: skip
-        try:
-            wait_port(port)
-            asyncio.run(measure(port, sidecar.pid, args.flooders, args.mib))
-        finally:
-            sidecar.terminate()
-            sidecar.wait(20)
-            redis.terminate()
-            redis.wait(10)
-            upstream.shutdown()
+    with running({}, prefix="header-flood-") as rig:
+        asyncio.run(measure(rig.port, rig.pid, args.flooders, args.mib))
     return 0
 
 

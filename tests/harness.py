@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import redis
 import uvicorn
 import yaml
@@ -286,3 +287,21 @@ def leaked_secrets(directory: Path, secrets: set[str] | None = None) -> list[str
         for match in sorted(set(_SECRET_SHAPES.findall(text)) - wanted):
             found.append(f"{path}: {match[:14]}… (shaped like a full key or JWT)")
     return found
+
+
+def read_until_closed(sock: socket.socket, within: float) -> bytes:
+    """Everything the server sent on ``sock`` until it closed the connection; fails the
+    test if it neither closed it nor stopped sending within ``within`` seconds."""
+    received = b""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            break
+        except ConnectionResetError:
+            return received
+        if not chunk:
+            return received
+        received += chunk
+    pytest.fail(f"the connection is still open after {within}s: {received!r}")

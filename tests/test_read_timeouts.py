@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.harness import ServerThread, SidecarProcess, free_port
+from tests.harness import ServerThread, SidecarProcess, free_port, read_until_closed
 from tests.upstream_app import RecordingUpstream
 
 TIMEOUT = 1.0
@@ -54,24 +54,6 @@ def _connect(port: int) -> socket.socket:
     return sock
 
 
-def _closed_by_server(sock: socket.socket) -> bytes:
-    """Everything the server sent until it closed the connection; fails if it did not
-    close it within CLOSE_DEADLINE."""
-    received = b""
-    deadline = time.monotonic() + CLOSE_DEADLINE
-    while time.monotonic() < deadline:
-        try:
-            chunk = sock.recv(65536)
-        except TimeoutError:
-            break
-        except ConnectionResetError:
-            return received
-        if not chunk:
-            return received
-        received += chunk
-    pytest.fail(f"the connection is still open after {CLOSE_DEADLINE}s: {received!r}")
-
-
 def _honest_get(sidecar: SidecarProcess) -> None:
     answer = httpx.get(sidecar.url + PUBLIC_PATH, timeout=5)
     assert answer.status_code == 200
@@ -80,7 +62,7 @@ def _honest_get(sidecar: SidecarProcess) -> None:
 @pytest.mark.parametrize("listener", ["public", "forward_auth", "admin"])
 def test_a_connection_that_sends_nothing_is_closed(timed: SidecarProcess, listener: str) -> None:
     with _connect(_ports(timed)[listener]) as sock:
-        assert _closed_by_server(sock) == b""
+        assert read_until_closed(sock, CLOSE_DEADLINE) == b""
 
 
 @pytest.mark.parametrize("listener", ["public", "forward_auth", "admin"])
@@ -90,7 +72,7 @@ def test_a_stalled_head_is_closed_without_a_response_while_others_are_served(
     with _connect(_ports(timed)[listener]) as sock:
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Partial: ")
         _honest_get(timed)
-        assert _closed_by_server(sock) == b""  # nginx answers nothing either
+        assert read_until_closed(sock, CLOSE_DEADLINE) == b""  # nginx answers nothing either
 
 
 def test_a_head_trickled_byte_by_byte_is_closed_all_the_same(timed: SidecarProcess) -> None:
@@ -105,7 +87,7 @@ def test_a_head_trickled_byte_by_byte_is_closed_all_the_same(timed: SidecarProce
             if time.monotonic() - started > CLOSE_DEADLINE:
                 pytest.fail("a trickled head was never cut")
             time.sleep(TIMEOUT / 10)  # the attack's own pace, not a synchronisation
-        assert _closed_by_server(sock) == b""
+        assert read_until_closed(sock, CLOSE_DEADLINE) == b""
 
 
 def test_a_stalled_body_is_cut_and_so_is_its_upstream_request(
@@ -118,7 +100,7 @@ def test_a_stalled_body_is_cut_and_so_is_its_upstream_request(
         )
         assert recorder.first_chunk.wait(CLOSE_DEADLINE)  # the upload reached the upstream
         _honest_get(timed)
-        assert _closed_by_server(sock) == b""
+        assert read_until_closed(sock, CLOSE_DEADLINE) == b""
     deadline = time.monotonic() + CLOSE_DEADLINE
     while recorder.aborted == 0 and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -144,7 +126,7 @@ def test_an_idle_keep_alive_connection_is_closed_after_its_timeout(timed: Sideca
     for listener, path in (("public", PUBLIC_PATH), ("forward_auth", "/"), ("admin", "/healthz")):
         with _connect(_ports(timed)[listener]) as sock:
             sock.sendall(b"GET %b HTTP/1.1\r\nHost: x\r\n\r\n" % path.encode())
-            response = _closed_by_server(sock)
+            response = read_until_closed(sock, CLOSE_DEADLINE)
             assert response.startswith(b"HTTP/1.1 "), (listener, response)
             assert b"connection: close" not in response.lower(), listener  # kept alive, then idle
 

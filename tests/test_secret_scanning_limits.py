@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 from sidecar.keys import format as keyformat
-from tests.harness import SidecarProcess
+from tests.harness import SidecarProcess, read_until_closed
 from tests.test_secret_scanning import SCAN, Signer, report
 
 CAP = 2
@@ -61,24 +61,6 @@ def _open(sidecar: SidecarProcess, data: bytes) -> socket.socket:
     return sock
 
 
-def _until_closed(sock: socket.socket) -> bytes:
-    """What the sidecar answered before closing; fails if it neither answers nor closes
-    within DEADLINE (it would be waiting for the body)."""
-    received = b""
-    deadline = time.monotonic() + DEADLINE
-    while time.monotonic() < deadline:
-        try:
-            chunk = sock.recv(65536)
-        except TimeoutError:
-            break
-        except ConnectionResetError:
-            return received
-        if not chunk:
-            return received
-        received += chunk
-    pytest.fail(f"no answer and no close within {DEADLINE}s: {received!r}")
-
-
 def _well_formed(signer: Signer) -> dict[str, str]:
     """Headers a report may carry: a known identifier and a real signature, of another
     body (the bodies sent here are never signed)."""
@@ -103,7 +85,7 @@ def test_a_report_that_cannot_be_valid_is_refused_before_its_body(
     elif forge == "unknown_identifier":
         headers["Github-Public-Key-Identifier"] = "f" * 64
     with _open(scanning, _head(headers, 5 * 1024 * 1024 - 1)) as sock:  # no body sent
-        answer = _until_closed(sock)
+        answer = read_until_closed(sock, DEADLINE)
     assert answer.startswith(b"HTTP/1.1 401 "), answer
     assert b'{"detail":' in answer
 
@@ -112,7 +94,7 @@ def test_a_declared_oversized_report_is_413_and_the_connection_closed(
     scanning: SidecarProcess, signer: Signer
 ) -> None:
     with _open(scanning, _head(_well_formed(signer), 6 * 1024 * 1024)) as sock:
-        answer = _until_closed(sock)  # not kept open to drain 6 MiB (held before too)
+        answer = read_until_closed(sock, DEADLINE)  # not kept open to drain 6 MiB (held before too)
     assert answer.startswith(b"HTTP/1.1 413 "), answer
 
 
@@ -136,7 +118,7 @@ def test_beyond_the_cap_reports_get_503_with_retry_after_then_it_recovers(
         assert "detail" in busy.json()
         # The held bodies never complete: each is cut after body_timeout_seconds, with 408.
         for sock in held:
-            assert _until_closed(sock).startswith(b"HTTP/1.1 408 ")
+            assert read_until_closed(sock, DEADLINE).startswith(b"HTTP/1.1 408 ")
     finally:
         for sock in held:
             sock.close()
