@@ -146,10 +146,16 @@ def test_a_revoked_key_stops_within_cache_seconds_plus_one(
     assert revoked.status_code in (200, 204), revoked.text
     revoked_at = time.monotonic()
     deadline = revoked_at + CACHE_SECONDS + 5
+    last_served = refused = None  # when the last request still let through was sent
     while time.monotonic() < deadline:
+        sent = time.monotonic()
         if httpx.get(where, headers=key).status_code == 401:
+            refused = time.monotonic() - revoked_at
             break
+        last_served = sent - revoked_at
         time.sleep(0.02)  # a polling interval, not synchronisation
-    stopped_after = time.monotonic() - revoked_at
-    print(f"revoked key refused through nginx-cached.conf after {stopped_after:.3f} s")
-    assert stopped_after <= CACHE_SECONDS + 1, stopped_after  # the documented bound
+    assert refused is not None, "the revoked key was still let through"
+    print(f"revoked key last let through {last_served} s, refused {refused:.3f} s after")
+    # The documented bound, on when the key was last let through: the time a loaded
+    # machine takes to answer the poll that sees the 401 is not the cache's.
+    assert (last_served or 0.0) <= CACHE_SECONDS + 1, last_served
