@@ -25,6 +25,7 @@ import pytest
 import redis
 import uvicorn
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar.redisconn.embedded import find_binary
 
@@ -305,3 +306,13 @@ def read_until_closed(sock: socket.socket, within: float) -> bytes:
             return received
         received += chunk
     pytest.fail(f"the connection is still open after {within}s: {received!r}")
+
+
+def metric(process: SidecarProcess, name: str, **labels: str) -> float:
+    """One sample of the sidecar's Prometheus metrics (0 when it is not there yet)."""
+    text = httpx.get(process.admin_url + "/metrics").text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return float(sample.value)
+    return 0.0

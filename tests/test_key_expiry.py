@@ -8,13 +8,11 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import redis
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import Api
-from tests.harness import RedisProcess, SidecarProcess, wait_until
+from tests.harness import RedisProcess, SidecarProcess, metric, wait_until
 from tests.lifecycle_helpers import (
     NS,
     call_counts,
@@ -176,15 +174,6 @@ def test_a_key_cached_before_redis_went_down_still_stops_at_its_expiry(
 
 def cached_hit(process: SidecarProcess, api_key: str) -> bool:
     """Whether a request with ``api_key`` (served: 200) was answered from the key cache."""
-    hits = _metric(process, "sidecar_key_cache_total", result="hit")
+    hits = metric(process, "sidecar_key_cache_total", result="hit")
     assert status(process.url, api_key) == 200
-    return _metric(process, "sidecar_key_cache_total", result="hit") > hits
-
-
-def _metric(process: SidecarProcess, name: str, **labels: str) -> float:
-    text = httpx.get(process.admin_url + "/metrics").text
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and sample.labels == labels:
-                return float(sample.value)
-    return 0.0
+    return metric(process, "sidecar_key_cache_total", result="hit") > hits

@@ -17,12 +17,10 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import Api
-from tests.harness import SidecarProcess, wait_until
+from tests.harness import SidecarProcess, metric, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -31,15 +29,6 @@ def workers(config_for: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     process = SidecarProcess(config_for(), workdir, ("--workers", "2")).start(timeout=60)
     yield process
     process.stop()
-
-
-def metric(process: SidecarProcess, name: str, **labels: str) -> float:
-    text = httpx.get(process.admin_url + "/metrics").text
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and sample.labels == labels:
-                return float(sample.value)
-    return 0.0
 
 
 def pids_by_request(process: SidecarProcess, tag: str) -> dict[str, int]:
