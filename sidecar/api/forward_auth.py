@@ -166,7 +166,7 @@ class ForwardAuth:
             started=time.perf_counter(),
         )
         if self._tracer is not None:
-            record.trace = self._tracer.server(
+            record.trace, _ = self._tracer.server(  # no upstream request to carry a context
                 scope["headers"], record, scope.get("server"), scope["http_version"]
             )
         headers: Headers = [(b"x-request-id", rid), (b"content-length", b"0")]

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
 
 from redis.asyncio import Redis
 
@@ -100,10 +99,6 @@ class Components:
         )
         self.metrics = metrics or Metrics()
         self.tracer = tracer_for(config)
-        # With tracing off, ``finished`` is the untraced function itself.
-        self.finished: Callable[[RequestRecord], None] = (
-            self._finished if self.tracer is None else self._finished_traced
-        )
         self.websockets = WebSockets(
             limit=config.server.max_websockets,
             hasher=hasher,
@@ -319,17 +314,13 @@ class Components:
         if self.tracer is not None:
             await asyncio.to_thread(self.tracer.shutdown)
 
-    def _finished(self, record: RequestRecord) -> None:
-        """A request is done: count it and log it."""
+    def finished(self, record: RequestRecord) -> None:
+        """A request is done: end its span (a sampled request's), count it and log it."""
+        if record.trace is not None:
+            record.trace.end(record)
         self.metrics.observe(record)
         if self.access_log is not None:
             self.access_log.write(record)
-
-    def _finished_traced(self, record: RequestRecord) -> None:
-        """A request is done: end its span, count it and log it."""
-        if record.trace is not None:
-            record.trace.end(record)
-        self._finished(record)
 
 
 def tracer_for(config: Config) -> Tracer | None:

@@ -91,7 +91,7 @@ class Sidecar(Components):
             started=time.perf_counter(),
         )
         if self.tracer is not None:
-            record.trace = self.tracer.server(
+            record.trace, record.trace_context = self.tracer.server(
                 scope["headers"], record, scope.get("server"), scope["http_version"]
             )
         self.metrics.in_flight.inc()

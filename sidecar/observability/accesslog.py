@@ -69,7 +69,7 @@ class AccessLog:
             "pid": self._pid,
         }
         trace = record.trace
-        if trace is not None and trace.trace_id is not None:  # a sampled request
+        if trace is not None:  # a sampled request
             fields["trace_id"] = trace.trace_id
             fields["span_id"] = trace.span_id
         self._lines.append(orjson.dumps(fields, option=orjson.OPT_APPEND_NEWLINE))

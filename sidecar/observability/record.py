@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sidecar.core.types import AuthMethod, Route
+from sidecar.core.types import AuthMethod, Headers, Route
 from sidecar.observability.spans import RequestTrace
 
 
@@ -28,4 +28,5 @@ class RequestRecord:
     would_deny: int | None = None  # report-only mode: the status enforce mode would have sent
     bytes_in: int = 0
     bytes_out: int = 0
-    trace: RequestTrace | None = None  # tracing.enabled only (spans.py)
+    trace: RequestTrace | None = None  # tracing.enabled, a sampled request (spans.py)
+    trace_context: Headers | None = None  # tracing.enabled, not sampled: for the upstream

@@ -4,7 +4,9 @@ this module imports nothing, so the request path can name the types while the
 OpenTelemetry packages stay unloaded unless ``tracing.enabled``.
 
 With tracing off there is no Tracer and a request's ``trace`` is None: each component
-checks that once and otherwise runs its untraced code.
+checks that once and otherwise runs its untraced code. With tracing on, so is the
+``trace`` of a request outside the sample (most of them): it only has a trace context
+for the upstream, computed when it starts.
 """
 
 from __future__ import annotations
@@ -55,20 +57,20 @@ class Upstream(Protocol):
 
 
 class RequestTrace(Protocol):
-    """The trace of one request: its server span, sampled or not."""
+    """The trace of one sampled request: its server span."""
 
     allowed: bool  # the decision admitted the request (``callcov.decision: allow``)
 
     @property
-    def trace_id(self) -> str | None:
-        """Hex, when the request is sampled (for the access log)."""
+    def trace_id(self) -> str:
+        """Hex (for the access log)."""
         ...
 
     @property
-    def span_id(self) -> str | None: ...
+    def span_id(self) -> str: ...
 
     def timed(self, name: str, work: Awaitable[T]) -> Awaitable[T]:
-        """``work``, awaited inside a child span ``name`` when sampled (else as it is)."""
+        """``work``, awaited inside a child span ``name``."""
         ...
 
     def upstream(self, method: str, address: str, port: int) -> Upstream:
@@ -76,7 +78,7 @@ class RequestTrace(Protocol):
         ...
 
     def event(self, name: str, attributes: dict[str, str | int]) -> None:
-        """Add an event to the server span (when sampled)."""
+        """Add an event to the server span."""
         ...
 
     def end(self, record: Described) -> None:
@@ -93,9 +95,11 @@ class Tracer(Protocol):
         record: Described,
         server: tuple[str, int] | None,
         http_version: str,
-    ) -> RequestTrace:
+    ) -> tuple[RequestTrace | None, list[tuple[bytes, bytes]] | None]:
         """The trace of the request ``record`` describes (method and normalised path),
-        continuing the W3C ``traceparent`` among ``headers`` if there is a valid one."""
+        continuing the W3C ``traceparent`` among ``headers`` if there is a valid one:
+        (its trace, None) when it is sampled, else (None, the ``traceparent`` and
+        ``tracestate`` headers its upstream request carries)."""
         ...
 
     def dropped(self) -> int:

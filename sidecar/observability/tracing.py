@@ -3,12 +3,13 @@ spans, and the W3C trace context for the upstream; exported over OTLP/HTTP by th
 batch span processor. Imported only when tracing is enabled (app/build.py), so the
 OpenTelemetry packages are never loaded otherwise.
 
-Sampling is the SDK's ``ParentBased(TraceIdRatioBased(sample_ratio))``. Most requests
-are not sampled, and for those an SDK span costs more than the rest of the tracing, so
-the same rule is applied here first: an unsampled request gets no span object at all,
-only the trace context the upstream needs (its trace id and flags, a fresh parent id).
-A sampled new trace's id is drawn here and handed to the SDK through its id generator,
-so the SDK's sampler, run on the same id, reaches the same decision.
+Sampling is decided here, once per request, before any OpenTelemetry object exists: a
+valid incoming ``traceparent``'s sampled flag, else ``sample_ratio`` for a new trace (the
+SDK's ``ParentBased(TraceIdRatioBased)`` rule, drawn once instead of on the trace id,
+which no one else has seen yet). Most requests are not sampled, and for those an SDK
+span would cost more than the rest of the tracing: they get no span object, no context
+lookup, only the ``traceparent`` the upstream needs (sampled flag off) computed once.
+The SDK records every span it is handed (``ALWAYS_ON``): only sampled requests are.
 
 Nothing secret goes into a span: the route is the normalised path with any key or JWT
 pasted into it masked, never the query string; no header but User-Agent (masked too).
@@ -21,6 +22,7 @@ import random
 import re
 import threading
 import uuid
+from binascii import hexlify as _hexlify
 from collections.abc import Awaitable, Sequence
 from typing import Any, TypeVar
 
@@ -29,8 +31,7 @@ from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExport
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
-from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
-from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 from opentelemetry.trace import (
     NonRecordingSpan,
     Span,
@@ -45,6 +46,7 @@ from opentelemetry.trace import (
 
 from sidecar.config.model import TracingConfig
 from sidecar.core.errors import SidecarError
+from sidecar.core.types import Headers
 from sidecar.observability.logs import redact
 from sidecar.observability.spans import Described
 
@@ -57,11 +59,12 @@ _TRACEPARENT = re.compile(rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-
 # tracestate is passed on only as printable ASCII of a sane length (W3C allows 32
 # members of at most 256 characters; longer may be dropped), never anything else raw.
 _TRACESTATE = re.compile(rb"[\x20-\x7e]{1,8192}")
-_TRACE_ID_LIMIT = (1 << 64) - 1  # TraceIdRatioBased looks at the low 64 bits
 _SHUTDOWN_SECONDS = 2.0  # then queued spans are dropped rather than delay the exit
 _REDIS = {"db.system.name": "redis"}
 _DECIDED_ROUTES = frozenset({"proxy", "public", "forward_auth"})
 _ROOT = Context()  # no parent: never look up the current context
+_getrandbits = random.getrandbits
+_draw = random.random
 
 
 def parse_traceparent(value: bytes) -> tuple[int, int, bool] | None:
@@ -96,17 +99,6 @@ class _HashedOnce(Resource):
 
     def __hash__(self) -> int:
         return self._hash
-
-
-class _PresetIds(RandomIdGenerator):
-    """The SDK's random ids, except a new trace's id when this module drew it first."""
-
-    def __init__(self) -> None:
-        self.next_trace_id = 0
-
-    def generate_trace_id(self) -> int:
-        trace_id, self.next_trace_id = self.next_trace_id, 0
-        return trace_id or super().generate_trace_id()
 
 
 class _CountingExporter(SpanExporter):
@@ -150,17 +142,15 @@ class OtelTracer:
     """The ``Tracer`` (spans.py) over the OpenTelemetry SDK, one per process."""
 
     def __init__(self, config: TracingConfig) -> None:
-        self._bound = TraceIdRatioBased.get_bound_for_rate(config.sample_ratio)
-        self._ids = _PresetIds()
+        self._ratio = config.sample_ratio
         self._provider = TracerProvider(
-            sampler=ParentBased(TraceIdRatioBased(config.sample_ratio)),
+            sampler=ALWAYS_ON,  # handed only the requests ``server`` sampled
             # One instance per process: the workers of one sidecar tell apart.
             resource=_HashedOnce(
                 Resource.create(
                     {"service.name": config.service_name, "service.instance.id": str(uuid.uuid4())}
                 )
             ),
-            id_generator=self._ids,
         )
         self._exporter = _CountingExporter(OTLPSpanExporter(endpoint=config.otlp_endpoint))
         self._processor = _CountingProcessor(self._exporter)
@@ -173,34 +163,57 @@ class OtelTracer:
         record: Described,
         server: tuple[str, int] | None,
         http_version: str,
-    ) -> _Unsampled | _Sampled:
-        traceparent = tracestate = user_agent = None
+    ) -> tuple[_Sampled | None, Headers | None]:
+        for name, _ in headers:  # lower case in an ASGI scope
+            if name == b"traceparent" or name == b"tracestate":
+                return self._continued(headers, record, server, http_version)
+        if _draw() < self._ratio:  # a new trace, sampled
+            return self._start(_ROOT, headers, record, server, http_version), None
+        # A new trace outside the sample (most requests): "00-<trace id>-<parent id>-00"
+        # from 192 random bits. (An all-zero id, which W3C calls invalid, has odds of
+        # 2**-64 at worst; the upstream would then start a trace of its own.)
+        ids = _hexlify(_getrandbits(192).to_bytes(24, "little"), b"-", -16)
+        return None, [(b"traceparent", b"00-" + ids + b"-00")]
+
+    def _continued(
+        self,
+        headers: Sequence[tuple[bytes, bytes]],
+        record: Described,
+        server: tuple[str, int] | None,
+        http_version: str,
+    ) -> tuple[_Sampled | None, Headers | None]:
+        """``server`` for a request that carries trace context."""
+        traceparent = tracestate = None
         repeated = False
-        for name, value in headers:  # lower case in an ASGI scope
+        for name, value in headers:
             if name == b"traceparent":
                 repeated |= traceparent is not None
                 traceparent = value
             elif name == b"tracestate":
                 tracestate = value if tracestate is None else tracestate + b"," + value
-            elif name == b"user-agent":
-                user_agent = value
         parent = None if repeated or traceparent is None else parse_traceparent(traceparent)
+        if parent is None:  # a new trace (W3C: an invalid traceparent's tracestate goes too)
+            if _draw() < self._ratio:
+                return self._start(_ROOT, headers, record, server, http_version), None
+            return None, _unsampled(_getrandbits(128) or 1, None)
         if tracestate is not None and not _TRACESTATE.fullmatch(tracestate):
             tracestate = None
-        if parent is None:  # a new trace (W3C: an invalid traceparent's tracestate goes too)
-            tracestate = None
-            trace_id = random.getrandbits(128) or 1
-            if trace_id & _TRACE_ID_LIMIT >= self._bound:
-                return _Unsampled(trace_id, None)
-            self._ids.next_trace_id = trace_id
-            context = _ROOT
-        else:
-            trace_id, parent_id, sampled = parent
-            if not sampled:
-                return _Unsampled(trace_id, tracestate)
-            state = TraceState.from_header([tracestate.decode("latin-1")]) if tracestate else None
-            remote = SpanContext(trace_id, parent_id, True, TraceFlags(1), state)
-            context = set_span_in_context(NonRecordingSpan(remote))
+        trace_id, parent_id, sampled = parent
+        if not sampled:
+            return None, _unsampled(trace_id, tracestate)
+        state = TraceState.from_header([tracestate.decode("latin-1")]) if tracestate else None
+        remote = SpanContext(trace_id, parent_id, True, TraceFlags(1), state)
+        context = set_span_in_context(NonRecordingSpan(remote))
+        return self._start(context, headers, record, server, http_version), None
+
+    def _start(
+        self,
+        context: Context,
+        headers: Sequence[tuple[bytes, bytes]],
+        record: Described,
+        server: tuple[str, int] | None,
+        http_version: str,
+    ) -> _Sampled:
         # Method and route are set again at the end: the forward-auth listener learns
         # them (the original request's) after the span starts.
         attributes: dict[str, str | int] = {"network.protocol.version": http_version}
@@ -208,8 +221,9 @@ class OtelTracer:
             attributes["server.address"], attributes["server.port"] = server
         if record.client is not None:
             attributes["client.address"] = record.client
-        if user_agent is not None:
-            attributes["user_agent.original"] = _clean(user_agent.decode("latin-1"))
+        for name, value in headers:
+            if name == b"user-agent":
+                attributes["user_agent.original"] = _clean(value.decode("latin-1"))
         span = self.tracer.start_span(record.method, context, SpanKind.SERVER, attributes)
         return _Sampled(self, span)
 
@@ -228,37 +242,13 @@ class OtelTracer:
             stop.cancel()
 
 
-class _Unsampled:
-    """A request outside the sample: no span, only the context the upstream gets."""
-
-    __slots__ = ("_trace_id", "_tracestate", "allowed")
-
-    trace_id: str | None = None
-    span_id: str | None = None
-
-    def __init__(self, trace_id: int, tracestate: bytes | None) -> None:
-        self._trace_id = trace_id
-        self._tracestate = tracestate
-        self.allowed = False
-
-    def timed(self, name: str, work: Awaitable[T]) -> Awaitable[T]:
-        return work
-
-    def upstream(self, method: str, address: str, port: int) -> _Unsampled:
-        return self
-
-    def headers(self) -> list[tuple[bytes, bytes]]:
-        span_id = random.getrandbits(64) or 1
-        out = [(b"traceparent", _traceparent(self._trace_id, span_id, False))]
-        if self._tracestate:
-            out.append((b"tracestate", self._tracestate))
-        return out
-
-    def event(self, name: str, attributes: dict[str, str | int]) -> None:
-        pass
-
-    def end(self, status: int | Described) -> None:
-        pass
+def _unsampled(trace_id: int, tracestate: bytes | None) -> Headers:
+    """The trace context the upstream gets for a request outside the sample: its trace,
+    a fresh parent id (the sidecar's hop, recorded nowhere), the sampled flag off."""
+    out = [(b"traceparent", _traceparent(trace_id, _getrandbits(64) or 1, False))]
+    if tracestate:
+        out.append((b"tracestate", tracestate))
+    return out
 
 
 class _Sampled:
@@ -271,8 +261,8 @@ class _Sampled:
         self._span = span
         self._context = set_span_in_context(span)
         ids = span.get_span_context()
-        self.trace_id: str | None = f"{ids.trace_id:032x}"
-        self.span_id: str | None = f"{ids.span_id:016x}"
+        self.trace_id = f"{ids.trace_id:032x}"
+        self.span_id = f"{ids.span_id:016x}"
         self.allowed = False
 
     def timed(self, name: str, work: Awaitable[T]) -> Awaitable[T]:

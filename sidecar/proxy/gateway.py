@@ -103,6 +103,7 @@ class Gateway:
     ) -> None:
         request: _Forwarding = scope.pop(_FORWARDING, None) or _Forwarding(self, scope, normalised)
         request.request_id = request_id
+        request.trace_context = record.trace_context
         decision = await self._decider.decide(
             request.method,
             normalised,
@@ -202,6 +203,8 @@ class Gateway:
                 upstream = self._test_upstream
         elif would_deny is not None:
             headers.append((WOULD_DENY, b"%d" % would_deny))
+        if request.trace_context is not None:  # tracing on, the request not sampled
+            headers += request.trace_context
         head = upstream.request_head(
             request.method,
             request.path,
@@ -245,6 +248,7 @@ class _Forwarding:
         "query",
         "request_id",
         "scheme",
+        "trace_context",
         "websocket",
     )
 
@@ -281,6 +285,7 @@ class _Forwarding:
         self.query: bytes = scope["query_string"]
         self.scheme: str = scope.get("scheme", "http")
         self.request_id = b""  # set by ``handle``
+        self.trace_context: Headers | None = None  # set by ``handle``
         client = scope.get("client")
         self.client: str | None = client[0] if client else None
         self.early: Early | None = None  # set by ``start``
