@@ -37,11 +37,8 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 import httptools
-from uvicorn.protocols.http.httptools_impl import (
-    STATUS_LINE,
-    HttpToolsProtocol,
-    RequestResponseCycle,
-)
+from uvicorn.protocols.http.flow_control import service_unavailable
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, RequestResponseCycle
 
 from sidecar.config.model import RequestLimits
 from sidecar.core.errors import (
@@ -147,25 +144,59 @@ class SidecarHttpProtocol(TimedHttpProtocol):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        parser = self.parser
+        http_version = parser.get_http_version()
         hosts = self._hosts
-        if hosts != 1 and (hosts or self.parser.get_http_version() != "1.0"):
+        if hosts != 1 and (hosts or http_version != "1.0"):
             self._refusal = HostInvalid(hosts)
             raise self._refusal
-        upgrade = self.parser.should_upgrade()
+        upgrade = parser.should_upgrade()
         if upgrade:  # TimedHttpProtocol.on_headers_complete's lines, inlined
             self._phase = BUSY
         else:
             self._phase = BODY
             if self._last_read + self._body_timeout < self._timer_at:
                 self._arm(self._last_read + self._body_timeout)
-        HttpToolsProtocol.on_headers_complete(self)  # not TimedHttpProtocol's: done above
-        # uvicorn read the target the same way; this is the reading forward auth shares.
+        # uvicorn's on_headers_complete, inlined (uvicorn is pinned: compat.py), with the
+        # target read once, by parse_target: the reading forward auth shares. An invalid
+        # target raises here, and the parser's error handling answers 400.
         scope = self.scope
+        scope["method"] = parser.get_method().decode("ascii")
+        if http_version != "1.1":
+            scope["http_version"] = http_version
+        if upgrade and self._should_upgrade():
+            return
+        # (uvicorn's root_path is never set here: the sidecar serves from /.)
         scope["raw_path"], scope["path"], scope["query_string"] = parse_target(self.url)
-        self.cycle.__class__ = _Cycle
+        app = self.app
+        if self.limit_concurrency is not None and (
+            len(self.connections) >= self.limit_concurrency
+            or len(self.tasks) >= self.limit_concurrency
+        ):
+            app = service_unavailable
+            self.logger.warning("Exceeded concurrency limit.")
+        existing_cycle = self.cycle
+        cycle = self.cycle = _Cycle(
+            scope=scope,
+            transport=self.transport,
+            flow=self.flow,
+            logger=self.logger,
+            access_logger=self.access_logger,
+            access_log=self.access_log,
+            default_headers=self.server_state.default_headers,
+            message_event=asyncio.Event(),
+            expect_100_continue=self.expect_100_continue,
+            keep_alive=http_version != "1.0" and parser.should_keep_alive(),
+            on_response=self.on_response_complete,
+        )
         if upgrade:
-            self.scope["extensions"] = {TAKE_OVER: self._take_over}  # type: ignore[dict-item]
-            self.cycle.keep_alive = False  # unless taken over, nothing follows on it
+            scope["extensions"] = {TAKE_OVER: self._take_over}  # type: ignore[dict-item]
+            cycle.keep_alive = False  # unless taken over, nothing follows on it
+        if existing_cycle is None or existing_cycle.response_complete:
+            self._start_asgi_task(cycle, app)
+        else:  # pipelined: queued until the one before is answered
+            self.flow.pause_reading()
+            self.pipeline.appendleft((cycle, app))
         hook = type(self).head_hook
         if hook is not None and not self.pipeline:  # its app task starts next
             try:
