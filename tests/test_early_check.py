@@ -1,7 +1,7 @@
 """The rate-limit check starts at the request head (app.py ``on_head``, the public
 server's head hook): it is in Redis before the app runs, and each request is charged
-once. In process, with the production wiring (``uvicorn_config(public=True)``), a real
-redis-server and a real upstream."""
+once. In process, with the production wiring (``uvicorn_config(hardened=True, ...)``),
+a real redis-server and a real upstream."""
 
 from __future__ import annotations
 
@@ -62,8 +62,7 @@ def served(config_for: Any, redis_server: RedisProcess) -> Iterator[tuple[Api, _
     sidecar = Sidecar(config, redis_server.url)
     watcher = redis_server.client()
     watched = _Watched(sidecar, watcher)
-    sidecar.on_head = watched  # type: ignore[method-assign]  # read by uvicorn_config
-    server = Server(uvicorn_config(sidecar, config, lifespan="on", public=True))
+    server = Server(uvicorn_config(sidecar, config, lifespan="on", hardened=True, on_head=watched))
     sock = bind("127.0.0.1", 0)
     thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])))
     thread.start()

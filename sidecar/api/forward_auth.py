@@ -38,7 +38,7 @@ from sidecar.core.errors import (
     rendered,
 )
 from sidecar.core.paths import PrefixMatcher, decided_path, normalise
-from sidecar.core.types import Headers
+from sidecar.core.types import BODY_FOLLOWS, Headers
 from sidecar.observability.record import RequestRecord
 from sidecar.observability.spans import Tracer
 from sidecar.proxy.decision import Decider
@@ -212,7 +212,10 @@ class ForwardAuth:
             headers.append(_NO_STORE)
         record.status = status
         try:
-            await send({"type": "http.response.start", "status": status, "headers": headers})
+            # BODY_FOLLOWS: the protocol writes the head with the body, in one piece.
+            start = {"type": "http.response.start", "status": status, "headers": headers}
+            start[BODY_FOLLOWS] = 1
+            await send(start)
             await send({"type": "http.response.body", "body": body})
             record.responded = True
         finally:

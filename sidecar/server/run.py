@@ -119,7 +119,7 @@ async def _serve(
 ) -> int:
     sidecar = Sidecar(config, redis_url)
     public = Server(
-        uvicorn_config(sidecar, config, lifespan="on", public=True),
+        uvicorn_config(sidecar, config, lifespan="on", hardened=True, on_head=sidecar.on_head),
         on_started=lambda: log_listening(config),  # last: after the helpers and start-up
         freeze_heap=True,
     )

@@ -27,7 +27,7 @@ from sidecar.keys.audit_reader import AuditReader
 from sidecar.observability.logs import QUIET_UVICORN
 from sidecar.proxy.upstream import UpstreamClient
 from sidecar.redisconn.client import REDIS_ERRORS, Durability
-from sidecar.server.protocol import protocol_for
+from sidecar.server.protocol import HeadHook, protocol_for
 from sidecar.server.read_timeouts import ReadTimeouts, timed_protocol_for
 
 log = logging.getLogger("sidecar")
@@ -126,20 +126,26 @@ def bind(host: str, port: int, *, reuse_port: bool = False, listen: bool = True)
 
 
 def uvicorn_config(
-    app: Any, config: Config, *, lifespan: Literal["on", "off"] = "off", public: bool = False
+    app: Any,
+    config: Config,
+    *,
+    lifespan: Literal["on", "off"] = "off",
+    hardened: bool = False,
+    on_head: HeadHook | None = None,
 ) -> uvicorn.Config:
-    """``public``: ``app`` is the Sidecar, served with the hardened protocol of
-    httpserver.py (request limits, trailers, framing, the app's head hook); uvicorn's
-    WebSocket handling off, as websocket.py relays upgrades. Every listener has the
-    server's read timeouts (read_timeouts.py)."""
+    """``hardened`` (the public and the forward-auth listeners, which read what clients
+    send): served with protocol.py's protocol (request limits, trailers, framing, a
+    whole response in one write, ``on_head``), uvicorn's WebSocket handling off, as
+    websocket.py relays upgrades. Every listener has the server's read timeouts
+    (read_timeouts.py)."""
     timeouts = ReadTimeouts.of(config.server)
     return uvicorn.Config(
         app,
         lifespan=lifespan,
-        http=protocol_for(config.server.limits, app.on_head, timeouts)
-        if public
+        http=protocol_for(config.server.limits, on_head, timeouts)
+        if hardened
         else timed_protocol_for(timeouts),
-        ws="none" if public else "auto",
+        ws="none" if hardened else "auto",
         log_config=None,
         access_log=False,
         server_header=False,
@@ -211,7 +217,7 @@ async def forward_auth_listener(
     if sock is None:
         yield
         return
-    server = Server(uvicorn_config(app, config), handle_signals=False)
+    server = Server(uvicorn_config(app, config, hardened=True), handle_signals=False)
     leader.followers.append(server)
     task = await serve_helper(server, [sock])
     try:

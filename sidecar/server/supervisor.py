@@ -253,7 +253,7 @@ async def _serve_worker(
         ready.close()
 
     public = Server(
-        uvicorn_config(sidecar, config, lifespan="on", public=True),
+        uvicorn_config(sidecar, config, lifespan="on", hardened=True, on_head=sidecar.on_head),
         on_started=started,
         freeze_heap=True,
     )
