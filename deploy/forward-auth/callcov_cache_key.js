@@ -3,18 +3,20 @@
 // nginx's cache keys or cache files (each file starts with its key in clear).
 // Loaded with js_import; needs njs (Debian: libnginx-mod-http-js).
 function decisionKey(r) {
-    const hash = require('crypto').createHash('sha256');
+    var headers = r.headersIn;
+    var key = headers['X-API-Key'] || '';
+    var authorization = headers['Authorization'] || '';
+    var method = r.variables.request_method;
+    var uri = r.variables.request_uri;
     // Every value is length-prefixed: no two different requests give the same input.
-    // (njs 0.7, Debian 12's, has no for...of.)
-    [
-        r.headersIn['X-API-Key'] || '',
-        r.headersIn['Authorization'] || '',
-        r.variables.request_method,
-        r.variables.request_uri,
-    ].forEach(function (part) {
-        hash.update(part.length + ':' + part + ';');
-    });
-    return hash.digest('hex');
+    // One string, one update: njs runs this on every request, so it makes the fewest
+    // calls (a forEach over the parts, four updates, cost measurably more).
+    return require('crypto').createHash('sha256').update(
+        key.length + ':' + key + ';' +
+        authorization.length + ':' + authorization + ';' +
+        method.length + ':' + method + ';' +
+        uri.length + ':' + uri + ';'
+    ).digest('hex');
 }
 
 export default { decisionKey };
