@@ -31,13 +31,20 @@ from bench.harness import (
 )
 from bench.options import MIB
 from bench.otlp_sink import OtlpSink
+from bench.scenarios import TRACED
 from bench.services import BENCH_SCOPES, PATH, RESTRICTIONS, Sidecar, sidecar_config
 
 INSTRUCTION_REQUESTS = 2000  # counted under callgrind (bench/instructions.py)
 THIS_BUILD = "this build"
 ASSERTION_ON = "this build, identity assertion on (EdDSA)"
 SCOPED_KEY = "this build, a scoped and address-restricted key"
-TRACED_DEFAULT = "this build, tracing on at sample_ratio 0.01"
+TRACED_PREFIX = "this build, tracing on at sample_ratio "
+
+
+def traced_label(ratio: float) -> str:
+    return f"{TRACED_PREFIX}{ratio:g}"
+
+
 WS_PATH = "/ws/bench"
 WS_FRAME = 64 * 1024
 
@@ -225,8 +232,8 @@ def revocation_test(run: Run, redis_url: str, upstream: str) -> None:
 def instruction_test(run: Run, redis_url: str, upstream: str) -> None:
     """Instructions per request of the full path (bench/instructions.py): this
     build, this build with the identity assertion on, this build with a scoped and
-    address-restricted key, with tracing at the default ratio (when ``full_traced`` is
-    selected), and the --baseline build, each in a sidecar of its own under callgrind."""
+    address-restricted key, with tracing at each ratio whose ``full_traced*`` scenario
+    is selected, and the --baseline build, each in a sidecar of its own under callgrind."""
     missing = instructions.available()
     if missing is not None:
         run.results.unavailable["instructions"] = missing
@@ -238,11 +245,13 @@ def instruction_test(run: Run, redis_url: str, upstream: str) -> None:
         (ASSERTION_ON, run.o.source, {"identity": assertion}, {}),
         (SCOPED_KEY, run.o.source, {}, RESTRICTIONS),
     ]
-    if run.selected("full_traced"):  # the default ratio's cost, repeatable
-        if run.otlp_sink is None:
-            run.otlp_sink = OtlpSink()
-        tracing = {"enabled": True, "otlp_endpoint": run.otlp_sink.endpoint, "sample_ratio": 0.01}
-        builds.append((TRACED_DEFAULT, run.o.source, {"tracing": tracing}, {}))
+    for scenario, _, ratio in TRACED:  # what tracing costs, repeatable
+        if run.selected(scenario):
+            if run.otlp_sink is None:
+                run.otlp_sink = OtlpSink()
+            tracing = {"enabled": True, "otlp_endpoint": run.otlp_sink.endpoint}
+            tracing["sample_ratio"] = ratio
+            builds.append((traced_label(ratio), run.o.source, {"tracing": tracing}, {}))
     if run.o.baseline is not None:
         label = f"--baseline ({git_state(run.o.baseline)[0]})"
         builds.append((label, run.o.baseline, {}, {}))
