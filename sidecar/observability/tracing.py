@@ -167,11 +167,21 @@ class OtelTracer:
         for name, _ in headers:  # lower case in an ASGI scope
             if name == b"traceparent" or name == b"tracestate":
                 return self._continued(headers, record, server, http_version)
-        if _draw() < self._ratio:  # a new trace, sampled
+        return self._new_trace(headers, record, server, http_version)
+
+    def _new_trace(
+        self,
+        headers: Sequence[tuple[bytes, bytes]],
+        record: Described,
+        server: tuple[str, int] | None,
+        http_version: str,
+    ) -> tuple[_Sampled | None, Headers | None]:
+        """``server`` for a request without a valid trace context."""
+        if _draw() < self._ratio:
             return self._start(_ROOT, headers, record, server, http_version), None
-        # A new trace outside the sample (most requests): "00-<trace id>-<parent id>-00"
-        # from 192 random bits. (An all-zero id, which W3C calls invalid, has odds of
-        # 2**-64 at worst; the upstream would then start a trace of its own.)
+        # Outside the sample (most requests): "00-<trace id>-<parent id>-00" from 192
+        # random bits. (An all-zero id, which W3C calls invalid, has odds of 2**-64 at
+        # worst; the upstream would then start a trace of its own.)
         ids = _hexlify(_getrandbits(192).to_bytes(24, "little"), b"-", -16)
         return None, [(b"traceparent", b"00-" + ids + b"-00")]
 
@@ -193,9 +203,7 @@ class OtelTracer:
                 tracestate = value if tracestate is None else tracestate + b"," + value
         parent = None if repeated or traceparent is None else parse_traceparent(traceparent)
         if parent is None:  # a new trace (W3C: an invalid traceparent's tracestate goes too)
-            if _draw() < self._ratio:
-                return self._start(_ROOT, headers, record, server, http_version), None
-            return None, _unsampled(_getrandbits(128) or 1, None)
+            return self._new_trace(headers, record, server, http_version)
         if tracestate is not None and not _TRACESTATE.fullmatch(tracestate):
             tracestate = None
         trace_id, parent_id, sampled = parent
