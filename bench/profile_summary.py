@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 # (component, path fragments), checked in order for each frame.
@@ -83,17 +84,21 @@ def _component(path: str) -> str | None:
     return None
 
 
+def _samples(raw: str) -> Iterator[tuple[list[tuple[str, str]], int]]:
+    """Each line of a raw py-spy profile: its frames (function, file), outermost first,
+    and how many samples had that stack."""
+    for line in raw.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if stack and count_text.isdigit():
+            yield [_parse(f) for f in stack.split(";")], int(count_text)
+
+
 def summarise(raw: str, top: int = 15) -> Summary:
     components: Counter[str] = Counter()
     modules: Counter[str] = Counter()
     functions: Counter[str] = Counter()
     total = 0
-    for line in raw.splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not stack or not count_text.isdigit():
-            continue
-        count = int(count_text)
-        frames = [_parse(f) for f in stack.split(";")]
+    for frames, count in _samples(raw):
         total += count
         leaf_func, leaf_file = frames[-1]
         functions[f"{leaf_func} ({_short(leaf_file)})"] += count
@@ -160,13 +165,10 @@ def tracing_functions(raw: str, top: int = 12) -> list[tuple[str, int, int]]:
     so a tracing function is charged what it calls in the standard library too."""
     functions: Counter[str] = Counter()
     total = 0
-    for line in raw.splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not stack or not count_text.isdigit():
-            continue
-        total += int(count_text)
-        for func, path in reversed([_parse(f) for f in stack.split(";")]):
+    for frames, count in _samples(raw):
+        total += count
+        for func, path in reversed(frames):
             if any(fragment in path for fragment in TRACING):
-                functions[f"{func} ({_short(path)})"] += int(count_text)
+                functions[f"{func} ({_short(path)})"] += count
                 break
     return [(name, n, total) for name, n in functions.most_common(top)]

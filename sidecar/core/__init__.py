@@ -1,6 +1,16 @@
 """The rules every layer shares, with no I/O: the key domain's value types, the exception
 tree and its HTTP mapping, path normalisation, the client address, timestamps, a
-concurrency bound and the shared header types.
+concurrency bound, the write-behind flush loop and the shared header types.
 """
 
-__all__ = ["bodies", "clientaddr", "domain", "errors", "paths", "slots", "timeutil", "types"]
+__all__ = [
+    "bodies",
+    "clientaddr",
+    "domain",
+    "errors",
+    "paths",
+    "periodic",
+    "slots",
+    "timeutil",
+    "types",
+]

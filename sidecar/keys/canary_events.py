@@ -5,12 +5,12 @@ single-event script (store.record_events)."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
 from sidecar.core.domain import CANARY_USED, CLIENT, AuditContext, VerifiedKey
 from sidecar.core.errors import StoreUnavailable
+from sidecar.core.periodic import flush_every
 from sidecar.core.timeutil import now_iso
 from sidecar.keys.audit_events import new_event
 from sidecar.keys.store import KeyStore
@@ -59,10 +59,4 @@ class CanaryEvents:
             log.warning("canary.used events not written: Redis unavailable; will retry")
 
     async def run(self) -> None:
-        try:
-            while True:
-                await asyncio.sleep(self._interval)
-                await self.flush()
-        finally:
-            if self._pending:
-                await asyncio.shield(self.flush())
+        await flush_every(self._interval, self.flush, lambda: bool(self._pending))

@@ -6,12 +6,12 @@ flush, not per request."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from datetime import UTC, datetime
 
 from sidecar.core.domain import usage_network
 from sidecar.core.errors import StoreUnavailable
+from sidecar.core.periodic import flush_every
 from sidecar.core.timeutil import to_iso, utc_day
 from sidecar.keys.store import KeyStore
 from sidecar.keys.usage_calls import NetworkCounts, UsageCounts
@@ -91,13 +91,10 @@ class UsageTracker:
             log.warning("usage flush failed: Redis unavailable; will retry")
 
     async def run(self) -> None:
-        try:
-            while True:
-                await asyncio.sleep(self._interval)
-                await self.flush()
-        finally:
-            if self._pending or self._counts or self._addresses:
-                await asyncio.shield(self.flush())
+        await flush_every(self._interval, self.flush, self._holds_anything)
+
+    def _holds_anything(self) -> bool:
+        return bool(self._pending or self._counts or self._addresses)
 
 
 def _networks(addresses: dict[tuple[str, int, str], list[float]]) -> list[NetworkCounts]:
