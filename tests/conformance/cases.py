@@ -5,6 +5,7 @@ client and the upstream are expected to see. ``{p}`` in a request is the case's 
 from __future__ import annotations
 
 import gzip
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -116,10 +117,19 @@ def case(
     **options: object,
 ) -> Case:
     parts = request if isinstance(request, tuple) else (request,)
+    # Neither proxy resends a POST or PATCH, so in the concurrent phase one could take a
+    # pooled connection another case's upstream is closing at that moment, and get a 502
+    # without reaching the upstream by chance. Alone after the warm-up, it goes on a
+    # live connection.
+    if any(_NOT_RESENT.search(part) for part in parts):
+        options["sequential"] = True
     script = options.pop("script", None) or Script(
         replies if isinstance(replies, tuple) else (replies,)
     )
     return Case(name, parts, script, client, upstream, **options)  # type: ignore[arg-type]
+
+
+_NOT_RESENT = re.compile(rb"(?:^|\r\n)(?:POST|PATCH) ")
 
 
 def r(data: bytes, **options: object) -> Reply:
@@ -578,13 +588,9 @@ CASES: list[Case] = [
         seen(1),
         methods=("POST",),
     ),
-    # --- upstream resets at every stage
-    # A POST: were it sent on a pooled connection the upstream was closing at that very
-    # moment (another case's connection, in the concurrent phase), it would get the same
-    # 502 without reaching the upstream, and seen(1) would fail by chance (a POST is not
-    # replayed: Go's rule). Alone after the warm-up, it goes on a live connection.
+    # --- upstream resets at every stage (a POST: sequential, see case())
     *(
-        case(name, post(b"x"), r(reply, then=how), status(502), seen(1), sequential=True)
+        case(name, post(b"x"), r(reply, then=how), status(502), seen(1))
         for name, reply, how in (
             ("close-before-head", b"", "close"),
             ("reset-before-head", b"", "reset"),
