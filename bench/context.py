@@ -23,6 +23,7 @@ class Results:
     scenarios: list[Scenario] = field(default_factory=list)
     memory: list[dict[str, Any]] = field(default_factory=list)
     revocation: dict[str, Any] = field(default_factory=dict)
+    cached_revocation: dict[str, Any] = field(default_factory=dict)
     websocket: dict[str, Any] = field(default_factory=dict)
     profile: str = ""
     profile_files: list[Path] = field(default_factory=list)

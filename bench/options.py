@@ -62,7 +62,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
         "--skip",
         default="",
         help="comma list of parts to skip: "
-        "memory,revocation,websocket,profile,workers2,instructions",
+        "memory,revocation,cached_revocation,websocket,profile,workers2,instructions",
     )
     parser.add_argument("--out", type=Path, help="report path (default bench/results/...)")
     parser.add_argument(

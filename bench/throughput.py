@@ -1,7 +1,7 @@
 """The throughput experiment: every selected scenario under wrk in interleaved rounds
 (fresh server processes each round unless --keep-processes), the key cache's and the
-access log's sanity notes, the usage counts of the bench key, and a py-spy profile of
-the full path."""
+access log's sanity notes, revocation through the cached nginx front, the usage counts
+of the bench key, and a py-spy profile of the full path."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import time
 
 import httpx
 
+from bench.cached_revocation import cached_revocation
 from bench.context import Run
 from bench.harness import BENCH, machine_busy_seconds, own_busy_seconds, tool_version
 from bench.load import Scenario, measure
@@ -20,6 +21,7 @@ from bench.scenarios import throughput_scenarios
 from bench.services import PATH, Sidecar, sidecar_config
 
 PY_SPY = BENCH / ".venv" / "bin" / "py-spy"
+CACHED_REVOCATIONS = 10
 
 
 def throughput(run: Run, redis_url: str, upstream: str) -> None:
@@ -54,6 +56,9 @@ def throughput(run: Run, redis_url: str, upstream: str) -> None:
             )
     add_counts(cache_seen, hits_before, cache_counts(run))
     sanity_notes(run, cache_seen)
+    cached = next((s for s in run.results.scenarios if s.key == "nginx_fa_cached"), None)
+    if cached is not None and run.wanted("cached_revocation"):
+        cached_revocation(run, cached, run.sidecars["fa"], CACHED_REVOCATIONS)
     if run.wanted("profile") and run.selected("full"):
         run_profile(run, full, key_header)
     for name in ("traced", "traced-all", "traced-none"):  # the tracing scenarios' sidecars

@@ -17,6 +17,7 @@ from bench.report.experiments import (
     revocation_table,
     websocket_tables,
 )
+from bench.report.scale_targets import scale_targets_table
 from bench.report.targets import targets_table
 from bench.report.throughput import ratio_table, throughput_tables
 from bench.services import BENCH_PYTHON, NEVER_LIMITING, PATH
@@ -100,6 +101,7 @@ def render(run: Run) -> str:
         "(/proc/<pid>/stat) over the run, divided by requests completed",
         "",
     ]
+    lines += scale_targets_table(run)
     lines += targets_table(run)
     lines += throughput_tables(run)
     lines += ratio_table(run)
