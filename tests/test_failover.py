@@ -27,6 +27,7 @@ KEY_DATA = "callcov:{callcov-keys}:any"  # a key in the key data's slot
 _IN_SCRIPT_6 = "Error running script (call to f_33ec): @user_script:1: @user_script: 1: -"
 _NOREPLICAS = "NOREPLICAS Not enough good replicas to write."
 _READONLY = "You can't write against a read only replica."
+_WAIT_ON_REPLICA = "WAIT cannot be used with replica instances."
 Reply = redis_errors.ResponseError
 
 
@@ -43,6 +44,8 @@ Reply = redis_errors.ResponseError
             redis_errors.MasterDownError("Link with MASTER is down", status_code="MASTERDOWN"),
             "MASTERDOWN",
         ),
+        (Reply(f"{_WAIT_ON_REPLICA} Please also note...", status_code="ERR"), "READONLY"),
+        (Reply(f"ERR {_WAIT_ON_REPLICA} Please also note..."), "READONLY"),
         (Reply("WRONGTYPE Operation against a key holding the wrong kind of value"), "WRONGTYPE"),
         (redis_errors.ConnectionError("Connection refused"), None),
     ],
@@ -364,5 +367,40 @@ def test_a_demoted_redis_is_a_503_and_followed_once(
             followed = samples[("sidecar_redis_master_switches_total", READONLY_SOURCE)]
             assert 1 <= followed < 20
             assert "redis master changed (a write was refused with READONLY)" in process.logs()
+        finally:
+            replica.stop()
+
+
+def test_a_wait_refused_by_a_replica_is_followed_as_a_demotion(
+    config_for: Any, spawn: Any, tmp_path: Path, user: str
+) -> None:
+    """A write script that finds nothing to change writes nothing (here: the audit
+    chain moved on since this instance last wrote), so on a replica only its WAIT
+    fails, with a plain ERR. That too means "demoted": a sidecar that took it for a bug
+    kept its connection to the deposed master after a failover, every write a 503."""
+    for name in ("master", "replica"):
+        (tmp_path / name).mkdir()
+    with RedisProcess(tmp_path / "master") as master:
+        replica = RedisProcess(
+            tmp_path / "replica", args=("--replicaof", "127.0.0.1", str(master.port))
+        )
+        replica.start()
+        try:
+            attached = lambda: int(master.client().info("replication")["connected_slaves"])  # noqa: E731
+            wait_until(lambda: attached() == 1, timeout=10)
+            writer: SidecarProcess = spawn(
+                config_for(redis={"url": master.url, "min_replicas_acked": 1})
+            )
+            Api(writer.url).create_key(user)  # the chain's head moves on
+            process: SidecarProcess = spawn(
+                config_for(redis={"url": replica.url, "min_replicas_acked": 1})
+            )
+            api = Api(process.url)
+            answer = api.http.post("/api/v1/api-keys/", json={}, headers=api.bearer(user))
+            assert (answer.status_code, answer.headers["retry-after"]) == (503, "3")
+            api.http.close()
+            samples, _ = scrape(process)
+            assert samples[("sidecar_redis_master_switches_total", READONLY_SOURCE)] == 1
+            assert "unexpected Redis error" not in process.logs()
         finally:
             replica.stop()

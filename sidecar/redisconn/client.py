@@ -33,6 +33,9 @@ UNAVAILABLE_CODES = frozenset(
         *("MISCONF", "BUSY", "OOM"),
     }
 )
+# A replica answers WAIT with a plain ERR. After a write script that wrote nothing (so
+# met no READONLY), it is the only sign that the server is no longer the master.
+_WAIT_ON_REPLICA = "WAIT cannot be used with replica instances"
 
 
 def error_code(exc: BaseException) -> str | None:
@@ -40,11 +43,13 @@ def error_code(exc: BaseException) -> str | None:
 
     Redis 7 keeps the code of an error raised inside a script; Redis 6 wraps it as
     ``ERR Error running script (...): @user_script:1: -NOREPLICAS ...``, so there the
-    code is the word after the last ``: -``.
+    code is the word after the last ``: -``. A WAIT refused by a replica is READONLY.
     """
     if not isinstance(exc, redis_errors.ResponseError):
         return None
     code, text = getattr(exc, "status_code", None), str(exc)  # redis-py strips a code it recognised
+    if _WAIT_ON_REPLICA in text:
+        return "READONLY"
     if not code:
         code, _, text = text.partition(" ")
     if code == "ERR" and text.startswith("Error running script"):
