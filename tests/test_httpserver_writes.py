@@ -36,6 +36,8 @@ async def _app(scope: Any, receive: Any, send: Any) -> None:
         headers.append((b"content-length", b"%d" % len(BODY)))
     if path == "/smuggle":
         headers.append((b"x-upstream", b"a\r\nset-cookie: stolen=1"))
+    if path.startswith("/byte/"):  # a value holding one byte a head may not hold
+        headers.append((b"x-upstream", b"a%cstolen" % int(path.removeprefix("/byte/"))))
     flagged = path != "/unflagged"
     status = 204 if path == "/no-content" else 200
     start = {"type": "http.response.start", "status": status, "headers": headers}
@@ -116,3 +118,12 @@ def test_a_header_smuggling_a_line_break_is_never_written() -> None:
     response, writes = _exchange(b"GET /smuggle HTTP/1.1\r\nhost: x\r\n\r\n")
     assert b"stolen" not in response and b"stolen" not in b"".join(writes)
     assert not response.startswith(b"HTTP/1.1 200")
+
+
+def test_a_header_with_a_control_byte_is_never_written() -> None:
+    for byte in (0, 1, 8, 11, 12, 27, 31, 127):
+        response, writes = _exchange(b"GET /byte/%d HTTP/1.1\r\nhost: x\r\n\r\n" % byte)
+        assert b"stolen" not in b"".join(writes), byte
+        assert not response.startswith(b"HTTP/1.1 200"), byte
+    response, _ = _exchange(b"GET /byte/128 HTTP/1.1\r\nhost: x\r\n\r\n")  # obs-text
+    assert response.startswith(b"HTTP/1.1 200") and b"a\x80stolen" in response
