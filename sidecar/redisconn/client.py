@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, cast
@@ -101,7 +102,28 @@ def connect(url: str, settings: RedisConfig) -> Redis:
 
 
 class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
-    """The master's pool under Sentinel, bounded and waiting like BlockingConnectionPool."""
+    """The master's pool under Sentinel, bounded and waiting like BlockingConnectionPool.
+
+    ``follow`` pins the master a ``+switch-master`` announced, for ``PIN_SECONDS``, as
+    Jedis does. Asked just after a switch, a sentinel that has not heard of it yet
+    still names the deposed master, which takes connections until Sentinel demotes it
+    seconds later: meanwhile writes there are refused (WAIT), reads are stale and
+    revocations published on the new master never arrive. Past the pin, Sentinel is
+    asked again (a pin from a missed or wrong announcement does not last)."""
+
+    PIN_SECONDS = 30.0
+    _pinned: tuple[str, int] | None = None
+    _pinned_until = 0.0
+
+    def follow(self, address: tuple[str, int], seconds: float | None = None) -> None:
+        self._pinned = address
+        self._pinned_until = time.monotonic() + (self.PIN_SECONDS if seconds is None else seconds)
+
+    async def get_master_address(self) -> Any:
+        if self._pinned is None or time.monotonic() >= self._pinned_until:
+            return await super().get_master_address()  # type: ignore[no-untyped-call]
+        self.master_address = self._pinned  # connections elsewhere are not taken back
+        return self._pinned
 
 
 def _sentinel(

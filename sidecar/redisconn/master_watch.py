@@ -7,9 +7,10 @@ for ~11 s, until Sentinel demoted it and its resync discarded those writes. So:
 
 - behind Sentinel, every sentinel's ``+switch-master`` channel is followed; a switch
   of our service drops the pool's idle connections, the rate limiter's pipeline
-  connection and the revocation subscription (the next command asks Sentinel again;
-  a connection busy with a command is left to finish it: a write there is not
-  WAIT-acknowledged, so it is a 503, never an acknowledged write lost);
+  connection and the revocation subscription, and their next connections go to the
+  master it announced (a connection busy with a command is left to finish it: a
+  write there is not WAIT-acknowledged, so it is a 503, never an acknowledged write
+  lost);
 - on any Redis, a READONLY reply to a write means "this server was demoted": the
   same drop.
 
@@ -76,7 +77,7 @@ class MasterWatch:
                     text = data.decode() if isinstance(data, bytes) else str(data)
                     name, _, where = text.partition(" ")
                     if name == self._service:
-                        self._switch("sentinel", f"sentinel reports {where}")
+                        self._switch("sentinel", f"sentinel reports {where}", new_master(where))
             except asyncio.CancelledError:
                 raise
             except REDIS_ERRORS:
@@ -86,7 +87,10 @@ class MasterWatch:
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
             await asyncio.sleep(_RETRY_DELAY)
 
-    def _switch(self, source: str, reason: str) -> None:
+    def _switch(self, source: str, reason: str, master: tuple[str, int] | None = None) -> None:
+        follow = getattr(getattr(self._redis, "connection_pool", None), "follow", None)
+        if master is not None and follow is not None:
+            follow(master)  # before the drop: reconnections go there, whatever a sentinel says
         now = time.monotonic()
         if now - self._last_switch < _QUIET:
             # Every sentinel reports the same switch, and every write that reached the
@@ -109,3 +113,12 @@ class MasterWatch:
         for drop in self._droppers:
             with contextlib.suppress(*REDIS_ERRORS):
                 await drop()
+
+
+def new_master(where: str) -> tuple[str, int] | None:
+    """The new master's address in a ``+switch-master`` message's
+    ``<old-ip> <old-port> <new-ip> <new-port>``; None if it is not that shape."""
+    parts = where.split()
+    if len(parts) != 4 or not parts[3].isdigit():
+        return None
+    return parts[2], int(parts[3])
