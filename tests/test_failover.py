@@ -4,8 +4,10 @@ never undone by a failover."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +62,27 @@ def lonely_master(tmp_path: Path) -> Any:
     """A Redis that requires one replica for every write, and has none."""
     with RedisProcess(tmp_path) as server:
         yield server
+
+
+@contextlib.contextmanager
+def _master_and_replica(tmp_path: Path) -> Iterator[tuple[RedisProcess, RedisProcess]]:
+    """A master with one replica attached; both stopped afterwards."""
+    for name in ("master", "replica"):
+        (tmp_path / name).mkdir()
+    with RedisProcess(tmp_path / "master") as master:
+        replica = RedisProcess(
+            tmp_path / "replica", args=("--replicaof", "127.0.0.1", str(master.port))
+        )
+        replica.start()
+        try:
+            wait_until(lambda: _attached(master) == 1, timeout=10)
+            yield master, replica
+        finally:
+            replica.stop()
+
+
+def _attached(master: RedisProcess) -> int:
+    return int(master.client().info("replication")["connected_slaves"])
 
 
 def test_no_replicas_to_write_is_503_and_jwts_keep_working(
@@ -264,15 +287,7 @@ def test_a_failover_never_undoes_an_acknowledged_write(
 def test_writes_and_rate_limit_counts_wait_for_a_replica(
     config_for: Any, spawn: Any, tmp_path: Path, user: str
 ) -> None:
-    for name in ("master", "replica"):
-        (tmp_path / name).mkdir()
-    with RedisProcess(tmp_path / "master") as master:
-        replica = RedisProcess(
-            tmp_path / "replica", args=("--replicaof", "127.0.0.1", str(master.port))
-        )
-        replica.start()
-        attached = lambda: int(master.client().info("replication")["connected_slaves"])  # noqa: E731
-        wait_until(lambda: attached() == 1, timeout=10)
+    with _master_and_replica(tmp_path) as (master, replica):
         rate_limited = {"enabled": True, "default": {"requests": 50, "per_seconds": 60}}
         process: SidecarProcess = spawn(
             config_for(
@@ -289,7 +304,7 @@ def test_writes_and_rate_limit_counts_wait_for_a_replica(
         assert httpx.get(ready).status_code == 200
 
         replica.stop()
-        wait_until(lambda: attached() == 0, timeout=10)
+        wait_until(lambda: _attached(master) == 0, timeout=10)
         created = api.http.post("/api/v1/api-keys/", json={}, headers=api.bearer(user))
         assert (created.status_code, created.headers["retry-after"]) == (503, "3")
         # The count cannot be made durable: fail open (the default), budget unknown.
@@ -305,7 +320,6 @@ def test_writes_and_rate_limit_counts_wait_for_a_replica(
         api.create_key(user)
         assert "x-ratelimit-remaining" in api.http.get("/a", headers=jwt).headers
         api.http.close()
-        replica.stop()
 
 
 @pytest.mark.parametrize("kind", ["manual", "kill"])
@@ -347,28 +361,18 @@ def test_a_demoted_redis_is_a_503_and_followed_once(
 ) -> None:
     """Pointed at a replica (as after a demotion), writes get READONLY: 503s, and the
     instance drops its connections, once per burst, not once per write."""
-    for name in ("master", "replica"):
-        (tmp_path / name).mkdir()
-    with RedisProcess(tmp_path / "master") as master:
-        replica = RedisProcess(
-            tmp_path / "replica", args=("--replicaof", "127.0.0.1", str(master.port))
-        )
-        replica.start()
-        try:
-            process: SidecarProcess = spawn(config_for(redis={"url": replica.url}))
-            api = Api(process.url)
-            answers = [
-                api.http.post("/api/v1/api-keys/", json={}, headers=api.bearer(user))
-                for _ in range(20)
-            ]
-            assert {(a.status_code, a.headers["retry-after"]) for a in answers} == {(503, "3")}
-            api.http.close()
-            samples, _ = scrape(process)
-            followed = samples[("sidecar_redis_master_switches_total", READONLY_SOURCE)]
-            assert 1 <= followed < 20
-            assert "redis master changed (a write was refused with READONLY)" in process.logs()
-        finally:
-            replica.stop()
+    with _master_and_replica(tmp_path) as (_, replica):
+        process: SidecarProcess = spawn(config_for(redis={"url": replica.url}))
+        api = Api(process.url)
+        answers = [
+            api.http.post("/api/v1/api-keys/", json={}, headers=api.bearer(user)) for _ in range(20)
+        ]
+        assert {(a.status_code, a.headers["retry-after"]) for a in answers} == {(503, "3")}
+        api.http.close()
+        samples, _ = scrape(process)
+        followed = samples[("sidecar_redis_master_switches_total", READONLY_SOURCE)]
+        assert 1 <= followed < 20
+        assert "redis master changed (a write was refused with READONLY)" in process.logs()
 
 
 def test_a_wait_refused_by_a_replica_is_followed_as_a_demotion(
@@ -378,29 +382,18 @@ def test_a_wait_refused_by_a_replica_is_followed_as_a_demotion(
     chain moved on since this instance last wrote), so on a replica only its WAIT
     fails, with a plain ERR. That too means "demoted": a sidecar that took it for a bug
     kept its connection to the deposed master after a failover, every write a 503."""
-    for name in ("master", "replica"):
-        (tmp_path / name).mkdir()
-    with RedisProcess(tmp_path / "master") as master:
-        replica = RedisProcess(
-            tmp_path / "replica", args=("--replicaof", "127.0.0.1", str(master.port))
+    with _master_and_replica(tmp_path) as (master, replica):
+        writer: SidecarProcess = spawn(
+            config_for(redis={"url": master.url, "min_replicas_acked": 1})
         )
-        replica.start()
-        try:
-            attached = lambda: int(master.client().info("replication")["connected_slaves"])  # noqa: E731
-            wait_until(lambda: attached() == 1, timeout=10)
-            writer: SidecarProcess = spawn(
-                config_for(redis={"url": master.url, "min_replicas_acked": 1})
-            )
-            Api(writer.url).create_key(user)  # the chain's head moves on
-            process: SidecarProcess = spawn(
-                config_for(redis={"url": replica.url, "min_replicas_acked": 1})
-            )
-            api = Api(process.url)
-            answer = api.http.post("/api/v1/api-keys/", json={}, headers=api.bearer(user))
-            assert (answer.status_code, answer.headers["retry-after"]) == (503, "3")
-            api.http.close()
-            samples, _ = scrape(process)
-            assert samples[("sidecar_redis_master_switches_total", READONLY_SOURCE)] == 1
-            assert "unexpected Redis error" not in process.logs()
-        finally:
-            replica.stop()
+        Api(writer.url).create_key(user)  # the chain's head moves on
+        process: SidecarProcess = spawn(
+            config_for(redis={"url": replica.url, "min_replicas_acked": 1})
+        )
+        api = Api(process.url)
+        answer = api.http.post("/api/v1/api-keys/", json={}, headers=api.bearer(user))
+        assert (answer.status_code, answer.headers["retry-after"]) == (503, "3")
+        api.http.close()
+        samples, _ = scrape(process)
+        assert samples[("sidecar_redis_master_switches_total", READONLY_SOURCE)] == 1
+        assert "unexpected Redis error" not in process.logs()

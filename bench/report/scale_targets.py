@@ -9,9 +9,8 @@ import statistics
 from bench.context import Run
 from bench.experiments import THIS_BUILD
 from bench.load import Scenario
+from bench.report.targets import Row, rows_table
 from bench.report.throughput import ratio
-
-Row = tuple[str, str, str, str, bool | None]
 
 
 def scale_targets_table(run: Run) -> list[str]:
@@ -29,16 +28,7 @@ def scale_targets_table(run: Run) -> list[str]:
     rows.append(_latency_guard(by))
     rows.append(_cost_against_baseline(run, by))
     rows.append(_cached_revocation(run))
-    out = [
-        "## Targets (issue 30's acceptance)",
-        "",
-        "| measure | target | this run | detail | met |",
-        "|---|---|---:|---|---|",
-    ]
-    for measure, target, shown, detail, met in rows:
-        mark = "" if met is None else ("yes" if met else "**no**")
-        out.append(f"| {measure} | {target} | {shown} | {detail} | {mark} |")
-    return [*out, ""]
+    return ["## Targets (issue 30's acceptance)", "", *rows_table(rows), ""]
 
 
 def _throughput_guard(run: Run) -> Row:

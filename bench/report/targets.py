@@ -13,11 +13,13 @@ from bench.load import Sample
 from bench.options import MIB
 from bench.report.throughput import ratio
 
+Row = tuple[str, str, str, str, bool | None]  # measure, target, this run, detail, met
+
 
 def targets_table(run: Run) -> list[str]:
     """Issues 15's and 26's standing targets: every figure from this run, and whether it is met."""
     by = {s.key: s for s in run.results.scenarios}
-    rows: list[tuple[str, str, str, str, bool | None]] = []
+    rows: list[Row] = []
 
     def missing(*keys: str) -> str:
         absent = next(k for k in keys if k not in by)
@@ -136,16 +138,20 @@ def targets_table(run: Run) -> list[str]:
         "it off, so every sidecar row includes it."
         + (" **Quick mode: smoke numbers, not a verdict.**" if run.o.quick else ""),
         "",
-        "| measure | target | this run | detail | met |",
-        "|---|---|---:|---|---|",
     ]
+    return [*out, *rows_table(rows), ""]
+
+
+def rows_table(rows: list[Row]) -> list[str]:
+    """A targets table: a row per measure, ``met`` shown as yes, **no** or blank."""
+    out = ["| measure | target | this run | detail | met |", "|---|---|---:|---|---|"]
     for measure, target, shown, detail, met in rows:
         mark = "" if met is None else ("yes" if met else "**no**")
         out.append(f"| {measure} | {target} | {shown} | {detail} | {mark} |")
-    return [*out, ""]
+    return out
 
 
-def restricted_key_row(run: Run) -> tuple[str, str, str, str, bool | None]:
+def restricted_key_row(run: Run) -> Row:
     """Issue 26: a scoped, address-restricted key costs at most 3 % more CPU per request
     than an unrestricted key, on the same sidecar process (`scoped` against `full`)."""
     measure, target = "CPU per request, restricted key / unrestricted key (same process)", "≤ 1.03x"
