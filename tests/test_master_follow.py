@@ -25,11 +25,11 @@ def test_the_new_master_is_read_from_the_switch_message() -> None:
 def test_an_announced_master_takes_the_connections_until_the_pin_is_over(
     tmp_path: Path,
 ) -> None:
-    sentinel = SentinelSet(tmp_path / "sentinel", replicas=0, sentinels=1).start()
     (tmp_path / "announced").mkdir()
     announced = RedisProcess(tmp_path / "announced")
-    announced.start()
+    sentinel = SentinelSet(tmp_path / "sentinel", replicas=0, sentinels=1).start()
     try:
+        announced.start()
 
         async def writes() -> None:
             client = connect(sentinel.url, RedisConfig())
