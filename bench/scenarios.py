@@ -8,7 +8,7 @@ from __future__ import annotations
 import httpx
 
 from bench.context import Run
-from bench.fronts import NJS, nginx_front, traefik
+from bench.fronts import SET_MISC, nginx_front, traefik
 from bench.harness import free_port, git_state, wait_for
 from bench.load import Scenario
 from bench.otlp_sink import OtlpSink
@@ -202,15 +202,15 @@ def nginx_front_scenarios(run: Run, fa: Sidecar, upstream: str, key_header: str)
         "nginx_fa": "nginx auth_request (deploy/forward-auth/nginx.conf: keepalive to the "
         "decisions) + sidecar decisions -> upstream",
         "nginx_fa_cached": "as nginx_fa with a 1 s decision cache keyed by a hash of the "
-        "credential (nginx-cached.conf, njs)",
+        "credential (nginx-cached.conf, set-misc HMAC-SHA256)",
     }
     for key, variant in NGINX_FRONTS.items():
         if not run.selected(key):
             continue
         if run.services.nginx is None:
             run.results.unavailable[key] = "nginx not installed"
-        elif "cached" in key and not NJS.exists():
-            run.results.unavailable[key] = "njs not installed (libnginx-mod-http-js)"
+        elif "cached" in key and not all(module.exists() for module in SET_MISC):
+            run.results.unavailable[key] = "set-misc not installed (libnginx-mod-http-set-misc)"
         else:
             url, _ = nginx_front(run.services, variant, fa.config["forward_auth"]["port"], upstream)
             out.append(

@@ -1,11 +1,15 @@
-"""nginx's decision cache (deploy/forward-auth/nginx-cached.conf, njs for the key) in
-front of a real sidecar with ``forward_auth.cache_seconds: 1``: only allows are stored,
-under a SHA-256 of the credential and the original request (no key or JWT in nginx's
-cache keys or files), and a revoked key stops within cache_seconds + 1 s."""
+"""nginx's decision cache (deploy/forward-auth/nginx-cached.conf, set-misc's HMAC for
+the key) in front of a real sidecar with ``forward_auth.cache_seconds: 1``: only allows
+are stored, under an HMAC of the credential, the original request and the client's
+address chain (no key or JWT in nginx's cache keys or files; an allow from one address
+never answers for another), and a revoked key stops within cache_seconds + 1 s."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import hmac
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -16,11 +20,12 @@ import httpx
 import pytest
 
 from tests.conftest import Api, make_token
-from tests.harness import SidecarProcess, free_port, wait_until
+from tests.harness import SidecarProcess, free_port, remember_secret, wait_until
 from tests.test_forward_auth_proxies import FrontProxy, binary
 from tests.test_logs import access_lines
 
 CACHE_SECONDS = 1  # the deploy file's proxy_cache_valid; checked below
+DEPLOY_FILE = Path(__file__).resolve().parent.parent / "deploy/forward-auth/nginx-cached.conf"
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +33,7 @@ def decider(config_for: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     config = config_for(
         forward_auth={"enabled": True, "port": free_port(), "cache_seconds": CACHE_SECONDS},
         auth={"report_only_paths": ["/api/v1/trial/"]},
+        server={"trusted_proxies": ["127.0.0.1"]},  # nginx, which appends the peer
         rate_limits={
             "enabled": True,
             "default": {"requests": 1000, "per_seconds": 60},
@@ -44,7 +50,9 @@ def cached(
     decider: SidecarProcess, upstream: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[FrontProxy]:
     if binary("nginx-cached") is None:
-        pytest.fail("nginx with njs is not installed: .ci/run installs libnginx-mod-http-js")
+        pytest.fail(
+            "nginx with set-misc is not installed: .ci/run installs libnginx-mod-http-set-misc"
+        )
     port = decider.config["forward_auth"]["port"]
     proxy = FrontProxy(
         "nginx-cached", tmp_path_factory.mktemp("nginx-cached"), port, upstream[1].port
@@ -57,16 +65,20 @@ def stored(front: FrontProxy) -> list[bytes]:
     return [p.read_bytes() for p in (front.workdir / "cache").rglob("*") if p.is_file()]
 
 
-def decision_key(credential: dict[str, str], method: str, uri: str) -> str:
-    """What callcov_cache_key.js computes."""
+def decision_key(
+    credential: dict[str, str], method: str, uri: str, chain: str = "127.0.0.1"
+) -> str:
+    """What the deploy file's set_hmac_sha256 computes (its secret, base64url)."""
+    found = re.search(r'set_hmac_sha256 \$\w+ "([^"]+)"', DEPLOY_FILE.read_text())
+    assert found is not None
     parts = [credential.get("X-API-Key", ""), credential.get("Authorization", ""), method, uri]
-    return hashlib.sha256("".join(f"{len(p)}:{p};" for p in parts).encode()).hexdigest()
+    message = "\n".join([*parts, chain]).encode()
+    mac = hmac.new(found.group(1).encode(), message, hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
 
 
 def test_the_deploy_file_caches_for_cache_seconds() -> None:
-    text = (
-        Path(__file__).resolve().parent.parent / "deploy/forward-auth/nginx-cached.conf"
-    ).read_text()
+    text = DEPLOY_FILE.read_text()
     assert f"proxy_cache_valid 200 {CACHE_SECONDS}s;" in text
 
 
@@ -159,3 +171,22 @@ def test_a_revoked_key_stops_within_cache_seconds_plus_one(
     # The documented bound, on when the key was last let through: the time a loaded
     # machine takes to answer the poll that sees the 401 is not the cache's.
     assert (last_served or 0.0) <= CACHE_SECONDS + 1, last_served
+
+
+def test_a_cached_allow_never_answers_for_another_address(
+    cached: FrontProxy, decider: SidecarProcess, user: str
+) -> None:
+    """A key allowed from one address: its cached allow (same key, method and target)
+    must not let the same key in from an address the key does not allow."""
+    api = Api(decider.url)
+    response = api.http.post(
+        "/api/v1/api-keys/", json={"allowed_ips": ["198.51.100.7"]}, headers=api.bearer(user)
+    )
+    assert response.status_code == 201, response.text
+    key = {"X-API-Key": remember_secret(response.json()["api_key"])}
+    where = cached.url + f"/api/v1/things/{uuid.uuid4().hex}"
+    allowed = httpx.get(where, headers={**key, "X-Forwarded-For": "198.51.100.7"})
+    assert allowed.status_code == 200  # decided, now cached
+    elsewhere = httpx.get(where, headers={**key, "X-Forwarded-For": "203.0.113.9"})
+    assert elsewhere.status_code == 403
+    assert httpx.get(where, headers=key).status_code == 403  # nginx's peer: not allowed

@@ -32,9 +32,12 @@ CADDY = str(Path(sys.executable).with_name("caddy"))
 TRAEFIK = str(Path(sys.executable).with_name("traefik"))
 ENVOY = str(Path(sys.executable).with_name("envoy"))
 CONFIGS = Path(__file__).resolve().parent.parent / "deploy" / "forward-auth"
-CACHE_KEY_JS = CONFIGS / "callcov_cache_key.js"
-# njs, for nginx-cached.conf's hashed cache key (Debian: libnginx-mod-http-js; .ci/run).
-NJS = "/usr/lib/nginx/modules/ngx_http_js_module.so"
+# set-misc and the NDK it needs, for nginx-cached.conf's HMAC cache key (Debian:
+# libnginx-mod-http-set-misc; .ci/run).
+SET_MISC = (
+    "/usr/lib/nginx/modules/ndk_http_module.so",
+    "/usr/lib/nginx/modules/ngx_http_set_misc_module.so",
+)
 BUDGET = 3
 DIALECT = {
     "nginx": "nginx",
@@ -78,10 +81,9 @@ class FrontProxy:
         if kind.startswith("nginx"):
             text = placed((CONFIGS / f"{kind}.conf").read_text())
             text = text.replace("listen 8080;", f"listen 127.0.0.1:{self.port};")
-            text = text.replace("/etc/nginx/callcov_cache_key.js", str(CACHE_KEY_JS))
             text = text.replace("/var/cache/nginx/callcov", str(workdir / "cache"))
             (workdir / "site.conf").write_text(text)
-            modules = f"load_module {NJS};\n" if kind == "nginx-cached" else ""
+            modules = "".join(f"load_module {m};\n" for m in SET_MISC if kind == "nginx-cached")
             main = nginx_main(workdir, workdir / "site.conf", modules)
             (workdir / "nginx.conf").write_text(main)
             self.command = [
@@ -181,7 +183,7 @@ def sidecars_by_dialect(
 
 def binary(kind: str) -> str | None:
     if kind == "nginx-cached":
-        return shutil.which("nginx") if Path(NJS).exists() else None
+        return shutil.which("nginx") if all(Path(m).exists() for m in SET_MISC) else None
     return shutil.which(
         {"nginx": "nginx", "caddy": CADDY, "traefik": TRAEFIK, "envoy": ENVOY}[kind]
     )
@@ -378,7 +380,6 @@ def test_the_docs_include_these_configurations() -> None:
     for name in (
         "nginx.conf",
         "nginx-cached.conf",
-        "callcov_cache_key.js",
         "Caddyfile",
         "traefik/traefik.yml",
         "traefik/dynamic.yml",
