@@ -26,6 +26,8 @@ from tests.test_logs import access_lines
 
 CACHE_SECONDS = 1  # the deploy file's proxy_cache_valid; checked below
 DEPLOY_FILE = Path(__file__).resolve().parent.parent / "deploy/forward-auth/nginx-cached.conf"
+# The HMAC secret written in the deploy file (set_hmac_sha256 $var "<secret>" "<input>").
+CACHE_KEY_SECRET = re.findall(r'set_hmac_sha256 \$\w+ "([^"]+)"', DEPLOY_FILE.read_text())
 
 
 @pytest.fixture(scope="module")
@@ -69,11 +71,10 @@ def decision_key(
     credential: dict[str, str], method: str, uri: str, chain: str = "127.0.0.1"
 ) -> str:
     """What the deploy file's set_hmac_sha256 computes (its secret, base64url)."""
-    found = re.search(r'set_hmac_sha256 \$\w+ "([^"]+)"', DEPLOY_FILE.read_text())
-    assert found is not None
+    assert len(CACHE_KEY_SECRET) == 1, CACHE_KEY_SECRET
     parts = [credential.get("X-API-Key", ""), credential.get("Authorization", ""), method, uri]
     message = "\n".join([*parts, chain]).encode()
-    mac = hmac.new(found.group(1).encode(), message, hashlib.sha256).digest()
+    mac = hmac.new(CACHE_KEY_SECRET[0].encode(), message, hashlib.sha256).digest()
     return base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
 
 
